@@ -1,0 +1,1 @@
+"""Lightning data modules; every one yields ``SequenceBatch``."""

@@ -1,0 +1,104 @@
+"""Shared machinery for data modules: padding collate and the common DataModule API."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from zf_lightning.types import DataSpec, SequenceBatch
+
+# One example: (inputs [T, D] or [T], targets like inputs, label or None).
+SequenceItem = tuple[Tensor, Tensor, Tensor | int | None]
+
+
+def pad_collate(items: Sequence[SequenceItem]) -> SequenceBatch:
+    """Pad a list of variable-length examples into one batch-first ``SequenceBatch``."""
+    if not items:
+        raise ValueError("pad_collate got an empty list of examples")
+    lengths = [int(x.shape[0]) for x, _, _ in items]
+    max_len = max(lengths)
+    first_in, first_tg, _ = items[0]
+    inputs = first_in.new_zeros((len(items), max_len, *first_in.shape[1:]))
+    targets = first_tg.new_zeros((len(items), max_len, *first_tg.shape[1:]))
+    mask = torch.zeros(len(items), max_len)
+    for i, ((x, y, _), n) in enumerate(zip(items, lengths, strict=True)):
+        inputs[i, :n] = x
+        targets[i, :n] = y
+        mask[i, :n] = 1.0
+    labels = None
+    if all(lbl is not None for _, _, lbl in items):
+        labels = torch.as_tensor([int(lbl) for _, _, lbl in items], dtype=torch.long)
+    return SequenceBatch(inputs=inputs, targets=targets, mask=mask, labels=labels)
+
+
+class SequenceDataModule(L.LightningDataModule):
+    """Base class: subclasses build ``train_set``/``val_set``/``test_set`` in ``setup``.
+
+    Every loader yields ``SequenceBatch``. ``spec`` must be available right after
+    construction (or after ``prepare_data``) because the model is built from it.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    @property
+    @abstractmethod
+    def spec(self) -> DataSpec:
+        """Kind, size and reporting unit of the sequences this module yields."""
+
+    def write_samples(self, samples: Tensor, directory: Path, prefix: str = "samples") -> list[Path]:
+        """Render model samples ``[N, T, D]`` (or ``[N, T]`` tokens) to files; returns paths.
+
+        The default writes a tensor file; data modules override it with a native format
+        (PNG grid for images, WAV for audio, text for words).
+        """
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{prefix}.pt"
+        torch.save(samples.detach().cpu(), path)
+        return [path]
+
+    def _loader(self, dataset: Dataset | None, split: str, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}: the {split} split is not set up; call setup() first")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            collate_fn=pad_collate,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, "train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, "val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, "test", shuffle=False)
+
+    def transfer_batch_to_device(self, batch: SequenceBatch, device: torch.device, dataloader_idx: int) -> SequenceBatch:
+        return batch.to(device)
