@@ -1,0 +1,763 @@
+"""Word-level text: tokenizer, vocabulary and data modules for sentence corpora and IMDB.
+
+Every sentence becomes one sequence. With words ``w_1 .. w_n``::
+
+    inputs  = [<bos>, w_1, ..., w_n]
+    targets = [w_1, ..., w_n, <eos>]
+
+so ``inputs[t]`` is what the model has seen before it predicts ``targets[t]`` (the repo's
+convention). Sequences are at most ``max_len`` steps long (a sentence of ``n`` words takes
+``n + 1`` steps); longer sentences are dropped or truncated (``length_policy``). A truncated
+sentence keeps its first ``max_len`` words as targets and gets no ``<eos>``: it did not end
+there, and teaching the model that it did would bias sentence lengths.
+
+The vocabulary is built on the training split only (so held-out words become ``<unk>``,
+as they would for unseen text) and, together with the encoded splits, cached in a directory
+keyed by a hash of every setting that changes the result. Labels (file index, or sentiment
+for IMDB) ride along in the batch for analysis only; ``-1`` marks unlabelled text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import stat
+import tempfile
+from abc import abstractmethod
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from zf_lightning.data.base import SequenceDataModule, SequenceItem
+from zf_lightning.types import DataSpec
+
+log = logging.getLogger(__name__)
+
+# Bump when tokenize/split_sentences/encoding change, so stale caches are rebuilt.
+TEXT_PIPELINE_VERSION = 1
+
+PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
+SPECIALS: tuple[str, ...] = (PAD, UNK, BOS, EOS)
+UNLABELLED = -1
+
+LengthPolicy = Literal["drop", "truncate"]
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+_LINE_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
+# A word is a run of letters/digits, possibly joined by inner apostrophes or hyphens
+# ("don't", "co-writer"); every other non-space character is a token of its own.
+_TOKEN = re.compile(r"[^\W_]+(?:['\u2019\-][^\W_]+)*|\S")
+# Sentence ends: a line break, or whitespace after . ! ? (optionally followed by a closing
+# quote or bracket).
+_SENTENCE_BREAK = re.compile(r"\n+|(?<=[.!?])\s+|(?<=[.!?][\"')\]])\s+")
+
+
+def tokenize(text: str) -> list[str]:
+    """Split text into lower-cased word and punctuation tokens.
+
+    The rule, kept simple so results are easy to reproduce: HTML line breaks (``<br />``)
+    become spaces, the text is lower-cased, and tokens are runs of letters/digits (inner
+    apostrophes and hyphens stay inside the word) or single punctuation characters.
+    """
+    return _TOKEN.findall(_LINE_BREAK.sub(" ", text).lower())
+
+
+def split_sentences(review: str) -> list[str]:
+    """Split a review into sentences: at HTML line breaks, newlines and after ``. ! ?``.
+
+    Abbreviations ("Mr. Smith") are split too; that is the price of a rule with no model.
+    """
+    text = _LINE_BREAK.sub("\n", review)
+    return [s.strip() for s in _SENTENCE_BREAK.split(text) if s.strip()]
+
+
+class Vocab:
+    """Token <-> id map: the four specials (``<pad>`` = 0, ``<unk>``, ``<bos>``, ``<eos>``)
+    followed by words, most frequent first."""
+
+    def __init__(self, words: Sequence[str]) -> None:
+        tokens = list(SPECIALS) + list(words)
+        if len(set(tokens)) != len(tokens):
+            raise ValueError("Vocab words must be unique and must not repeat the special tokens")
+        self.tokens: list[str] = tokens
+        self._index: dict[str, int] = {tok: i for i, tok in enumerate(tokens)}
+
+    @classmethod
+    def build(cls, sentences: Iterable[Sequence[str]], max_words: int, min_count: int = 1) -> Vocab:
+        """Keep the ``max_words`` most frequent words (ties broken alphabetically, so the
+        result does not depend on corpus order) that occur at least ``min_count`` times."""
+        if max_words < 1:
+            raise ValueError(f"max_words must be >= 1, got {max_words}")
+        counts = Counter(tok for sent in sentences for tok in sent if tok not in SPECIALS)
+        kept = (item for item in counts.items() if item[1] >= min_count)
+        ranked = sorted(kept, key=lambda kv: (-kv[1], kv[0]))
+        return cls([word for word, _ in ranked[:max_words]])
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __contains__(self, token: object) -> bool:
+        return token in self._index
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocab) and self.tokens == other.tokens
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.tokens))
+
+    def __repr__(self) -> str:
+        return f"Vocab({len(self)} tokens)"
+
+    @property
+    def pad_id(self) -> int:
+        return self._index[PAD]
+
+    @property
+    def unk_id(self) -> int:
+        return self._index[UNK]
+
+    @property
+    def bos_id(self) -> int:
+        return self._index[BOS]
+
+    @property
+    def eos_id(self) -> int:
+        return self._index[EOS]
+
+    def encode(self, tokens: Sequence[str]) -> list[int]:
+        """Token ids; words outside the vocabulary map to ``<unk>``."""
+        unk = self.unk_id
+        return [self._index.get(tok, unk) for tok in tokens]
+
+    def ids_to_tokens(self, ids: Iterable[int], stop_at_eos: bool = True) -> list[str]:
+        """Tokens for ``ids``, skipping ``<pad>``/``<bos>`` and stopping at ``<eos>``."""
+        out: list[str] = []
+        for i in ids:
+            i = int(i)
+            if i == self.eos_id and stop_at_eos:
+                break
+            if i in (self.pad_id, self.bos_id):
+                continue
+            out.append(self.tokens[i] if 0 <= i < len(self.tokens) else UNK)
+        return out
+
+    def decode(self, ids: Iterable[int], stop_at_eos: bool = True) -> str:
+        """Space-joined text for ``ids`` (see ``ids_to_tokens``)."""
+        return " ".join(self.ids_to_tokens(ids, stop_at_eos=stop_at_eos))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form, stored in the cache and in checkpoints."""
+        return {"tokens": list(self.tokens)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Vocab:
+        tokens = list(data["tokens"])
+        if tuple(tokens[: len(SPECIALS)]) != SPECIALS:
+            raise ValueError(f"not a Vocab: the first tokens must be {SPECIALS}, got {tokens[:4]}")
+        return cls(tokens[len(SPECIALS) :])
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Vocab:
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+class EncodedSplit:
+    """One split as flat arrays: sentence ``i`` is ``ids[offsets[i]:offsets[i + 1]]``.
+
+    Flat arrays keep the cache small and let it be memory-mapped instead of loaded.
+    """
+
+    def __init__(self, ids: np.ndarray, offsets: np.ndarray, labels: np.ndarray) -> None:
+        if offsets.ndim != 1 or len(offsets) != len(labels) + 1:
+            raise ValueError("offsets must have one more entry than labels")
+        self.ids = ids
+        self.offsets = offsets
+        self.labels = labels
+
+    @classmethod
+    def from_lists(cls, sentences: Sequence[Sequence[int]], labels: Sequence[int]) -> EncodedSplit:
+        lengths = np.fromiter((len(s) for s in sentences), dtype=np.int64, count=len(sentences))
+        offsets = np.zeros(len(sentences) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        ids = np.fromiter((i for s in sentences for i in s), dtype=np.int32, count=int(offsets[-1]))
+        return cls(ids, offsets, np.asarray(labels, dtype=np.int64).reshape(-1))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def sentence(self, i: int) -> np.ndarray:
+        return self.ids[self.offsets[i] : self.offsets[i + 1]]
+
+    def save(self, directory: Path, name: str) -> None:
+        for part in ("ids", "offsets", "labels"):
+            np.save(directory / f"{name}_{part}.npy", getattr(self, part))
+
+    @classmethod
+    def load(cls, directory: Path, name: str) -> EncodedSplit:
+        ids, offsets, labels = (
+            np.load(directory / f"{name}_{part}.npy", mmap_mode="r") for part in ("ids", "offsets", "labels")
+        )
+        return cls(ids, offsets, labels)
+
+
+class TokenSequenceDataset(Dataset):
+    """Turns encoded sentences into ``(inputs, targets, label)`` with ``<bos>``/``<eos>``."""
+
+    def __init__(self, split: EncodedSplit, bos_id: int, eos_id: int, max_len: int | None) -> None:
+        self.split = split
+        self.bos_id = bos_id
+        self.eos_id = eos_id
+        self.max_len = max_len
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> SequenceItem:
+        words = torch.from_numpy(np.array(self.split.sentence(index), dtype=np.int64))
+        full = torch.cat([torch.tensor([self.bos_id]), words, torch.tensor([self.eos_id])])
+        inputs, targets = full[:-1], full[1:]
+        if self.max_len is not None:
+            inputs, targets = inputs[: self.max_len], targets[: self.max_len]
+        return inputs, targets, int(self.split.labels[index])
+
+
+def resolve_path(path: str | os.PathLike[str]) -> Path:
+    """Absolute path; a relative one is taken from where the user launched the process.
+
+    Under Hydra the working directory may have moved to the run directory, so relative
+    paths are resolved against Hydra's original working directory.
+    """
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return p
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.utils import to_absolute_path
+
+        if HydraConfig.initialized():
+            return Path(os.path.normpath(to_absolute_path(str(p))))
+    except ImportError:  # pragma: no cover - hydra is a dependency, but data code should not need it
+        pass
+    return Path(os.path.normpath(Path(os.getcwd()) / p))
+
+
+def _is_writable_dir(path: Path) -> bool:
+    """True when we may create files in ``path`` (or create ``path`` itself).
+
+    Permission bits are checked as well as ``os.access``: root passes ``os.access``
+    everywhere, but a directory marked read-only (like a shared data folder) must be left alone.
+    """
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            return False
+        probe = probe.parent
+    if not probe.is_dir():
+        return False
+    mode = stat.S_IMODE(probe.stat().st_mode)
+    return os.access(probe, os.W_OK | os.X_OK) and bool(mode & 0o222)
+
+
+def choose_cache_root(preferred: Path | None, data_dir: Path) -> Path:
+    """First writable of: ``preferred``, ``<data_dir>/.zf_cache``, the user cache, the temp dir."""
+    candidates: list[Path] = []
+    if preferred is not None:
+        candidates.append(preferred)
+    candidates += [
+        data_dir / ".zf_cache",
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "zf_lightning",
+        Path(tempfile.gettempdir()) / "zf_lightning_cache",
+    ]
+    for candidate in candidates:
+        if _is_writable_dir(candidate):
+            try:
+                candidate.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                continue
+            if preferred is not None and candidate != preferred:
+                log.warning("cache dir %s is not writable; caching in %s instead", preferred, candidate)
+            return candidate
+    raise OSError(f"no writable cache directory among {[str(c) for c in candidates]}")
+
+
+def _file_signature(path: Path) -> dict[str, Any]:
+    st = path.stat()
+    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _read_lines(path: Path) -> list[str]:
+    with path.open(encoding="utf-8", errors="replace") as f:
+        return [line.rstrip("\n") for line in f]
+
+
+class WordDataModule(SequenceDataModule):
+    """Shared machinery of the word-level modules: length policy, vocabulary, cache, spec.
+
+    Subclasses read their corpus into tokenized train/val/test sentences with labels
+    (``_read_corpus``) and describe what identifies it (``_corpus_settings``). Everything
+    else, including the lazy build that makes ``spec`` available before ``setup``, is here.
+    """
+
+    cache_name = "text"
+
+    def __init__(
+        self,
+        vocab_size: int = 10000,
+        max_len: int | None = 64,
+        length_policy: LengthPolicy = "drop",
+        min_len: int = 1,
+        seed: int = 0,
+        cache_dir: str | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__(batch_size, eval_batch_size, num_workers, pin_memory)
+        if vocab_size < 1:
+            raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
+        if max_len is not None and max_len < 1:
+            raise ValueError(f"max_len must be >= 1 (steps per sequence) or null, got {max_len}")
+        if length_policy not in ("drop", "truncate"):
+            raise ValueError(f"length_policy must be 'drop' or 'truncate', got {length_policy!r}")
+        if min_len < 0:
+            raise ValueError(f"min_len must be >= 0, got {min_len}")
+        self.vocab_size = vocab_size
+        self.max_len = max_len
+        self.length_policy = length_policy
+        self.min_len = min_len
+        self.seed = seed
+        self.cache_dir = resolve_path(cache_dir) if cache_dir else None
+        self._vocab: Vocab | None = None
+        self._splits: dict[str, EncodedSplit] | None = None
+        self._cache_path: Path | None = None
+
+    # -- what subclasses provide -------------------------------------------------------
+
+    @abstractmethod
+    def _read_corpus(self) -> dict[str, tuple[list[list[str]], list[int]]]:
+        """Tokenized sentences and labels for each of ``train``, ``val``, ``test``."""
+
+    @abstractmethod
+    def _corpus_settings(self) -> dict[str, Any]:
+        """JSON-able description of the corpus and split settings (part of the cache key)."""
+
+    @abstractmethod
+    def _data_dir(self) -> Path:
+        """Where the data lives; the default cache goes next to it when writable."""
+
+    @property
+    @abstractmethod
+    def label_names(self) -> list[str]:
+        """Name of each label id (``label_names[k]`` is label ``k``)."""
+
+    # -- public API --------------------------------------------------------------------
+
+    @property
+    def vocab(self) -> Vocab:
+        """The training vocabulary, built (or loaded from the cache) on first access."""
+        self._ensure_built()
+        assert self._vocab is not None
+        return self._vocab
+
+    @property
+    def pad_id(self) -> int:
+        return self.vocab.pad_id
+
+    @property
+    def unk_id(self) -> int:
+        return self.vocab.unk_id
+
+    @property
+    def bos_id(self) -> int:
+        return self.vocab.bos_id
+
+    @property
+    def eos_id(self) -> int:
+        return self.vocab.eos_id
+
+    @property
+    def spec(self) -> DataSpec:
+        return DataSpec(kind="tokens", dim=len(self.vocab), unit="word", dims_per_step=1)
+
+    @property
+    def cache_path(self) -> Path:
+        """Directory holding this configuration's vocabulary and encoded splits."""
+        self._ensure_built()
+        assert self._cache_path is not None
+        return self._cache_path
+
+    def prepare_data(self) -> None:
+        self._ensure_built()
+
+    def setup(self, stage: str | None = None) -> None:
+        self._ensure_built()
+        assert self._splits is not None
+        datasets = {
+            name: TokenSequenceDataset(split, self.bos_id, self.eos_id, self.max_len)
+            for name, split in self._splits.items()
+        }
+        self.train_set, self.val_set, self.test_set = datasets["train"], datasets["val"], datasets["test"]
+
+    def encode_sentence(self, text: str) -> SequenceItem:
+        """``(inputs, targets, label=None)`` for a raw sentence, tokenized like the corpus."""
+        split = EncodedSplit.from_lists([self.vocab.encode(tokenize(text))], [UNLABELLED])
+        inputs, targets, _ = TokenSequenceDataset(split, self.bos_id, self.eos_id, self.max_len)[0]
+        return inputs, targets, None
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.vocab.decode(ids)
+
+    def write_samples(self, samples: Tensor, directory: Path, prefix: str = "samples") -> list[Path]:
+        """Write token-id samples ``[N, T]`` as one decoded sentence per line (cut at ``<eos>``)."""
+        if samples.dim() == 3 and samples.shape[-1] == 1:
+            samples = samples.squeeze(-1)
+        if samples.dim() != 2:
+            raise ValueError(f"expected token ids [N, T], got shape {tuple(samples.shape)}")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{prefix}.txt"
+        lines = [self.vocab.decode(row.tolist()) for row in samples.detach().long().cpu()]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return [path]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Stored in checkpoints, so a model can always be matched to its vocabulary."""
+        return {"vocab": self.vocab.to_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "vocab" not in state_dict:
+            return
+        saved = Vocab.from_dict(state_dict["vocab"])
+        if saved != self.vocab:
+            raise ValueError(
+                f"the checkpoint's vocabulary ({len(saved)} tokens) differs from the one built from "
+                f"this data configuration ({len(self.vocab)} tokens, cache {self.cache_path}); "
+                "use the data settings the model was trained with"
+            )
+
+    # -- building and caching ------------------------------------------------------------
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that determines the vocabulary and the encoded splits."""
+        return {
+            "version": TEXT_PIPELINE_VERSION,
+            "kind": type(self).__name__,
+            "corpus": self._corpus_settings(),
+            "vocab_size": self.vocab_size,
+            "max_len": self.max_len,
+            "length_policy": self.length_policy,
+            "min_len": self.min_len,
+            "seed": self.seed,
+        }
+
+    def _apply_length_policy(
+        self, sentences: list[list[str]], labels: list[int]
+    ) -> tuple[list[list[str]], list[int]]:
+        """Drop short sentences and drop or truncate long ones (``max_len`` counts steps)."""
+        kept_s: list[list[str]] = []
+        kept_l: list[int] = []
+        for sent, label in zip(sentences, labels, strict=True):
+            if len(sent) < self.min_len:
+                continue
+            if self.max_len is not None and len(sent) + 1 > self.max_len:
+                if self.length_policy == "drop":
+                    continue
+                sent = sent[: self.max_len]
+            kept_s.append(sent)
+            kept_l.append(label)
+        return kept_s, kept_l
+
+    def _ensure_built(self) -> None:
+        if self._splits is not None:
+            return
+        settings = self.settings()
+        key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        root = choose_cache_root(self.cache_dir, self._data_dir())
+        path = root / f"{self.cache_name}-{key}"
+        if not (path / "done").exists():
+            self._build_cache(path, settings)
+        self._vocab = Vocab.load(path / "vocab.json")
+        self._splits = {name: EncodedSplit.load(path, name) for name in SPLITS}
+        self._cache_path = path
+
+    def _build_cache(self, path: Path, settings: dict[str, Any]) -> None:
+        log.info("building %s vocabulary and encoded splits in %s", type(self).__name__, path)
+        corpus = {name: self._apply_length_policy(*part) for name, part in self._read_corpus().items()}
+        vocab = Vocab.build(corpus["train"][0], self.vocab_size)
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        vocab.save(tmp / "vocab.json")
+        stats: dict[str, Any] = {"vocab": len(vocab)}
+        for name in SPLITS:
+            sentences, labels = corpus[name]
+            EncodedSplit.from_lists([vocab.encode(s) for s in sentences], labels).save(tmp, name)
+            n_words = sum(len(s) for s in sentences)
+            n_unk = sum(tok not in vocab for s in sentences for tok in s)
+            stats[name] = {"sentences": len(sentences), "words": n_words, "unk_rate": n_unk / max(n_words, 1)}
+        (tmp / "settings.json").write_text(json.dumps({"settings": settings, "stats": stats}, indent=2))
+        (tmp / "done").touch()
+        try:
+            os.replace(tmp, path)
+        except OSError:  # another process finished the same cache first
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (path / "done").exists():
+                raise
+
+
+def _split_indices(n: int, fractions: Sequence[float], rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffle ``range(n)`` and cut it into consecutive parts of the given fractions."""
+    perm = rng.permutation(n)
+    n_train = round(fractions[0] * n)
+    n_val = round(fractions[1] * n)
+    n_val = min(n_val, n - n_train)
+    return [perm[:n_train], perm[n_train : n_train + n_val], perm[n_train + n_val :]]
+
+
+def _shuffled(
+    sentences: list[list[str]], labels: list[int], rng: np.random.Generator
+) -> tuple[list[list[str]], list[int]]:
+    """Mix labels within a split, so a partial pass (e.g. ``limit_test_batches``) sees all."""
+    order = rng.permutation(len(sentences))
+    return [sentences[i] for i in order], [labels[i] for i in order]
+
+
+class SentencesDataModule(WordDataModule):
+    """One-sentence-per-line files; a sentence's label is the index of its file.
+
+    E.g. ``files=[rt-polarity.pos, rt-polarity.neg]`` gives positive = 0, negative = 1.
+    The train/val/test split is drawn with ``seed``; ``stratify`` splits each file
+    separately so every split keeps the label proportions. Empty lines are skipped.
+    """
+
+    cache_name = "sentences"
+
+    def __init__(
+        self,
+        files: Sequence[str],
+        split: Sequence[float] = (0.8, 0.1, 0.1),
+        stratify: bool = True,
+        vocab_size: int = 10000,
+        max_len: int | None = 64,
+        length_policy: LengthPolicy = "drop",
+        min_len: int = 1,
+        seed: int = 0,
+        cache_dir: str | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__(
+            vocab_size=vocab_size,
+            max_len=max_len,
+            length_policy=length_policy,
+            min_len=min_len,
+            seed=seed,
+            cache_dir=cache_dir,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+        )
+        if isinstance(files, (str, os.PathLike)):
+            files = [files]
+        if not files:
+            raise ValueError("SentencesDataModule needs at least one file (one sentence per line)")
+        self.files = [resolve_path(f) for f in files]
+        missing = [str(f) for f in self.files if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"sentence file(s) not found: {missing}. Expected plain-text files with one sentence "
+                "per line (e.g. ../shared/data/rt-polarity/rt-polarity.pos); relative paths are "
+                "resolved against the directory you launched from."
+            )
+        fractions = [float(x) for x in split]
+        if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
+            raise ValueError(
+                f"split must be three non-negative fractions (train, val, test) summing to 1, got {split}"
+            )
+        self.split = fractions
+        self.stratify = stratify
+
+    @property
+    def label_names(self) -> list[str]:
+        return [f.name for f in self.files]
+
+    def _data_dir(self) -> Path:
+        return self.files[0].parent
+
+    def _corpus_settings(self) -> dict[str, Any]:
+        files = [_file_signature(f) for f in self.files]
+        return {"files": files, "split": self.split, "stratify": self.stratify}
+
+    def _read_corpus(self) -> dict[str, tuple[list[list[str]], list[int]]]:
+        rng = np.random.default_rng(self.seed)
+        lines: list[str] = []
+        labels: list[int] = []
+        groups: list[np.ndarray] = []
+        for label, path in enumerate(self.files):
+            file_lines = [line for line in _read_lines(path) if line.strip()]
+            groups.append(np.arange(len(lines), len(lines) + len(file_lines)))
+            lines += file_lines
+            labels += [label] * len(file_lines)
+        if not self.stratify:
+            groups = [np.arange(len(lines))]
+        parts: dict[str, list[int]] = {name: [] for name in SPLITS}
+        for group in groups:
+            for name, idx in zip(SPLITS, _split_indices(len(group), self.split, rng), strict=True):
+                parts[name] += group[idx].tolist()
+        return {
+            name: _shuffled([tokenize(lines[i]) for i in idx], [labels[i] for i in idx], rng)
+            for name, idx in parts.items()
+        }
+
+
+IMDB_LAYOUT = (
+    "<root>/train/pos/*.txt, <root>/train/neg/*.txt, <root>/test/pos/*.txt, <root>/test/neg/*.txt "
+    "(optional <root>/train/unsup/*.txt), as unpacked from aclImdb_v1.tar.gz"
+)
+
+
+class ImdbDataModule(WordDataModule):
+    """The IMDB review corpus (aclImdb), one sequence per sentence.
+
+    Reviews are split into sentences (``split_sentences``) and tokenized (``tokenize``).
+    Labels: positive = 1, negative = 0, unlabelled (``train/unsup``, only with
+    ``use_unsup``, training split only) = -1. Validation reviews are held out of
+    ``train`` by ``seed``, per label and by whole reviews, so no review's sentences are in
+    both. ``max_reviews_per_class`` takes a seeded subset of every folder, for quick runs.
+    """
+
+    cache_name = "imdb"
+    LABELS: ClassVar[dict[str, int]] = {"neg": 0, "pos": 1}
+
+    def __init__(
+        self,
+        root: str,
+        val_fraction: float = 0.1,
+        use_unsup: bool = False,
+        max_reviews_per_class: int | None = None,
+        vocab_size: int = 20000,
+        max_len: int | None = 64,
+        length_policy: LengthPolicy = "drop",
+        min_len: int = 1,
+        seed: int = 0,
+        cache_dir: str | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__(
+            vocab_size=vocab_size,
+            max_len=max_len,
+            length_policy=length_policy,
+            min_len=min_len,
+            seed=seed,
+            cache_dir=cache_dir,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+        )
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if max_reviews_per_class is not None and max_reviews_per_class < 1:
+            raise ValueError(f"max_reviews_per_class must be >= 1 or null, got {max_reviews_per_class}")
+        self.root = resolve_path(root)
+        self.val_fraction = val_fraction
+        self.use_unsup = use_unsup
+        self.max_reviews_per_class = max_reviews_per_class
+        self._check_layout()
+
+    @property
+    def label_names(self) -> list[str]:
+        return ["neg", "pos"]
+
+    def _folders(self) -> list[str]:
+        unsup = ["train/unsup"] if self.use_unsup else []
+        return ["train/pos", "train/neg", "test/pos", "test/neg", *unsup]
+
+    def _check_layout(self) -> None:
+        """Fail early, showing the expected layout next to what is actually there."""
+        if not self.root.is_dir():
+            raise FileNotFoundError(
+                f"IMDB root {self.root} does not exist. Expected the aclImdb tree: {IMDB_LAYOUT}"
+            )
+        missing = [
+            folder
+            for folder in self._folders()
+            if not (self.root / folder).is_dir() or next((self.root / folder).glob("*.txt"), None) is None
+        ]
+        if missing:
+            found = sorted(p.name + ("/" if p.is_dir() else "") for p in self.root.iterdir())[:20]
+            hint = ""
+            if (self.root / "aclImdb").is_dir():
+                hint = f" Did you mean root={self.root / 'aclImdb'}?"
+            raise FileNotFoundError(
+                f"{self.root} is not an aclImdb tree: missing or empty {missing}. Expected: {IMDB_LAYOUT}. "
+                f"Found in {self.root}: {found or 'nothing'}.{hint}"
+            )
+
+    def _data_dir(self) -> Path:
+        return self.root
+
+    def _review_files(self, folder: str, rng: np.random.Generator) -> list[Path]:
+        files = sorted((self.root / folder).glob("*.txt"))
+        if self.max_reviews_per_class is not None and len(files) > self.max_reviews_per_class:
+            keep = np.sort(rng.permutation(len(files))[: self.max_reviews_per_class])
+            files = [files[i] for i in keep]
+        return files
+
+    def _corpus_settings(self) -> dict[str, Any]:
+        counts = {folder: sum(1 for _ in (self.root / folder).glob("*.txt")) for folder in self._folders()}
+        return {
+            "root": str(self.root),
+            "files_per_folder": counts,
+            "val_fraction": self.val_fraction,
+            "use_unsup": self.use_unsup,
+            "max_reviews_per_class": self.max_reviews_per_class,
+        }
+
+    @staticmethod
+    def _sentences(files: Sequence[Path], label: int) -> tuple[list[list[str]], list[int]]:
+        sentences: list[list[str]] = []
+        for f in files:
+            review = f.read_text(encoding="utf-8", errors="replace")
+            sentences += [tokenize(s) for s in split_sentences(review)]
+        return sentences, [label] * len(sentences)
+
+    def _read_corpus(self) -> dict[str, tuple[list[list[str]], list[int]]]:
+        rng = np.random.default_rng(self.seed)
+        parts: dict[str, tuple[list[list[str]], list[int]]] = {name: ([], []) for name in SPLITS}
+
+        def add(name: str, files: Sequence[Path], label: int) -> None:
+            sentences, labels = self._sentences(files, label)
+            parts[name][0].extend(sentences)
+            parts[name][1].extend(labels)
+
+        for sentiment, label in self.LABELS.items():
+            train_files = self._review_files(f"train/{sentiment}", rng)
+            n_val = round(self.val_fraction * len(train_files))
+            order = rng.permutation(len(train_files))
+            add("val", [train_files[i] for i in sorted(order[:n_val])], label)
+            add("train", [train_files[i] for i in sorted(order[n_val:])], label)
+            add("test", self._review_files(f"test/{sentiment}", rng), label)
+        if self.use_unsup:
+            add("train", self._review_files("train/unsup", rng), UNLABELLED)
+        return {name: _shuffled(*parts[name], rng) for name in SPLITS}
