@@ -90,7 +90,8 @@ class AudioDataModule(SequenceDataModule):
         """Set ``stats``, ``normalizer`` and the three datasets; return a summary for the JSON."""
 
     def prepare_data(self) -> None:
-        self._prepare()
+        if self.corpus is None:  # already prepared and opened by setup()
+            self._prepare()
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

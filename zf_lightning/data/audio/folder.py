@@ -109,6 +109,7 @@ class AudioFolderDataModule(AudioDataModule):
         self.max_train_frames = max_train_frames
         self.eval_chunk_frames = eval_chunk_frames
         self.label_names: list[str] | None = None
+        self.split_files: dict[str, list[str]] = {}
 
     def _layout(self) -> str:
         return f"a folder of audio files matching {list(self.patterns)}"
@@ -169,6 +170,7 @@ class AudioFolderDataModule(AudioDataModule):
         files = corpus.files
         idx = self._split_indices(files)
         labels = self._labels(files)
+        self.split_files = {name: [files[i] for i in v] for name, v in idx.items()}
         self.stats = corpus.file_stats(idx["train"])
         self.normalizer = Normalizer.from_stats(self.stats)
         stream, fs, norm = corpus.stream, self.frame_size, self.normalizer

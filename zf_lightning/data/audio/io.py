@@ -42,11 +42,11 @@ def resolve_path(path: str | os.PathLike[str]) -> Path:
     against Hydra's original working directory when Hydra is running, else against the cwd.
     """
     p = Path(os.path.expanduser(os.fspath(path)))
-    if p.is_absolute():
-        return p
-    from hydra.utils import to_absolute_path
+    if not p.is_absolute():
+        from hydra.utils import to_absolute_path
 
-    return Path(to_absolute_path(os.fspath(p)))
+        p = Path(to_absolute_path(os.fspath(p)))
+    return Path(os.path.normpath(p))
 
 
 def find_files(root: Path, patterns: Sequence[str]) -> list[str]:

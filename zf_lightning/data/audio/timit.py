@@ -124,6 +124,7 @@ class TimitDataModule(AudioDataModule):
         self.seed = seed
         self.eval_chunk_frames = eval_chunk_frames
         self.num_train_files = 0
+        self.split_files: dict[str, list[str]] = {}
 
     @property
     def unit(self) -> str:  # type: ignore[override]
@@ -142,6 +143,10 @@ class TimitDataModule(AudioDataModule):
             raise ValueError(f"TIMIT needs at least 2 training utterances, found {self.num_train_files}")
         train_idx, val_idx = seeded_holdout(self.num_train_files, self.val_fraction, self.seed)
         test_idx = np.arange(self.num_train_files, len(corpus.files))
+        self.split_files = {
+            name: [corpus.files[i] for i in idx]
+            for name, idx in (("train", train_idx), ("val", val_idx), ("test", test_idx))
+        }
         self.stats = corpus.file_stats(train_idx)
         self.normalizer = Normalizer.from_stats(self.stats)
         fs, norm, stream = self.frame_size, self.normalizer, corpus.stream
@@ -163,6 +168,6 @@ class TimitDataModule(AudioDataModule):
                 "eval_chunk_frames": self.eval_chunk_frames,
             },
             "utterances": {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
-            "val_files": [corpus.files[i] for i in val_idx],
+            "val_files": self.split_files["val"],
             "items": {"train": len(self.train_set), "val": len(self.val_set), "test": len(self.test_set)},
         }
