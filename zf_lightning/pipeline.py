@@ -12,7 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -82,7 +82,7 @@ def _job_identity(cfg: DictConfig) -> dict[str, Any]:
 def build_loggers(cfg: DictConfig) -> list[Logger]:
     loggers: list[Logger] = []
     identity = _job_identity(cfg)
-    for key, lg_cfg in (cfg.get("logger") or {}).items():
+    for lg_cfg in (cfg.get("logger") or {}).values():
         if lg_cfg is None or "_target_" not in lg_cfg:
             continue
         extra: dict[str, Any] = {}
@@ -91,8 +91,12 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
             if identity.get("tags"):
                 extra["tags"] = identity["tags"]
             extra["config"] = resolved_config(cfg)
-        log.info("logger %s", key)
-        loggers.append(instantiate(lg_cfg, **extra))
+        # built by hand, not by instantiate(): the W&B `config` kwarg would clash with
+        # instantiate's own argument, and its `_target_` entries must not be instantiated
+        params = OmegaConf.to_container(lg_cfg, resolve=True)
+        assert isinstance(params, dict)
+        logger_cls = get_class(str(params.pop("_target_")))
+        loggers.append(logger_cls(**(params | extra)))
     return loggers
 
 

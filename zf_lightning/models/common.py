@@ -58,5 +58,6 @@ def check_head(head: nn.Module, spec: DataSpec) -> None:
         raise ValueError(
             f"output head {type(head).__name__} models {', '.join(accepts) or 'nothing'} data, but the data "
             f"module yields {spec.kind!r} data; choose a matching head (e.g. output=gaussian for real frames, "
-            "output=bernoulli for binary pixels, output=categorical for tokens) or output=from_data"
+            "output=bernoulli for binary pixels, output=categorical for tokens), or leave output unset to get "
+            "the data's natural head"
         )

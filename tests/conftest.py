@@ -1,0 +1,63 @@
+"""Shared fixtures: composed configs with tiny sizes, and one trained run reused by several tests."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+# A model and data small enough that a run of a few dozen updates takes seconds on 2 cores.
+TINY = [
+    "model.emb_dim=8",
+    "model.rnn_dim=16",
+    "model.z_dim=4",
+    "model.mlp_dim=8",
+    "data.pixels_per_step=14",
+    "data.batch_size=32",
+    "trainer.enable_progress_bar=false",
+    "trainer.limit_val_batches=1",
+    "samples.num=4",
+    "logger=csv",
+]
+
+
+def compose_config(name: str, overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=name, overrides=overrides)
+
+
+@pytest.fixture
+def compose_train(tmp_path: Path) -> Callable[..., DictConfig]:
+    """Compose conf/train.yaml with tiny sizes; outputs and caches go under tmp_path."""
+
+    def _compose(*overrides: str, tiny: bool = True) -> DictConfig:
+        base = [f"paths.output_dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}"]
+        return compose_config("train", base + (TINY if tiny else []) + list(overrides))
+
+    return _compose
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[DictConfig, dict[str, float], Path]:
+    """One short Hydra-composed training run on the embedded MNIST (config, metrics, output dir)."""
+    from zf_lightning.pipeline import train
+
+    out = tmp_path_factory.mktemp("trained")
+    cfg = compose_config(
+        "train",
+        [f"paths.output_dir={out}", f"paths.cache_dir={out / 'cache'}", *TINY, "trainer.max_steps=40",
+         "trainer.max_epochs=1", "trainer.val_check_interval=20", "trainer.log_every_n_steps=1",
+         "optim.optimizer.lr=3e-3", "ablation=kla_aux"],
+    )
+    metrics = train(cfg)
+    return cfg, metrics, out
