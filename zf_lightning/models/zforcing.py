@@ -14,6 +14,7 @@ step, and the tests hold the two equal.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -27,6 +28,23 @@ from zf_lightning.models.layers import ClippedLeakyReLU, GaussianMLP, ZLSTMCell,
 from zf_lightning.types import DataSpec, SequenceBatch, StepTerms
 
 AuxInput = Literal["h_z", "z"]
+
+
+@dataclass
+class PosteriorPass:
+    """One pass of the forward recurrence under the posterior, every field [B, T, ...].
+
+    ``h_prev`` is h_{t-1} (what the prior, posterior and aux head read at step t), ``h`` is
+    h_t (what the output head reads), ``b`` the backward states.
+    """
+
+    h_prev: Tensor
+    h: Tensor
+    z: Tensor
+    mean_q: Tensor
+    logvar_q: Tensor
+    b: Tensor
+
 AuxLoss = Literal["gaussian", "l2"]
 
 
@@ -132,6 +150,14 @@ class ZForcing(nn.Module):
 
         ``noise`` is N(0, I) of shape [B, T, z_dim]; pass it to reproduce a sample path.
         """
+        run = self.infer(batch, noise)
+        return self._terms(batch, run.h_prev, run.h, run.z, run.mean_q, run.logvar_q, run.b)
+
+    def infer(self, batch: SequenceBatch, noise: Tensor | None = None) -> PosteriorPass:
+        """Run the recurrence under the posterior: states, latents and posterior parameters.
+
+        Analyses (active units, probes) read ``mean_q`` and ``h`` from here.
+        """
         B, T = batch.mask.shape
         H = self.rnn_dim
         if noise is None:
@@ -171,13 +197,14 @@ class ZForcing(nn.Module):
             mean_q_all.append(mean_q)
             logvar_q_all.append(logvar_q)
 
-        # --- everything that only needs the stacked states, for all steps at once
-        h_prev = torch.stack(h_prev_all, 1)
-        hs = torch.stack(h_all, 1)
-        z = torch.stack(z_all, 1)
-        mean_q = torch.stack(mean_q_all, 1)
-        logvar_q = torch.stack(logvar_q_all, 1)
-        return self._terms(batch, h_prev, hs, z, mean_q, logvar_q, b)
+        return PosteriorPass(
+            h_prev=torch.stack(h_prev_all, 1),
+            h=torch.stack(h_all, 1),
+            z=torch.stack(z_all, 1),
+            mean_q=torch.stack(mean_q_all, 1),
+            logvar_q=torch.stack(logvar_q_all, 1),
+            b=b,
+        )
 
     def _terms(
         self,
