@@ -15,7 +15,8 @@ import torch
 from omegaconf import DictConfig
 
 from tests.conftest import TINY, compose_config
-from zf_lightning.pipeline import CONFIG_KEY, evaluate, train
+from zf_lightning.evaluation import evaluate
+from zf_lightning.pipeline import CONFIG_KEY, train
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

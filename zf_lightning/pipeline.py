@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from zf_lightning.data.base import SequenceDataModule
 from zf_lightning.lit import SequenceLitModule
@@ -136,6 +136,23 @@ def split_metrics(trainer: L.Trainer, lit: SequenceLitModule, dm: SequenceDataMo
     return metrics
 
 
+def run_analyses(cfg: DictConfig, lit: SequenceLitModule, dm: SequenceDataModule, split: str) -> dict[str, float]:
+    """Post-training analyses from the ``analysis`` group (e.g. active units, latent probes).
+
+    Each entry is a ``_partial_`` callable ``(model, datamodule, split) -> {metric: value}``.
+    """
+    metrics: dict[str, float] = {}
+    for name, fn_cfg in (cfg.get("analyses") or {}).items():
+        if fn_cfg is None:
+            continue
+        log.info("analysis %s on %s", name, split)
+        L.seed_everything(int(cfg.seed), verbose=False)
+        lit.eval()
+        with torch.no_grad():
+            metrics.update(instantiate(fn_cfg)(lit.model, dm, split))
+    return metrics
+
+
 def write_samples(cfg: DictConfig, lit: SequenceLitModule, dm: SequenceDataModule, directory: Path) -> list[Path]:
     """Draw ``samples.num`` sequences from the prior and render them in the data's format."""
     n = int(cfg.samples.num)
@@ -183,42 +200,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if cfg.get("test", True):
             metrics.update(split_metrics(trainer, lit, dm, int(cfg.seed), "test", ckpt_path=best))
             metrics["test/checkpoint"] = best or "last weights"  # type: ignore[assignment]
+            metrics.update(run_analyses(cfg, lit, dm, "test"))
         write_samples(cfg, lit, dm, out_dir / "samples")
         write_json(out_dir / "metrics.json", metrics)
         failed = False
         return metrics
     finally:
         close_loggers(failed)
-
-
-def load_checkpoint_config(ckpt_path: str | Path) -> tuple[DictConfig, dict[str, Any]]:
-    """The resolved config stored in a checkpoint, and the checkpoint itself."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path} (expected a .ckpt file written by train.py)")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    if CONFIG_KEY not in checkpoint:
-        raise ValueError(f"{path} has no stored config ('{CONFIG_KEY}'); only checkpoints written by train.py load")
-    return OmegaConf.create(checkpoint[CONFIG_KEY]), checkpoint
-
-
-def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Rebuild a trained model from its checkpoint's config and evaluate one split."""
-    out_dir = Path(cfg.paths.output_dir)
-    run_cfg, checkpoint = load_checkpoint_config(cfg.ckpt_path)
-    if cfg.get("data_overrides"):
-        with open_dict(run_cfg):
-            run_cfg.data = OmegaConf.merge(run_cfg.data, cfg.data_overrides)
-    dm = build_datamodule(run_cfg)
-    lit = build_module(run_cfg, dm)
-    lit.load_state_dict(checkpoint["state_dict"])
-    trainer = L.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
-    metrics = split_metrics(trainer, lit, dm, int(cfg.seed), str(cfg.split))
-    metrics["checkpoint"] = str(cfg.ckpt_path)  # type: ignore[assignment]
-    with open_dict(run_cfg):
-        run_cfg.samples = cfg.samples
-        run_cfg.seed = cfg.seed
-    write_samples(run_cfg, lit, dm, out_dir / "samples")
-    write_json(out_dir / "metrics.json", metrics)
-    return metrics
