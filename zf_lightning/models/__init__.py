@@ -1,6 +1,10 @@
 """Plain PyTorch models (no Lightning, no Hydra). Every model maps a SequenceBatch to StepTerms."""
 
-from zf_lightning.models.heads import BernoulliHead, CategoricalHead, GaussianHead, OutputHead
+from zf_lightning.models.heads import BernoulliHead, CategoricalHead, GaussianHead, GMMHead, OutputHead
+from zf_lightning.models.rnn import RNN
+from zf_lightning.models.srnn import SRNN
+from zf_lightning.models.vrnn import VRNN
 from zf_lightning.models.zforcing import ZForcing
 
-__all__ = ["BernoulliHead", "CategoricalHead", "GaussianHead", "OutputHead", "ZForcing"]
+__all__ = ["RNN", "SRNN", "VRNN", "BernoulliHead", "CategoricalHead", "GMMHead", "GaussianHead", "OutputHead",
+           "ZForcing"]

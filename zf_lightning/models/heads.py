@@ -109,3 +109,49 @@ class CategoricalHead(OutputHead):
 
     def mean(self, params: Tensor) -> Tensor:
         return params.argmax(dim=-1)
+
+
+class GMMHead(OutputHead):
+    """Mixture of ``components`` diagonal Gaussians over real frames (RNN-GMM, VRNN-GMM).
+
+    Params are laid out ``[logits (K) | means (K*D) | log-variances (K*D)]``; weights are a
+    softmax of the logits and the density is combined with ``logsumexp``, so it stays finite
+    where single components underflow. With K=1 it is exactly ``GaussianHead`` (the logit
+    drops out of the log-softmax).
+    """
+
+    accepts = ("real",)
+
+    def __init__(self, in_features: int, dim: int, components: int = 20) -> None:
+        super().__init__(in_features, dim)
+        if components < 1:
+            raise ValueError(f"GMMHead needs at least one component, got {components}")
+        self.components = components
+        self.proj = nn.Linear(in_features, components * (1 + 2 * dim))
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.proj(h)
+
+    def split(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(log-weights [..., K], means [..., K, D], log-variances [..., K, D])."""
+        K, D = self.components, self.dim
+        logits, means, logvars = params.split([K, K * D, K * D], dim=-1)
+        shape = (*params.shape[:-1], K, D)
+        return torch.log_softmax(logits, dim=-1), means.reshape(shape), logvars.reshape(shape)
+
+    def nll(self, params: Tensor, target: Tensor) -> Tensor:
+        log_w, means, logvars = self.split(params)
+        per_component = gaussian_log_prob(target.unsqueeze(-2), means, logvars)
+        return -torch.logsumexp(log_w + per_component, dim=-1)
+
+    def sample(self, params: Tensor) -> Tensor:
+        log_w, means, logvars = self.split(params)
+        pick = torch.distributions.Categorical(logits=log_w).sample()
+        index = pick[..., None, None].expand(*pick.shape, 1, self.dim)
+        mean = means.gather(-2, index).squeeze(-2)
+        logvar = logvars.gather(-2, index).squeeze(-2)
+        return mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+
+    def mean(self, params: Tensor) -> Tensor:
+        log_w, means, _ = self.split(params)
+        return (log_w.exp().unsqueeze(-1) * means).sum(-2)

@@ -1,0 +1,97 @@
+"""The deterministic baseline (Table 1's RNN-Gauss / RNN-GMM): a fused LSTM over the embedded
+inputs and an output head, so its ``nll`` is the exact log-likelihood.
+
+Also holds the autoregressive sampling loop the baselines share: each model only says how
+one step turns the previous output into head parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from zf_lightning.models.common import InputEmbedding, check_head, mask_terms
+from zf_lightning.models.heads import HeadFactory, OutputHead
+from zf_lightning.types import DataSpec, SequenceBatch, StepTerms
+
+# step(x_prev, state) -> (head params for the next output, new state); state starts as None
+SampleStep = Callable[[Tensor, Any], tuple[Tensor, Any]]
+
+
+def sample_autoregressively(
+    spec: DataSpec,
+    head: OutputHead,
+    step: SampleStep,
+    n: int,
+    steps: int,
+    first_input: Tensor | None,
+    use_mean: bool,
+    device: torch.device,
+) -> Tensor:
+    """Run ``step`` for ``steps`` steps, feeding each sample (or mean) back as the next input.
+
+    ``first_input`` defaults to zeros (MNIST's zero frame, or token id 0).
+    Returns [n, steps, D] for frames, [n, steps] for tokens.
+    """
+    if first_input is None:
+        tokens = spec.kind == "tokens"
+        shape = (n,) if tokens else (n, spec.dim)
+        first_input = torch.zeros(shape, dtype=torch.long if tokens else torch.float32, device=device)
+    x = first_input.to(device)
+    state: Any = None
+    out = []
+    for _ in range(steps):
+        params, state = step(x, state)
+        x = head.mean(params) if use_mean else head.sample(params)
+        out.append(x)
+    return torch.stack(out, 1)
+
+
+def make_rnn(kind: str, input_size: int, hidden_size: int) -> nn.RNNBase:
+    """A fused single-layer batch-first LSTM or GRU (``kind``: ``lstm`` | ``gru``)."""
+    if kind not in ("lstm", "gru"):
+        raise ValueError(f"rnn kind must be 'lstm' or 'gru', got {kind!r}")
+    rnn_cls = nn.LSTM if kind == "lstm" else nn.GRU
+    return rnn_cls(input_size, hidden_size, batch_first=True)
+
+
+class RNN(nn.Module):
+    """Deterministic LSTM baseline: h_t = LSTM(emb(x_t), h_{t-1}), p(y_t | h_t) from the head.
+
+    Args:
+        spec: the data's kind and size (from the data module).
+        head: factory ``head(in_features, dim)`` (Gaussian, GMM, Bernoulli, categorical).
+        emb_dim, rnn_dim: layer sizes.
+        dropout: on the input embedding.
+
+    Padding needs no packing: masks are prefixes, so real steps never read padded ones.
+    """
+
+    def __init__(self, spec: DataSpec, head: HeadFactory, emb_dim: int = 64, rnn_dim: int = 128,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        self.spec = spec
+        self.rnn_dim = rnn_dim
+        self.embedding = InputEmbedding(spec, emb_dim, dropout)
+        self.rnn = make_rnn("lstm", emb_dim, rnn_dim)
+        self.output_head = head(rnn_dim, spec.dim)
+        check_head(self.output_head, spec)
+
+    def forward(self, batch: SequenceBatch) -> StepTerms:
+        hs, _ = self.rnn(self.embedding(batch.inputs))
+        nll = self.output_head.nll(self.output_head(hs), batch.targets)
+        return mask_terms(StepTerms.with_zeros(nll), batch.mask)
+
+    @torch.no_grad()
+    def generate(self, n: int, steps: int, first_input: Tensor | None = None, use_mean: bool = False) -> Tensor:
+        """Sample ``n`` sequences of ``steps`` steps, feeding samples back (see ``ZForcing.generate``)."""
+
+        def step(x: Tensor, state: Any) -> tuple[Tensor, Any]:
+            h, state = self.rnn(self.embedding(x).unsqueeze(1), state)
+            return self.output_head(h.squeeze(1)), state
+
+        device = next(self.parameters()).device
+        return sample_autoregressively(self.spec, self.output_head, step, n, steps, first_input, use_mean, device)
