@@ -1,6 +1,8 @@
-"""Evaluate a checkpoint: ``python eval.py ckpt_path=<file.ckpt> [split=test|val]``.
+"""Evaluate a checkpoint: ``python eval.py ckpt_path=<file.ckpt> [split=test|val] [eval.iwae_samples=100]``.
 
-The model, data and objective are rebuilt from the config stored in the checkpoint.
+The model, data and objective are rebuilt from the config stored in the checkpoint. Writes
+metrics.json (the test loop's ELBO terms, IWAE-K bounds, data references such as the
+LGSSM's exact NLL), prior samples and, with ``eval.export_latents=true``, posterior latents.
 """
 
 from __future__ import annotations

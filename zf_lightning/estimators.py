@@ -54,6 +54,25 @@ def standard_error(values: Tensor | Sequence[float]) -> float:
     return float(v.std(unbiased=True) / math.sqrt(v.numel()))
 
 
+def ratio_standard_error(values: Tensor | Sequence[float], counts: Tensor | Sequence[float]) -> float:
+    """Standard error of the ratio sum(values) / sum(counts) over n independent units.
+
+    The delta-method (ratio-estimator) error sqrt(sum_i (v_i - R c_i)^2 / (n (n - 1))) / mean(c),
+    used for per-token and per-step rates of sequences of different lengths; with every
+    count 1 it is the plain ``standard_error`` of the mean. NaN when n < 2.
+    """
+    v = torch.as_tensor(values, dtype=torch.float64).flatten()
+    c = torch.as_tensor(counts, dtype=torch.float64).flatten()
+    if v.shape != c.shape:
+        raise ValueError(f"values and counts must have the same length, got {v.numel()} and {c.numel()}")
+    n = v.numel()
+    if n < 2:
+        return float("nan")
+    ratio = v.sum() / c.sum()
+    residual = v - ratio * c
+    return float(torch.sqrt(residual.pow(2).sum() / (n * (n - 1))) / c.mean())
+
+
 def repeat_batch(batch: SequenceBatch, repeats: int) -> SequenceBatch:
     """Each sequence ``repeats`` times in a row (row b * repeats + j is copy j of sequence b)."""
     moved = {
@@ -107,6 +126,22 @@ def log_weights(
     (deterministic ones) are called as ``forward(batch)``. The model runs in eval mode
     (no dropout); its previous mode is restored.
     """
+    return path_bounds(model, batch, num_samples, chunk_size, seed)[0]
+
+
+@torch.no_grad()
+def path_bounds(
+    model: nn.Module,
+    batch: SequenceBatch,
+    num_samples: int,
+    chunk_size: int | None = None,
+    seed: int | Sequence[int] = 0,
+) -> tuple[Tensor, Tensor]:
+    """Log importance weights and analytic-KL ELBOs of the same posterior paths, each [B, K].
+
+    Same sampling, chunking and seeding as ``log_weights``; the ELBOs come for free from the
+    forward passes the weights need, so an evaluation gets both bounds on common noise.
+    """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     chunk = num_samples if chunk_size is None else chunk_size
@@ -119,7 +154,7 @@ def log_weights(
     was_training = model.training
     model.eval()
     try:
-        pieces = []
+        weights, elbos = [], []
         for start in range(0, num_samples, chunk):
             count = min(chunk, num_samples - start)
             repeated = repeat_batch(batch, count)
@@ -134,7 +169,8 @@ def log_weights(
                     dim=1,
                 )  # [B, count, T, Z] -> rows in repeat_interleave order
                 terms = model(repeated, noise=noise.reshape(b * count, steps, z_dim))
-            pieces.append(log_weights_from_terms(terms, repeated.mask).reshape(b, count))
+            weights.append(log_weights_from_terms(terms, repeated.mask).reshape(b, count))
+            elbos.append(elbo_from_terms(terms, repeated.mask).reshape(b, count))
     finally:
         model.train(was_training)
-    return torch.cat(pieces, dim=1)
+    return torch.cat(weights, dim=1), torch.cat(elbos, dim=1)
