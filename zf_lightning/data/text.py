@@ -412,6 +412,18 @@ class WordDataModule(SequenceDataModule):
         }
         self.train_set, self.val_set, self.test_set = datasets["train"], datasets["val"], datasets["test"]
 
+    def sample_first_input(self, n: int) -> Tensor:
+        """Generation starts from ``<bos>``, the input every training sentence starts with."""
+        return torch.full((n,), self.bos_id, dtype=torch.long)
+
+    def sample_length(self) -> int:
+        """Steps to generate: the longest training sequence (at most ``max_len``); text stops at ``<eos>``."""
+        self._ensure_built()
+        assert self._splits is not None
+        offsets = np.asarray(self._splits["train"].offsets)
+        longest = int(np.diff(offsets).max()) + 1 if len(offsets) > 1 else 1
+        return min(longest, self.max_len) if self.max_len is not None else longest
+
     def encode_sentence(self, text: str) -> SequenceItem:
         """``(inputs, targets, label=None)`` for a raw sentence, tokenized like the corpus."""
         split = EncodedSplit.from_lists([self.vocab.encode(tokenize(text))], [UNLABELLED])
