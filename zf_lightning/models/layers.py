@@ -116,3 +116,84 @@ class ZLSTMCell(nn.Module):
             gain, bias = cond.chunk(2, dim=-1)
             return F.layer_norm(gh, (gh.shape[-1],)) * (1.0 + gain) + bias
         return gh + F.linear(cond, self.weight_iz)
+
+
+class LoopLinear:
+    """A linear map applied once per step of a Python loop, with its weight gradient formed after the loop.
+
+    Autograd would give every step its own weight gradient (an outer product of two [B, .]
+    matrices written into a weight-sized buffer and added to the running sum), T small
+    memory-bound products per weight. Fused RNN kernels instead form sum_t g_t^T x_t once,
+    as one large product over all steps; this does the same for hand-written recurrences:
+    each step's backward computes only the gradient of its input and keeps the output
+    gradient g_t, and a collector node, which autograd runs after every step's backward
+    (they all consume its token), turns the kept g_t and x_t into the weight and bias
+    gradients. Values are those of ``F.linear``; gradients differ only by summation order.
+
+    Create one per forward pass; call ``step(x, base)`` inside the loop.
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor | None = None) -> None:
+        self.weight = weight.detach()
+        self.weight_t = self.weight.t()
+        self.bias = None if bias is None else bias.detach()
+        self.inputs: list[Tensor] = []
+        self.grads: dict[int, Tensor] = {}
+        tracked = torch.is_grad_enabled() and (weight.requires_grad or (bias is not None and bias.requires_grad))
+        self.token = _LoopLinearCollect.apply(weight, bias, self) if tracked else None
+
+    def step(self, x: Tensor, base: Tensor | None = None) -> Tensor:
+        """``base + x W^T`` (``base`` defaults to the bias): like ``F.linear``, gradient to the weight deferred."""
+        if base is None:
+            base = self.bias
+        elif self.bias is not None:
+            raise ValueError("LoopLinear.step: pass base only to a map without its own bias")
+        if self.token is None and not (torch.is_grad_enabled() and x.requires_grad):
+            return x @ self.weight_t if base is None else torch.addmm(base, x, self.weight_t)
+        return _LoopLinearStep.apply(x, base, self.token, self)
+
+    def collect(self) -> tuple[Tensor | None, Tensor | None]:
+        """Weight and bias gradients from the kept per-step output gradients (None when none arrived)."""
+        steps = sorted(self.grads)
+        self.grads, grads = {}, [self.grads[t] for t in steps]
+        if not grads:
+            return None, None
+        g = torch.cat(grads, 0)
+        x = torch.cat([self.inputs[t] for t in steps], 0)
+        return g.t() @ x, (g.sum(0) if self.bias is not None else None)
+
+
+class _LoopLinearStep(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, base: Tensor | None, token: Tensor | None, linear: LoopLinear) -> Tensor:  # type: ignore[override]
+        ctx.linear = linear
+        ctx.step = len(linear.inputs)
+        ctx.base_shape = None if base is None else base.shape
+        linear.inputs.append(x.detach())
+        return x @ linear.weight_t if base is None else torch.addmm(base, x, linear.weight_t)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        linear: LoopLinear = ctx.linear
+        if linear.token is not None:
+            linear.grads[ctx.step] = grad
+        grad_x = grad @ linear.weight if ctx.needs_input_grad[0] else None
+        grad_base = None
+        if ctx.needs_input_grad[1]:
+            grad_base = grad if ctx.base_shape == grad.shape else grad.sum_to_size(ctx.base_shape)
+        grad_token = grad.new_zeros(()) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_base, grad_token, None
+
+
+class _LoopLinearCollect(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight: Tensor, bias: Tensor | None, linear: LoopLinear) -> Tensor:  # type: ignore[override]
+        ctx.linear = linear
+        return weight.new_zeros(())
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, _grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        grad_w, grad_b = ctx.linear.collect()
+        return grad_w, grad_b, None

@@ -8,8 +8,9 @@ Naming follows the DVAE toolkit's split into *inference* (backward LSTM, posteri
 The forward pass is written for speed (DESIGN.md, "Performance"): everything that does
 not depend on h_{t-1} runs for all steps at once before or after the Python loop, and the
 loop itself does one product from h_{t-1} (to the gates and the posterior) and one from
-z_t. ``zf_lightning.models.reference`` computes the same terms the plain way, step by
-step, and the tests hold the two equal.
+z_t, on time-major tensors; the weight gradients of those in-loop products are formed
+once after the loop (``LoopLinear``), as fused RNN kernels do. ``zf_lightning.models.reference``
+computes the same terms the plain way, step by step, and the tests hold the two equal.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 from zf_lightning.models.common import InputEmbedding, check_head, mask_terms, reverse_padded
 from zf_lightning.models.distributions import gaussian_kl, gaussian_log_prob, reparameterize
 from zf_lightning.models.heads import HeadFactory
-from zf_lightning.models.layers import ClippedLeakyReLU, GaussianMLP, ZLSTMCell, lstm_pointwise
+from zf_lightning.models.layers import ClippedLeakyReLU, GaussianMLP, LoopLinear, ZLSTMCell, lstm_pointwise
 from zf_lightning.types import DataSpec, SequenceBatch, StepTerms
 
 AuxInput = Literal["h_z", "z"]
@@ -137,13 +138,6 @@ class ZForcing(nn.Module):
             return (target - torch.tanh(mean)).pow(2).sum(-1)
         return -gaussian_log_prob(target, torch.tanh(mean), logvar)
 
-    def _z_to_gates_folded(self) -> tuple[Tensor, Tensor] | None:
-        """In plain mode W_iz (A z + a) = (W_iz A) z + W_iz a: fold the linear z map into the gates."""
-        if self.cond_layer_norm:
-            return None
-        w_iz = self.cell.weight_iz
-        return w_iz @ self.z_map.weight, w_iz @ self.z_map.bias
-
     # ------------------------------------------------------------------ forward
     def forward(self, batch: SequenceBatch, noise: Tensor | None = None) -> StepTerms:
         """Per-step objective terms for one posterior sample path.
@@ -159,52 +153,83 @@ class ZForcing(nn.Module):
         Analyses (active units, probes) read ``mean_q`` and ``h`` from here.
         """
         B, T = batch.mask.shape
-        H = self.rnn_dim
         if noise is None:
             noise = torch.randn(B, T, self.z_dim, device=batch.mask.device)
         elif noise.shape != (B, T, self.z_dim):
             raise ValueError(f"noise must have shape {(B, T, self.z_dim)}, got {tuple(noise.shape)}")
 
-        # --- everything that does not depend on h_{t-1}, for all steps at once
+        # each _loop_* does all that does not depend on h_{t-1} for all steps before its Python
+        # loop; the heads, KL and log-densities run on the stacked states in _terms
         emb = self.embedding(batch.inputs)
         b = self.backward_states(batch)
-        post_first = self.posterior.first
-        post_from_b = F.linear(b, post_first.weight[:, H:], post_first.bias)
-        gates_x = self.cell.input_gates(emb)
-        folded = self._z_to_gates_folded()
-        if folded is not None:
-            w_z, b_z = folded
-            gates_x = gates_x + b_z
-        # one product from h_{t-1} to every consumer inside the loop: gates and posterior
-        w_h = torch.cat([self.cell.weight_hh, post_first.weight[:, :H]], dim=0)
+        loop = self._loop_cond_layer_norm if self.cond_layer_norm else self._loop_plain
+        h_prev, h, z, q = loop(emb, b, noise)
+        mean_q, logvar_q = q.chunk(2, dim=-1)
+        return PosteriorPass(h_prev=h_prev, h=h, z=z, mean_q=mean_q, logvar_q=logvar_q, b=b)
 
-        h = batch.mask.new_zeros(B, H)
-        c = batch.mask.new_zeros(B, H)
-        h_prev_all, h_all, z_all, mean_q_all, logvar_q_all = [], [], [], [], []
-        for t in range(T):
-            from_h = h @ w_h.t()
-            gh, post_h = from_h[:, : 4 * H], from_h[:, 4 * H :]
-            mean_q, logvar_q = self.posterior.from_hidden_preactivation(post_h + post_from_b[:, t])
-            z = reparameterize(mean_q, logvar_q, noise[:, t])
-            if folded is not None:
-                gates = gates_x[:, t] + gh + z @ w_z.t()
-            else:
-                gates = gates_x[:, t] + self.cell.hidden_gates(gh, self.z_condition(z))
-            h_prev_all.append(h)
+    def _posterior_step(self, post: LoopLinear, pre: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
+        """q(z_t) parameters [mean; logvar] from the posterior's first-layer pre-activation, and z_t."""
+        q = post.step(self.posterior.act(pre))
+        if self.posterior.clamp is not None:
+            q = torch.clamp(q, -self.posterior.clamp, self.posterior.clamp)
+        mean, logvar = q.chunk(2, dim=-1)
+        return q, torch.addcmul(mean, torch.exp(0.5 * logvar), noise)
+
+    def _loop_plain(self, emb: Tensor, b: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The recurrence with the linear z map folded into the gates.
+
+        Before the loop: per step, [W_ix emb_t + bias + W_iz a ; W_qb b_t + c] (a, c: z-map and
+        posterior biases). In the loop: one product from h_{t-1} adds [W_hh; W_qh] to that,
+        the posterior's second layer gives z_t, one product from z_t adds (W_iz A) z_t to the gates.
+        """
+        H = self.rnn_dim
+        cell, first = self.cell, self.posterior.first
+        w_iz = cell.weight_iz
+        bias = cell.bias + w_iz @ self.z_map.bias
+        gates_x = F.linear(emb.transpose(0, 1), cell.weight_ix, bias)
+        post_from_b = F.linear(b.transpose(0, 1), first.weight[:, H:], first.bias)
+        pre = torch.cat([gates_x, post_from_b], dim=-1)  # [T, B, 4H + M]
+        from_h = LoopLinear(torch.cat([cell.weight_hh, first.weight[:, :H]], dim=0))
+        post = LoopLinear(self.posterior.second.weight, self.posterior.second.bias)
+        from_z = LoopLinear(w_iz @ self.z_map.weight)
+
+        h = c = emb.new_zeros(emb.shape[0], H)
+        h_all, z_all, q_all = [h], [], []
+        # unbind, not pre[t]: one backward node stacks the step gradients (pre[t] would give
+        # each step a zero-filled [T, B, .] gradient buffer, quadratic in T)
+        for pre_t, noise_t in zip(pre.unbind(0), noise.unbind(1), strict=True):
+            gates_h, post_pre = from_h.step(h, pre_t).split([4 * H, first.out_features], dim=1)
+            q, z = self._posterior_step(post, post_pre, noise_t)
+            h, c = lstm_pointwise(from_z.step(z, gates_h), c)
+            h_all.append(h)
+            z_all.append(z)
+            q_all.append(q)
+        return torch.stack(h_all[:-1], 1), torch.stack(h_all[1:], 1), torch.stack(z_all, 1), torch.stack(q_all, 1)
+
+    def _loop_cond_layer_norm(self, emb: Tensor, b: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The recurrence with z_t setting the gain and bias of LN(W_hh h_{t-1})."""
+        H = self.rnn_dim
+        cell, first = self.cell, self.posterior.first
+        gates_x = cell.input_gates(emb.transpose(0, 1))  # [T, B, 4H]
+        post_from_b = F.linear(b.transpose(0, 1), first.weight[:, H:], first.bias)
+        from_h = LoopLinear(torch.cat([cell.weight_hh, first.weight[:, :H]], dim=0))
+        post = LoopLinear(self.posterior.second.weight, self.posterior.second.bias)
+        z_in, z_act, z_out = self.z_map
+        cond_in, cond_out = LoopLinear(z_in.weight, z_in.bias), LoopLinear(z_out.weight, z_out.bias)
+
+        h = c = emb.new_zeros(emb.shape[0], H)
+        h_all, z_all, q_all = [h], [], []
+        steps = zip(gates_x.unbind(0), post_from_b.unbind(0), noise.unbind(1), strict=True)
+        for gates_x_t, post_from_b_t, noise_t in steps:
+            gh, post_h = from_h.step(h).split([4 * H, first.out_features], dim=1)
+            q, z = self._posterior_step(post, post_h + post_from_b_t, noise_t)
+            gain, shift = torch.clamp(cond_out.step(z_act(cond_in.step(z))), -3.0, 3.0).chunk(2, dim=-1)
+            gates = gates_x_t + torch.addcmul(shift, F.layer_norm(gh, (4 * H,)), 1.0 + gain)
             h, c = lstm_pointwise(gates, c)
             h_all.append(h)
             z_all.append(z)
-            mean_q_all.append(mean_q)
-            logvar_q_all.append(logvar_q)
-
-        return PosteriorPass(
-            h_prev=torch.stack(h_prev_all, 1),
-            h=torch.stack(h_all, 1),
-            z=torch.stack(z_all, 1),
-            mean_q=torch.stack(mean_q_all, 1),
-            logvar_q=torch.stack(logvar_q_all, 1),
-            b=b,
-        )
+            q_all.append(q)
+        return torch.stack(h_all[:-1], 1), torch.stack(h_all[1:], 1), torch.stack(z_all, 1), torch.stack(q_all, 1)
 
     def _terms(
         self,

@@ -1,0 +1,267 @@
+"""Side-by-side training-step timings for Z-Forcing, in one process.
+
+Three steps (forward + backward + Adam), each the median of ``--repeats`` runs:
+
+* ``reference``: ``reference_forward``, the readable step-by-step implementation (every MLP
+  and the output layer inside the Python loop, as in the authors' code);
+* ``fast``: ``ZForcing.forward``, the thin loop the model trains with;
+* ``floor``: a deterministic model of the same sizes built from one fused backward
+  ``nn.LSTM`` and one fused forward ``nn.LSTM`` with the same output layer on each (as the
+  model's output and backward heads): what a latent-free model costs, so ``fast / floor``
+  says what the latents cost on top of it.
+
+The three are timed round-robin (reference, fast, floor, reference, ...), so load from other
+processes on a shared machine spreads over all of them instead of biasing one. Also reported:
+evaluation throughput of the importance-sampled bound (``zf_lightning.estimators.log_weights``
+with K samples), in sequences per second.
+
+    python benchmarks/bench_step.py                      # TIMIT and MNIST sizes, 2 threads
+    python benchmarks/bench_step.py --sizes timit --repeats 30 --json
+    python benchmarks/bench_step.py --device cuda --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from torch import Tensor, nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from zf_lightning.estimators import log_weights  # noqa: E402
+from zf_lightning.models.heads import BernoulliHead, GaussianHead, OutputHead  # noqa: E402
+from zf_lightning.models.reference import reference_forward  # noqa: E402
+from zf_lightning.models.zforcing import ZForcing  # noqa: E402
+from zf_lightning.types import DataSpec, SequenceBatch, StepTerms  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """One benchmark setting: model sizes, batch shape and data kind."""
+
+    name: str
+    emb_dim: int
+    rnn_dim: int
+    z_dim: int
+    mlp_dim: int
+    batch: int
+    steps: int
+    dim: int
+    kind: str  # "real" (Gaussian head) or "binary" (Bernoulli head)
+
+
+TIMIT = Sizes("timit", emb_dim=512, rnn_dim=1024, z_dim=256, mlp_dim=512, batch=32, steps=40, dim=200, kind="real")
+
+
+def mnist_sizes() -> Sizes:
+    """The repo's default MNIST run: model sizes from conf/model, data shape from conf/data."""
+    model = yaml.safe_load((ROOT / "conf/model/zforcing.yaml").read_text())
+    data = yaml.safe_load((ROOT / "conf/data/mnist.yaml").read_text())
+    side = data["downsample"] or 28
+    per_step = data["pixels_per_step"]
+    return Sizes(
+        "mnist",
+        emb_dim=model["emb_dim"],
+        rnn_dim=model["rnn_dim"],
+        z_dim=model["z_dim"],
+        mlp_dim=model["mlp_dim"],
+        batch=data["batch_size"],
+        steps=side * side // per_step,
+        dim=per_step,
+        kind="binary",
+    )
+
+
+def make_batch(sizes: Sizes, device: torch.device, seed: int = 0) -> SequenceBatch:
+    """Full-length synthetic batch: Gaussian frames or Bernoulli(1/2) pixels."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (sizes.batch, sizes.steps, sizes.dim)
+    if sizes.kind == "real":
+        x, y = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    else:
+        x, y = (torch.rand(shape, generator=g) > 0.5).float(), (torch.rand(shape, generator=g) > 0.5).float()
+    return SequenceBatch(x, y, torch.ones(sizes.batch, sizes.steps)).to(device)
+
+
+def head_class(sizes: Sizes) -> type[OutputHead]:
+    return GaussianHead if sizes.kind == "real" else BernoulliHead
+
+
+def make_model(sizes: Sizes, **options: object) -> ZForcing:
+    spec = DataSpec(sizes.kind, sizes.dim, "sequence", sizes.dim)  # type: ignore[arg-type]
+    return ZForcing(
+        spec,
+        head_class(sizes),
+        emb_dim=sizes.emb_dim,
+        rnn_dim=sizes.rnn_dim,
+        z_dim=sizes.z_dim,
+        mlp_dim=sizes.mlp_dim,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+class FusedFloor(nn.Module):
+    """Deterministic lower bound: embedding, a fused backward and a fused forward LSTM, a head on each."""
+
+    def __init__(self, sizes: Sizes) -> None:
+        super().__init__()
+        self.embedding = nn.Linear(sizes.dim, sizes.emb_dim)
+        self.backward_rnn = nn.LSTM(sizes.emb_dim, sizes.rnn_dim, batch_first=True)
+        self.forward_rnn = nn.LSTM(sizes.emb_dim, sizes.rnn_dim, batch_first=True)
+        self.output_head = head_class(sizes)(sizes.rnn_dim, sizes.dim)
+        self.backward_head = head_class(sizes)(sizes.rnn_dim, sizes.dim)
+
+    def forward(self, batch: SequenceBatch) -> Tensor:
+        b, _ = self.backward_rnn(self.embedding(batch.targets).flip(1))
+        h, _ = self.forward_rnn(self.embedding(batch.inputs))
+        nll = self.output_head.nll(self.output_head(h), batch.targets)
+        bwd = self.backward_head.nll(self.backward_head(b.flip(1)), batch.inputs)
+        return ((nll + bwd) * batch.mask).sum(1).mean()
+
+
+def zforcing_loss(terms: StepTerms, mask: Tensor) -> Tensor:
+    """Mean over sequences of sum_t mask (nll + kl + aux + bwd): every weight 1, every path trained."""
+    return ((terms.nll + terms.kl + terms.aux + terms.bwd) * mask).sum(1).mean()
+
+
+def train_step_fn(model: nn.Module, loss_fn: Callable[[], Tensor]) -> Callable[[], None]:
+    """One optimizer update: zero grads, forward, backward, Adam step."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn().backward()
+        optimizer.step()
+
+    return step
+
+
+def timed(fn: Callable[[], None], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def round_robin(
+    fns: dict[str, Callable[[], None]], repeats: int, warmup: int, device: torch.device
+) -> dict[str, float]:
+    """Median seconds per call of each function, calls interleaved so load drift hits all alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(timed(fn, device))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def bench_size(sizes: Sizes, args: argparse.Namespace, device: torch.device) -> dict[str, float | int | str]:
+    torch.manual_seed(0)
+    batch = make_batch(sizes, device)
+    noise = torch.randn(sizes.batch, sizes.steps, sizes.z_dim, generator=torch.Generator().manual_seed(1)).to(device)
+    base = make_model(sizes).to(device)
+    ref_model, fast_model = copy.deepcopy(base), copy.deepcopy(base)
+    floor = FusedFloor(sizes).to(device)
+    steps: dict[str, Callable[[], None]] = {
+        "reference": train_step_fn(
+            ref_model, lambda: zforcing_loss(reference_forward(ref_model, batch, noise), batch.mask)
+        ),
+        "fast": train_step_fn(fast_model, lambda: zforcing_loss(fast_model(batch, noise), batch.mask)),
+        "floor": train_step_fn(floor, lambda: floor(batch)),
+    }
+    if args.compile_step:
+        compiled = make_model(sizes, compile_step=True).to(device)
+        compiled.load_state_dict(base.state_dict())
+        steps["compiled"] = train_step_fn(compiled, lambda: zforcing_loss(compiled(batch, noise), batch.mask))
+    medians = round_robin(steps, args.repeats, args.warmup, device)
+
+    out: dict[str, float | int | str] = {f"{name}_s": t for name, t in medians.items()}
+    out["reference_over_fast"] = medians["reference"] / medians["fast"]
+    out["fast_over_floor"] = medians["fast"] / medians["floor"]
+    out["reference_over_floor"] = medians["reference"] / medians["floor"]
+    if "compiled" in medians:
+        out["compiled_over_floor"] = medians["compiled"] / medians["floor"]
+
+    # evaluation: K-sample importance-sampled bound, no gradients
+    k = args.eval_samples
+    eval_batch = make_batch(sizes, device, seed=2)
+    evaluate = lambda: log_weights(fast_model, eval_batch, k, chunk_size=args.eval_chunk)  # noqa: E731
+    eval_s = round_robin({"eval": evaluate}, max(3, args.repeats // 3), 1, device)["eval"]
+    out["eval_samples"] = k
+    out["eval_s"] = eval_s
+    out["eval_seq_per_s"] = sizes.batch / eval_s
+    out["sizes"] = (
+        f"B={sizes.batch} T={sizes.steps} D={sizes.dim} ({sizes.kind}) emb={sizes.emb_dim} "
+        f"H={sizes.rnn_dim} z={sizes.z_dim} mlp={sizes.mlp_dim}"
+    )
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
+    parser.add_argument("--repeats", type=int, default=15, help="timed steps per variant (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--sizes", default="timit,mnist", help="comma-separated: timit, mnist")
+    parser.add_argument("--eval-samples", type=int, default=10, help="K of the importance-sampled bound")
+    parser.add_argument("--eval-chunk", type=int, default=None, help="samples per forward pass in evaluation")
+    parser.add_argument("--compile-step", action="store_true", help="also time the optional compiled step")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but torch.cuda.is_available() is False")
+    table = {"timit": TIMIT, "mnist": mnist_sizes()}
+    names = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    unknown = sorted(set(names) - set(table))
+    if unknown:
+        parser.error(f"unknown sizes {unknown}; choose from {sorted(table)}")
+
+    result: dict[str, object] = {
+        "meta": {
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "threads": args.threads,
+            "repeats": args.repeats,
+            "torch": torch.__version__,
+            "command": " ".join(sys.argv),
+        }
+    }
+    for name in names:
+        result[name] = bench_size(table[name], args, device)
+        if not args.json:
+            r = result[name]
+            print(f"[{name}] {r['sizes']}")
+            for key in ("reference", "fast", "floor", "compiled"):
+                if f"{key}_s" in r:
+                    print(f"  {key:>9}: {1e3 * r[f'{key}_s']:9.1f} ms/step")
+            print(f"  reference / fast  = {r['reference_over_fast']:.2f}x   (goal >= 2.0)")
+            print(f"  fast / floor      = {r['fast_over_floor']:.2f}x   (goal <= 1.6)")
+            print(f"  reference / floor = {r['reference_over_floor']:.2f}x")
+            print(f"  eval (IWAE K={r['eval_samples']}): {r['eval_seq_per_s']:.1f} sequences/s")
+    if args.json:
+        print(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
