@@ -1,5 +1,10 @@
 """Builds runs from composed configs and executes them; train.py and eval.py are thin
-wrappers around ``train`` and ``evaluate`` so tests can call them in-process."""
+wrappers around ``train`` and ``evaluate`` so tests can call them in-process.
+
+One job = one output folder holding the resolved config, status.json, metrics.json, CSV
+metrics, checkpoints (each with the resolved config, RNG state and W&B run id) and the W&B
+run directory. Resuming, failure isolation and DDP are in resume.py, jobs.py, distributed.py.
+"""
 
 from __future__ import annotations
 
@@ -15,28 +20,52 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from zf_lightning.data.base import SequenceDataModule
+from zf_lightning.distributed import JobDDPStrategy, distributed_job
+from zf_lightning.jobs import JobStatus, failure_value, global_rank, job_identity, threads_per_job
 from zf_lightning.lit import SequenceLitModule
+from zf_lightning.resume import (
+    CHOICES_KEY,
+    CONFIG_KEY,
+    WANDB_KEY,
+    ResumePoint,
+    ResumeState,
+    keep_csv_history,
+    resume_from,
+)
 
 log = logging.getLogger(__name__)
 
-CONFIG_KEY = "zf_config"
+__all__ = ["CONFIG_KEY", "build_callbacks", "build_datamodule", "build_loggers", "build_module", "train"]
+
+
+def hydra_choices() -> dict[str, Any]:
+    """The job's config-group choices (``ablation: aux``), stored so a resume can check them."""
+    if not HydraConfig.initialized():
+        return {}
+    return {k: v for k, v in HydraConfig.get().runtime.choices.items() if not str(k).startswith("hydra/")}
 
 
 class StoreConfig(Callback):
-    """Puts the resolved run configuration into every checkpoint, so eval.py and resumes
-    can rebuild exactly the model that was trained."""
+    """Puts the resolved run configuration, its group choices and the W&B run identity into
+    every checkpoint, so eval.py and resumes rebuild exactly the model that was trained and a
+    resumed run continues the same W&B run."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], choices: dict[str, Any] | None = None) -> None:
         self.config = config
+        self.choices = dict(choices or {})
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         checkpoint[CONFIG_KEY] = self.config
+        checkpoint[CHOICES_KEY] = self.choices
         for lg in trainer.loggers:
-            if isinstance(lg, WandbLogger) and lg.experiment is not None:
-                checkpoint["wandb_run_id"] = lg.version
+            if isinstance(lg, WandbLogger) and trainer.is_global_zero:
+                run = lg.experiment
+                checkpoint["wandb_run_id"] = run.id
+                checkpoint[WANDB_KEY] = {"id": run.id, "name": run.name, "group": run.group,
+                                         "tags": list(run.tags or [])}
 
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:
@@ -79,9 +108,12 @@ def _job_identity(cfg: DictConfig) -> dict[str, Any]:
     return identity
 
 
-def build_loggers(cfg: DictConfig) -> list[Logger]:
+def build_loggers(cfg: DictConfig, resume: ResumePoint | None = None) -> list[Logger]:
+    """Loggers of the ``logger`` group. W&B: one run per job, named and tagged by the job's
+    overrides, grouped by sweep, with the resolved config; a resumed job continues its run."""
     loggers: list[Logger] = []
     identity = _job_identity(cfg)
+    stored = resume.wandb if resume is not None else {}
     for lg_cfg in (cfg.get("logger") or {}).values():
         if lg_cfg is None or "_target_" not in lg_cfg:
             continue
@@ -90,7 +122,11 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
             extra = {k: v for k, v in identity.items() if lg_cfg.get(k) in (None, [], ())}
             if identity.get("tags"):
                 extra["tags"] = identity["tags"]
-            extra["config"] = resolved_config(cfg)
+            if stored.get("id"):
+                # the same run, its original name/group/tags (a resume command has other overrides)
+                extra |= {k: v for k, v in stored.items() if k in ("name", "group", "tags") and v}
+                extra |= {"id": stored["id"], "resume": "allow"}
+            extra["config"] = resolved_config(cfg) | {"job": job_identity()}
         # built by hand, not by instantiate(): the W&B `config` kwarg would clash with
         # instantiate's own argument, and its `_target_` entries must not be instantiated
         params = OmegaConf.to_container(lg_cfg, resolve=True)
@@ -101,7 +137,7 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
 
 
 def build_callbacks(cfg: DictConfig) -> list[Callback]:
-    callbacks: list[Callback] = [StoreConfig(resolved_config(cfg))]
+    callbacks: list[Callback] = [StoreConfig(resolved_config(cfg), hydra_choices()), ResumeState()]
     for cb_cfg in (cfg.get("callbacks") or {}).values():
         if cb_cfg is not None and "_target_" in cb_cfg:
             callbacks.append(instantiate(cb_cfg))
@@ -165,6 +201,28 @@ def write_samples(cfg: DictConfig, lit: SequenceLitModule, dm: SequenceDataModul
     return dm.write_samples(samples.cpu(), directory, prefix="prior")
 
 
+def log_samples(loggers: list[Logger], paths: list[Path], step: int) -> None:
+    """Samples as W&B media: .png -> image, .wav -> audio, .txt -> a table of lines."""
+    runs = [lg.experiment for lg in loggers if isinstance(lg, WandbLogger)]
+    if not runs or not paths:
+        return
+    import wandb
+
+    media: dict[str, Any] = {}
+    images = [wandb.Image(str(p), caption=p.name) for p in paths if p.suffix == ".png"]
+    audio = [wandb.Audio(str(p), caption=p.name) for p in paths if p.suffix == ".wav"]
+    texts = [[p.name, line] for p in paths if p.suffix == ".txt" for line in p.read_text().splitlines() if line]
+    if images:
+        media["samples/images"] = images
+    if audio:
+        media["samples/audio"] = audio
+    if texts:
+        media["samples/text"] = wandb.Table(columns=["file", "sample"], data=texts)
+    if media:
+        for run in runs:
+            run.log(media | {"trainer/global_step": step})
+
+
 def close_loggers(failed: bool) -> None:
     """Finish the W&B run of this job (failed ones too) so the next multirun job gets its own."""
     try:
@@ -175,35 +233,96 @@ def close_loggers(failed: bool) -> None:
         wandb.finish(exit_code=1 if failed else 0)
 
 
+def set_threads(cfg: DictConfig) -> None:
+    threads = threads_per_job(cfg)
+    if threads is not None and threads != torch.get_num_threads():
+        log.info("torch threads: %d", threads)
+        torch.set_num_threads(threads)
+
+
+def _prepare_workers(trainer: L.Trainer, cfg: DictConfig, out_dir: Path, strategies: list) -> None:
+    """DDP: give the extra processes this job's resolved config (see zf_lightning.distributed)."""
+    strategy = trainer.strategy
+    if not isinstance(strategy, JobDDPStrategy):
+        return
+    strategies.append(strategy)
+    if global_rank() != 0:
+        return
+    worker_cfg = OmegaConf.create(resolved_config(cfg))
+    with open_dict(worker_cfg):
+        worker_cfg.auto_resume = False  # rank 0 decided where to resume from (ckpt_path)
+        worker_cfg.continue_on_failure = False  # a worker that fails must stop the job
+    path = out_dir / ".ddp" / "worker_config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(worker_cfg, path)
+    strategy.set_worker_config(path)
+
+
+def _fit_and_test(cfg: DictConfig, out_dir: Path, resume: ResumePoint | None, strategies: list,
+                  status: JobStatus) -> dict[str, float]:
+    rank = global_rank()
+    L.seed_everything(int(cfg.seed), workers=True)
+    if rank == 0:
+        OmegaConf.save(OmegaConf.create(resolved_config(cfg)), out_dir / "config_resolved.yaml")
+    dm = build_datamodule(cfg)
+    lit = build_module(cfg, dm)
+    loggers = build_loggers(cfg, resume)
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers, callbacks=build_callbacks(cfg))
+    _prepare_workers(trainer, cfg, out_dir, strategies)
+    if resume is not None and rank == 0:
+        keep_csv_history(loggers, resume)
+    wandb_ids = [lg.experiment.id for lg in loggers if isinstance(lg, WandbLogger) and rank == 0]
+    if wandb_ids:
+        status.update(wandb_run_id=wandb_ids[0])
+    trainer.fit(lit, datamodule=dm, ckpt_path=str(resume.path) if resume is not None else None)
+    metrics: dict[str, float] = {}
+    monitored = _finite({k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+    metrics.update(monitored)
+    ckpt_cb = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
+    if ckpt_cb is not None and ckpt_cb.best_model_score is not None:
+        metrics[f"best/{ckpt_cb.monitor}"] = float(ckpt_cb.best_model_score)
+    if cfg.get("test", True):
+        metrics.update(split_metrics(trainer, lit, dm, int(cfg.seed), "test", ckpt_path=best))
+        metrics["test/checkpoint"] = best or "last weights"  # type: ignore[assignment]
+        if rank == 0:
+            metrics.update(run_analyses(cfg, lit, dm, "test"))
+    if rank == 0:
+        log_samples(loggers, write_samples(cfg, lit, dm, out_dir / "samples"), trainer.global_step)
+        write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, test the best checkpoint, write metrics.json, samples and the resolved config.
 
-    Returns the metrics dict (test metrics plus the optimized validation metric).
+    Returns the metrics dict (test metrics plus the optimized validation metric). With
+    ``continue_on_failure=true`` a failing job is recorded in status.json and returns the
+    worst value of the optimized metric instead of raising, so a sweep goes on.
     """
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    rank = global_rank()
+    status = JobStatus(out_dir, rank)
+    status.started()
     failed = True
     try:
-        L.seed_everything(int(cfg.seed), workers=True)
-        OmegaConf.save(OmegaConf.create(resolved_config(cfg)), out_dir / "config_resolved.yaml")
-        dm = build_datamodule(cfg)
-        lit = build_module(cfg, dm)
-        trainer: L.Trainer = instantiate(cfg.trainer, logger=build_loggers(cfg), callbacks=build_callbacks(cfg))
-        trainer.fit(lit, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
-        metrics: dict[str, float] = {}
-        monitored = _finite({k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
-        metrics.update(monitored)
-        ckpt_cb = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
-        best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
-        if ckpt_cb is not None and ckpt_cb.best_model_score is not None:
-            metrics[f"best/{ckpt_cb.monitor}"] = float(ckpt_cb.best_model_score)
-        if cfg.get("test", True):
-            metrics.update(split_metrics(trainer, lit, dm, int(cfg.seed), "test", ckpt_path=best))
-            metrics["test/checkpoint"] = best or "last weights"  # type: ignore[assignment]
-            metrics.update(run_analyses(cfg, lit, dm, "test"))
-        write_samples(cfg, lit, dm, out_dir / "samples")
-        write_json(out_dir / "metrics.json", metrics)
+        with distributed_job() as strategies:
+            cfg, resume = resume_from(cfg)
+            if resume is not None:
+                status.update(resumed_from=str(resume.path))
+            set_threads(cfg)
+            status.update(torch_threads=torch.get_num_threads())
+            metrics = _fit_and_test(cfg, out_dir, resume, strategies, status)
         failed = False
+        status.completed()
         return metrics
+    except BaseException as error:
+        status.failed(error)
+        close_loggers(True)
+        if isinstance(error, Exception) and rank == 0 and cfg.get("continue_on_failure", False):
+            log.exception("job failed; continue_on_failure=true, so the sweep goes on")
+            return {str(cfg.optimized_metric): failure_value(cfg), "failed": 1.0}
+        raise
     finally:
         close_loggers(failed)

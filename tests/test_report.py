@@ -1,0 +1,209 @@
+"""The sweep report: grouping by varying overrides, mean ± std over seeds, failed jobs, curves,
+the Table 1 layout, the W&B reader, and the multirun-end callback's exit code (no training)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from zf_lightning.jobs import SweepStatus, failed_jobs, job_folders
+from zf_lightning.report import fmt, main, read_sweep, read_wandb, varying_keys, write_report
+
+
+def make_job(sweep: Path, num: int, overrides: list[str], metrics: dict | None, status: str = "completed",
+             error: str | None = None, curve: list[tuple[int, float, float]] = (), config: dict | None = None) -> Path:
+    """A job folder as train.py leaves it: .hydra/overrides.yaml, status.json, metrics.json, csv."""
+    job = sweep / str(num)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    record = {"status": status} | ({"error": error, "traceback": "Traceback ...\n" + error} if error else {})
+    (job / "status.json").write_text(json.dumps(record))
+    if metrics is not None:
+        (job / "metrics.json").write_text(json.dumps(metrics | {"test/checkpoint": "best.ckpt"}))
+    if curve:
+        (job / "csv").mkdir()
+        with (job / "csv" / "metrics.csv").open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["epoch", "step", "train/loss_step", "val/elbo", "val/kl"])
+            writer.writeheader()
+            for step, elbo, kl in curve:
+                writer.writerow({"epoch": 0, "step": step, "train/loss_step": 1.0})
+                writer.writerow({"epoch": 0, "step": step, "val/elbo": elbo, "val/kl": kl})
+    if config is not None:
+        (job / "config_resolved.yaml").write_text(yaml.safe_dump(config))
+    return job
+
+
+@pytest.fixture
+def ablation_sweep(tmp_path: Path) -> tuple[Path, dict[str, list[float]]]:
+    """4 ablations x 3 seeds with known test ELBOs; job 'aux, seed 3' failed."""
+    sweep = tmp_path / "sweep"
+    elbos: dict[str, list[float]] = {}
+    num = 0
+    for a_idx, ablation in enumerate(("plain", "kla", "aux", "kla_aux")):
+        for seed in (1, 2, 3):
+            overrides = [f"ablation={ablation}", f"seed={seed}", "trainer.max_steps=5", "sweep=ablation"]
+            if ablation == "aux" and seed == 3:
+                make_job(sweep, num, overrides, None, status="failed", error="FloatingPointError: loss is nan")
+            else:
+                elbo = -100.0 - 3 * a_idx - 0.7 * seed * (a_idx + 1)
+                elbos.setdefault(ablation, []).append(elbo)
+                curve = [(10, elbo - 5 + seed, 2.0 + seed), (20, elbo, 1.0 + seed)]
+                make_job(sweep, num, overrides, {"test/elbo": elbo, "test/kl": 1.5 * seed, "val/elbo": elbo},
+                         curve=curve, config={"model": {"_target_": "zf_lightning.models.ZForcing"}})
+            num += 1
+    return sweep, elbos
+
+
+def test_report_rows_are_configurations_with_mean_and_std_over_seeds(ablation_sweep) -> None:
+    sweep, elbos = ablation_sweep
+    rows = write_report(sweep)
+    assert [r.label for r in rows] == ["ablation=plain", "ablation=kla", "ablation=aux", "ablation=kla_aux"]
+    for row, (ablation, values) in zip(rows, elbos.items(), strict=True):
+        mean, std, n = row.stats("test/elbo")
+        assert n == len(values) == (2 if ablation == "aux" else 3)
+        assert mean == pytest.approx(statistics.fmean(values))
+        assert std == pytest.approx(statistics.stdev(values))
+    with (sweep / "report.csv").open() as fh:
+        table = list(csv.DictReader(fh))
+    assert [t["ablation"] for t in table] == ["plain", "kla", "aux", "kla_aux"]
+    aux = table[2]
+    assert aux["n"] == "2" and aux["failed"] == "1" and aux["failed_jobs"] == "8"
+    assert float(aux["test/elbo mean"]) == pytest.approx(statistics.fmean(elbos["aux"]))
+    assert float(aux["test/elbo std"]) == pytest.approx(statistics.stdev(elbos["aux"]))
+    assert float(table[0]["test/kl mean"]) == pytest.approx(3.0)  # 1.5 * mean(1, 2, 3)
+    assert "test/checkpoint mean" not in aux  # strings are not metrics
+
+
+def test_report_markdown_mirrors_table_1_and_lists_failures(ablation_sweep) -> None:
+    sweep, elbos = ablation_sweep
+    write_report(sweep)
+    text = (sweep / "report.md").read_text()
+    assert "12 jobs, 11 completed, 1 failed" in text
+    for name in ("| Z-Forcing |", "| Z-Forcing + kla |", "| Z-Forcing + aux |", "| Z-Forcing + kla, aux |"):
+        assert name in text
+    plain = statistics.fmean(elbos["plain"]), statistics.stdev(elbos["plain"])
+    assert fmt(*plain) in text
+    assert "`8` (ablation=aux, seed=3): FloatingPointError: loss is nan" in text
+    assert (sweep / "curves.png").stat().st_size > 10_000
+
+
+def test_seed_and_fixed_overrides_do_not_make_configurations(ablation_sweep) -> None:
+    sweep, _ = ablation_sweep
+    assert varying_keys(read_sweep(sweep)) == ["ablation"]
+
+
+def test_curves_average_the_seeds_per_step(ablation_sweep) -> None:
+    from zf_lightning.report import group_rows, mean_band
+
+    sweep, elbos = ablation_sweep
+    jobs = read_sweep(sweep)
+    plain = group_rows(jobs, ["ablation"])[0]
+    steps, means, stds = mean_band([j.curves["val/elbo"] for j in plain.jobs])
+    assert steps == [10, 20]
+    assert means[1] == pytest.approx(statistics.fmean(elbos["plain"]))
+    assert stds[1] == pytest.approx(statistics.stdev(elbos["plain"]))
+    first = [e - 5 + seed for e, seed in zip(elbos["plain"], (1, 2, 3), strict=True)]
+    assert means[0] == pytest.approx(statistics.fmean(first))
+
+
+def test_table1_variant_sweep_uses_row_names_and_pivots_data(tmp_path: Path) -> None:
+    """The baselines' sweep (+variant=...) with two data sets: rows are variants, columns data sets."""
+    sweep = tmp_path / "t1"
+    num = 0
+    for variant, row in (("rnn_gauss", "RNN-Gauss"), ("zforcing_aux", "Z-Forcing + aux")):
+        for data in ("timit", "blizzard"):
+            for seed in (1, 2):
+                value = (10.0 if data == "timit" else 20.0) + (5 if variant == "zforcing_aux" else 0) + seed
+                make_job(sweep, num, [f"+variant={variant}", f"data={data}", f"seed={seed}"], {"test/elbo": value},
+                         config={"table_row": row})
+                num += 1
+    write_report(sweep)
+    text = (sweep / "report.md").read_text()
+    assert "| configuration | test/elbo · timit | test/elbo · blizzard |" in text
+    assert "| RNN-Gauss | 11.50 ± 0.71 (n=2) | 21.50 ± 0.71 (n=2) |" in text
+    assert "| Z-Forcing + aux | 16.50 ± 0.71 (n=2) | 26.50 ± 0.71 (n=2) |" in text
+
+
+def test_fmt_precision_follows_the_spread() -> None:
+    assert fmt(-95.4321, 1.234) == "-95.4 ± 1.2"
+    assert fmt(0.97371, 0.01627) == "0.974 ± 0.016"
+    assert fmt(48.3286, math.nan) == "48.33"
+    assert fmt(math.nan, math.nan) == "–"
+
+
+def test_job_folders_skip_submitit_and_wandb_and_sort_numerically(tmp_path: Path) -> None:
+    sweep = tmp_path / "s"
+    for num in (10, 2, 1):
+        make_job(sweep, num, [f"seed={num}"], {"test/elbo": 1.0})
+    (sweep / ".submitit" / "123").mkdir(parents=True)
+    (sweep / ".submitit" / "123" / "status.json").write_text("{}")
+    (sweep / "1" / "wandb" / "run").mkdir(parents=True)
+    (sweep / "1" / "wandb" / "run" / "metrics.json").write_text("{}")
+    assert [p.name for p in job_folders(sweep)] == ["1", "2", "10"]
+
+
+def test_a_killed_worker_counts_as_failed(tmp_path: Path) -> None:
+    """Rank 0 killed while 'running'; the DDP worker left its error in status.rank1.json."""
+    job = make_job(tmp_path, 0, ["seed=1"], None, status="running")
+    (job / "status.rank1.json").write_text(json.dumps({"status": "failed", "error": "RuntimeError: boom"}))
+    assert failed_jobs(tmp_path) == [(job, "RuntimeError: boom")]
+
+
+def test_sweep_callback_writes_the_report_and_exits_nonzero_on_failures(ablation_sweep) -> None:
+    sweep, _ = ablation_sweep
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}})
+    with pytest.raises(SystemExit, match="1 of 12 jobs failed") as exit_info:
+        SweepStatus().on_multirun_end(config=config)
+    assert "8: FloatingPointError" in str(exit_info.value.code)
+    assert (sweep / "report.md").exists()
+    (sweep / "8" / "status.json").write_text(json.dumps({"status": "completed"}))
+    (sweep / "8" / "metrics.json").write_text(json.dumps({"test/elbo": -110.0}))
+    SweepStatus().on_multirun_end(config=config)  # all succeeded: no exit
+
+
+def test_cli_writes_into_another_folder(ablation_sweep, tmp_path: Path, capsys) -> None:
+    sweep, _ = ablation_sweep
+    assert main([str(sweep), "--out", str(tmp_path / "out"), "--metric", "test/kl"]) == 0
+    assert "## test/kl" in (tmp_path / "out" / "report.md").read_text()
+    assert "4 configurations, 1 failed jobs" in capsys.readouterr().out
+
+
+def test_wandb_project_runs_become_the_same_report(tmp_path: Path) -> None:
+    """The W&B reader on a stand-in for wandb.Api(): overrides from the logged job info."""
+
+    def run(run_id: str, ablation: str, seed: int, elbo: float, state: str = "finished") -> SimpleNamespace:
+        history = [{"trainer/global_step": 5, "val/elbo": elbo - 1, "val/kl": 2.0},
+                   {"trainer/global_step": 10, "val/elbo": elbo, "val/kl": 1.0}]
+        return SimpleNamespace(
+            id=run_id, name=f"ablation={ablation},seed={seed}", state=state,
+            config={"job": {"overrides": [f"ablation={ablation}", f"seed={seed}"]}},
+            summary={"test/elbo": elbo} if state == "finished" else {},
+            scan_history=lambda keys, h=history: iter(h),
+        )
+
+    runs = [run("a", "plain", 1, -100.0), run("b", "plain", 2, -102.0), run("c", "aux", 1, -98.0),
+            run("d", "aux", 2, 0.0, state="crashed")]
+    calls = []
+
+    class Api:
+        def runs(self, path: str, filters: dict | None = None) -> list[SimpleNamespace]:
+            calls.append((path, filters))
+            return runs
+
+    jobs = read_wandb("me/zf", group="sweep-1", api=Api())
+    assert calls == [("me/zf", {"group": "sweep-1"})]
+    from zf_lightning.report import build_report
+
+    rows = build_report(jobs, tmp_path, "W&B me/zf")
+    assert [r.label for r in rows] == ["ablation=plain", "ablation=aux"]
+    assert rows[0].stats("test/elbo") == pytest.approx((-101.0, math.sqrt(2.0), 2))
+    assert len(rows[1].failed) == 1 and rows[1].stats("test/elbo")[2] == 1
+    assert jobs[0].curves["val/elbo"] == [(5, -101.0), (10, -100.0)]

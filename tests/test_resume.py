@@ -1,0 +1,193 @@
+"""Resuming: 2 epochs then 2 more equals 4 straight (RNG included), the W&B run id is kept,
+the CSV history continues, and a run killed with SIGKILL resumes from the command line alone."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig
+
+from tests.conftest import TINY, compose_config
+from zf_lightning.pipeline import train
+from zf_lightning.resume import (
+    LAST,
+    ResumePoint,
+    _before,
+    _rng_state,
+    _set_rng_state,
+    apply_overrides,
+    find_checkpoint,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+# 5 updates per epoch, W&B offline (conftest sets WANDB_MODE), no samples
+RUN = [o for o in TINY if not o.startswith("logger")] + [
+    "logger=wandb", "trainer.limit_train_batches=5", "trainer.limit_test_batches=2", "trainer.log_every_n_steps=1",
+    "samples.num=0",
+]
+COMPARED = ("test/elbo", "test/nll", "test/kl", "test/aux", "val/neg_elbo", "best/val/neg_elbo")
+
+
+def compose_run(out: Path, cache: Path, *extra: str) -> DictConfig:
+    return compose_config("train", [f"paths.output_dir={out}", f"paths.cache_dir={cache}", *RUN, *extra])
+
+
+def wandb_ids(run_dir: Path) -> list[str]:
+    return sorted(p.name.rsplit("-", 1)[-1] for p in (run_dir / "wandb").glob("offline-run-*"))
+
+
+def val_rows(run_dir: Path) -> list[tuple[int, float]]:
+    with (run_dir / "csv" / "metrics.csv").open() as fh:
+        return [(int(r["step"]), float(r["val/elbo"])) for r in csv.DictReader(fh) if r.get("val/elbo")]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, float], Path]:
+    """Four epochs in one go: the reference every resumed run must end at."""
+    out = tmp_path_factory.mktemp("straight")
+    metrics = train(compose_run(out / "run", out / "cache", "trainer.max_epochs=4"))
+    return metrics, out / "run"
+
+
+@pytest.mark.slow
+def test_two_epochs_then_two_more_equal_four_straight(straight, tmp_path: Path) -> None:
+    reference, reference_dir = straight
+    run = tmp_path / "run"
+    train(compose_run(run, tmp_path / "cache", "trainer.max_epochs=2"))
+    first_id = wandb_ids(run)
+    assert len(first_id) == 1
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 10 and last["wandb_run"]["id"] == first_id[0]
+    assert last["zf_config"]["model"]["rnn_dim"] == 16 and "rng" in last["callbacks"]["ResumeState"]
+
+    resumed = train(compose_run(run, tmp_path / "cache", "trainer.max_epochs=4", "ckpt_path=last"))
+    for key in COMPARED:
+        assert resumed[key] == pytest.approx(reference[key], abs=1e-4), key
+    assert wandb_ids(run) == first_id * 2  # a second offline segment of the same W&B run
+    # the CSV history runs through the resume: every validation once, equal to the straight run's
+    steps, values = zip(*val_rows(run), strict=True)
+    ref_steps, ref_values = zip(*val_rows(reference_dir), strict=True)
+    assert steps == ref_steps == (4, 9, 14, 19)
+    assert values == pytest.approx(ref_values, abs=1e-4)
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "completed" and status["resumed_from"].endswith("last.ckpt")
+
+
+@pytest.mark.slow
+def test_a_run_whose_folder_has_a_checkpoint_continues_on_its_own(straight, tmp_path: Path) -> None:
+    """What a requeued SLURM job does: the same command again, no ckpt_path given."""
+    reference, _ = straight
+    run = tmp_path / "run"
+    train(compose_run(run, tmp_path / "cache", "trainer.max_epochs=3"))
+    resumed = train(compose_run(run, tmp_path / "cache", "trainer.max_epochs=4"))
+    assert resumed["test/elbo"] == pytest.approx(reference["test/elbo"], abs=1e-4)
+    assert len(set(wandb_ids(run))) == 1
+
+
+class BlockAtEpoch(Callback):
+    """Test helper: at the start of ``epoch`` (after the previous epoch's checkpoint), announce
+    itself and wait to be killed, while the ``flag`` file exists."""
+
+    def __init__(self, epoch: int, flag: str) -> None:
+        self.epoch = epoch
+        self.flag = Path(flag)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch and self.flag.exists():
+            self.flag.with_suffix(".ready").touch()
+            time.sleep(600)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_the_command_line_and_ends_where_a_straight_run_ends(straight, tmp_path: Path) -> None:
+    reference, _ = straight
+    run, flag = tmp_path / "run", tmp_path / "block.flag"
+    flag.touch()
+    # WANDB_SERVICE would attach the children to this process's W&B service, which still holds
+    # the killed child's run; a separate process (a shell, a requeued job) has none
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"} | {"WANDB_MODE": "offline",
+                                                                          "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "train.py", *RUN, "trainer.max_epochs=4", f"hydra.run.dir={run}",
+           f"paths.cache_dir={tmp_path / 'cache'}", "+callbacks.block._target_=tests.test_resume.BlockAtEpoch",
+           "+callbacks.block.epoch=2", f"+callbacks.block.flag={flag}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(6000):  # polls until the run reaches epoch 2 (no timing is asserted)
+            if flag.with_suffix(".ready").exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.stderr.read()[-3000:] if proc.stderr else ""
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert json.loads((run / "status.json").read_text())["status"] == "running"
+    assert not (run / "metrics.json").exists()
+    killed_id = wandb_ids(run)
+    flag.unlink()
+
+    # the documented command: no overrides, the config comes from the checkpoint
+    done = subprocess.run([sys.executable, "train.py", "ckpt_path=last", f"hydra.run.dir={run}"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in COMPARED:
+        assert metrics[key] == pytest.approx(reference[key], abs=1e-4), key
+    assert wandb_ids(run) == killed_id * 2
+    assert [s for s, _ in val_rows(run)] == [4, 9, 14, 19]
+    assert json.loads((run / "status.json").read_text())["status"] == "completed"
+
+
+# ---------------------------------------------------------------------------- units
+def test_resume_overrides_apply_values_and_refuse_other_groups() -> None:
+    stored = {"seed": 1, "trainer": {"max_epochs": 2}, "callbacks": {"a": {"x": 1}, "b": {"y": 2}}}
+    choices = {"ablation": "aux", "data": "mnist"}
+    cfg = apply_overrides(stored, ["trainer.max_epochs=4", "ablation=aux", "~callbacks.b", "hydra.run.dir=/x",
+                                   "ckpt_path=last", "++new.key=3"], choices, choices)
+    assert cfg.trainer.max_epochs == 4 and cfg.seed == 1 and "b" not in cfg.callbacks and cfg.new.key == 3
+    with pytest.raises(ValueError, match="trained with ablation=aux"):
+        apply_overrides(stored, ["ablation=plain"], choices, choices)
+
+
+def test_last_is_the_newest_checkpoint_and_a_missing_file_is_an_error(tmp_path: Path) -> None:
+    assert find_checkpoint(tmp_path, LAST) is None
+    (tmp_path / "checkpoints").mkdir()
+    older, newer = tmp_path / "checkpoints" / "last.ckpt", tmp_path / "hpc_ckpt_1.ckpt"
+    older.write_bytes(b"a")
+    newer.write_bytes(b"b")
+    os.utime(older, ns=(1, 1))
+    assert find_checkpoint(tmp_path, LAST) == newer
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        find_checkpoint(tmp_path, str(tmp_path / "nope.ckpt"))
+
+
+def test_csv_rows_kept_on_resume_are_those_logged_up_to_the_checkpoint() -> None:
+    point = ResumePoint(Path("x"), epoch=1, global_step=10)
+    keep = [{"epoch": "0", "step": "4"}, {"epoch": "1", "step": "9"}, {"epoch": "1", "step": "10"},
+            {"epoch": "", "step": "5"}]
+    drop = [{"epoch": "2", "step": "10"}, {"epoch": "2", "step": "12"}, {"epoch": "", "step": "10"}]
+    assert all(_before(r, point) for r in keep)
+    assert not any(_before(r, point) for r in drop)
+
+
+def test_rng_state_survives_a_weights_only_checkpoint(tmp_path: Path) -> None:
+    import random
+
+    import numpy as np
+
+    torch.save({"rng": _rng_state()}, tmp_path / "s.pt")
+    expected = (torch.rand(3), np.random.rand(2), random.random())
+    _set_rng_state(torch.load(tmp_path / "s.pt", weights_only=True)["rng"])
+    again = (torch.rand(3), np.random.rand(2), random.random())
+    assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1]) and expected[2] == again[2]

@@ -1,0 +1,396 @@
+"""Turn a sweep's output folder into a paper-style comparison, without any server.
+
+``python -m zf_lightning.report <sweep dir>`` writes into the sweep folder:
+
+* ``report.md``: one row per configuration (the overrides that vary across jobs, the seed
+  excluded), the headline test metric as mean ± standard deviation over seeds (laid out
+  like Table 1 of the paper: one column per data set when the data varies), n and failed
+  jobs; then every test metric, and the failed jobs with their errors.
+* ``report.csv``: the same rows, every test metric as ``<metric> mean`` / ``<metric> std``.
+* ``curves.png``: validation ELBO and KL against the update step, per configuration, the
+  mean over seeds with a ±1 standard deviation band (from each job's ``csv/metrics.csv``).
+
+Standard deviations are sample deviations (n - 1 in the denominator), empty for n = 1.
+``--wandb ENTITY/PROJECT [--group G]`` reads the runs from W&B instead (needs network).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from zf_lightning.jobs import COMPLETED, job_folders, read_status
+
+SEED_KEYS = ("seed",)
+# overrides that do not make a configuration (paths, resume bookkeeping, Hydra's own)
+IGNORED_PREFIXES = ("hydra.", "paths.", "ckpt_path", "auto_resume", "continue_on_failure")
+CURVE_KEYS = ("val/elbo", "val/kl")
+HEADLINE = "test/elbo"
+# Table 1's row names for the ablation sweep on Z-Forcing
+ABLATION_ROWS = {"plain": "Z-Forcing", "kla": "Z-Forcing + kla", "aux": "Z-Forcing + aux",
+                 "kla_aux": "Z-Forcing + kla, aux"}
+
+
+@dataclass
+class Job:
+    """One job's record: its overrides, outcome, final metrics and validation curves."""
+
+    name: str
+    overrides: dict[str, str]
+    status: str
+    error: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    row_name: str | None = None  # e.g. Table 1's "Z-Forcing + aux", from the job's config
+
+    @property
+    def ok(self) -> bool:
+        return self.status == COMPLETED and bool(self.metrics)
+
+
+@dataclass
+class Row:
+    """One configuration: its jobs aggregated over seeds."""
+
+    key: tuple[tuple[str, str], ...]
+    label: str
+    jobs: list[Job]
+
+    @property
+    def done(self) -> list[Job]:
+        return [j for j in self.jobs if j.ok]
+
+    @property
+    def failed(self) -> list[Job]:
+        return [j for j in self.jobs if not j.ok]
+
+    def stats(self, metric: str) -> tuple[float, float, int]:
+        """Mean, sample standard deviation (nan for n < 2) and n of a metric over seeds."""
+        values = [j.metrics[metric] for j in self.done if math.isfinite(j.metrics.get(metric, math.nan))]
+        if not values:
+            return math.nan, math.nan, 0
+        std = statistics.stdev(values) if len(values) > 1 else math.nan
+        return statistics.fmean(values), std, len(values)
+
+
+# ---------------------------------------------------------------------------- reading jobs
+def parse_override(text: str) -> tuple[str, str] | None:
+    if "=" not in text or text.startswith("~"):
+        return None
+    key, value = text.split("=", 1)
+    return key.lstrip("+"), value
+
+
+def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            continue
+        out[k] = float(v)
+    return out
+
+
+def read_curves(csv_path: Path, keys: Iterable[str] = CURVE_KEYS) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) pairs of each key from a Lightning CSV log; the last value wins per step."""
+    curves: dict[str, dict[int, float]] = {k: {} for k in keys}
+    if csv_path.is_file():
+        with csv_path.open(newline="") as fh:
+            for row in csv.DictReader(fh):
+                for key in curves:
+                    if row.get(key) not in (None, "") and row.get("step") not in (None, ""):
+                        curves[key][int(float(row["step"]))] = float(row[key])
+    return {k: sorted(v.items()) for k, v in curves.items() if v}
+
+
+def _row_name(job_dir: Path, overrides: dict[str, str]) -> str | None:
+    config_path = job_dir / "config_resolved.yaml"
+    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+    if isinstance(config, dict) and config.get("table_row"):
+        return str(config["table_row"])
+    model = str(((config or {}).get("model") or {}).get("_target_", "")) if isinstance(config, dict) else ""
+    ablation = overrides.get("ablation")
+    if ablation in ABLATION_ROWS and (not model or model.endswith("ZForcing")):
+        return ABLATION_ROWS[ablation]
+    return None
+
+
+def read_job(job_dir: Path, sweep_dir: Path) -> Job:
+    overrides_file = job_dir / ".hydra" / "overrides.yaml"
+    status = read_status(job_dir)
+    raw = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else None
+    if raw is None:
+        raw = (status.get("job") or {}).get("overrides") or []
+    overrides = dict(p for p in (parse_override(str(o)) for o in raw) if p is not None)
+    metrics_file = job_dir / "metrics.json"
+    metrics = _numeric(json.loads(metrics_file.read_text())) if metrics_file.is_file() else {}
+    state = status.get("status") or (COMPLETED if metrics else "unknown")
+    if state != COMPLETED and not status.get("error"):
+        error = f"status: {state}" + ("" if metrics else ", no metrics.json")
+    else:
+        error = str(status.get("error") or "")
+    return Job(name=str(job_dir.relative_to(sweep_dir)), overrides=overrides, status=state, error=error,
+               metrics=metrics, curves=read_curves(job_dir / "csv" / "metrics.csv"),
+               row_name=_row_name(job_dir, overrides))
+
+
+def read_sweep(sweep_dir: Path) -> list[Job]:
+    return [read_job(job, sweep_dir) for job in job_folders(sweep_dir)]
+
+
+# ---------------------------------------------------------------------------- grouping
+def varying_keys(jobs: list[Job]) -> list[str]:
+    """Override keys whose value differs between jobs (in first-seen order), seed excluded."""
+    keys: list[str] = []
+    for job in jobs:
+        for key in job.overrides:
+            if key not in keys:
+                keys.append(key)
+    out = []
+    for key in keys:
+        if key in SEED_KEYS or key.startswith(IGNORED_PREFIXES):
+            continue
+        if len({job.overrides.get(key) for job in jobs}) > 1:
+            out.append(key)
+    return out
+
+
+def group_rows(jobs: list[Job], keys: list[str]) -> list[Row]:
+    """One row per configuration, in the order the sweep ran them."""
+    rows: dict[tuple, Row] = {}
+    for job in jobs:
+        key = tuple((k, job.overrides.get(k, "")) for k in keys)
+        if key not in rows:
+            label = ", ".join(f"{k}={v}" for k, v in key) or "all jobs"
+            rows[key] = Row(key, label, [])
+        rows[key].jobs.append(job)
+    return list(rows.values())
+
+
+def row_name(row: Row) -> str:
+    names = {j.row_name for j in row.jobs if j.row_name}
+    return names.pop() if len(names) == 1 else row.label
+
+
+def display_names(rows: list[Row]) -> list[str]:
+    """Row names for legends: the Table 1 name where it tells the rows apart, else the overrides."""
+    names = [row_name(r) for r in rows]
+    return [n if names.count(n) == 1 else r.label for n, r in zip(names, rows, strict=True)]
+
+
+def metric_names(jobs: list[Job]) -> list[str]:
+    names = sorted({k for j in jobs for k in j.metrics if k.startswith("test/")})
+    return ([HEADLINE] if HEADLINE in names else []) + [n for n in names if n != HEADLINE]
+
+
+# ---------------------------------------------------------------------------- writing
+def fmt(mean: float, std: float) -> str:
+    """``mean ± std`` with the precision the spread warrants (4 significant digits without one)."""
+    if math.isnan(mean):
+        return "–"
+    if math.isnan(std) or std == 0:
+        return f"{mean:.4g}"
+    decimals = min(6, max(0, 1 - math.floor(math.log10(abs(std)))))
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+
+
+def _md_table(header: list[str], body: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return lines
+
+
+def headline_table(rows: list[Row], keys: list[str], metric: str) -> list[str]:
+    """Table 1's layout: rows = configurations, one column per data set when the data varies."""
+    if "data" in keys and len(keys) > 1:
+        rest = [k for k in keys if k != "data"]
+        datasets = list(dict.fromkeys(dict(r.key)["data"] for r in rows))
+        by_config: dict[tuple, dict[str, Row]] = {}
+        for row in rows:
+            by_config.setdefault(tuple((k, dict(row.key)[k]) for k in rest), {})[dict(row.key)["data"]] = row
+        body = []
+        for config, cells in by_config.items():
+            first = next(iter(cells.values()))
+            label = row_name(first) if first.jobs[0].row_name else ", ".join(f"{k}={v}" for k, v in config)
+            entries = []
+            for data in datasets:
+                row = cells.get(data)
+                if row is None:
+                    entries.append("")
+                    continue
+                mean, std, n = row.stats(metric)
+                entries.append(f"{fmt(mean, std)} (n={n}" + (f", {len(row.failed)} failed)" if row.failed else ")"))
+            body.append([label, *entries])
+        return _md_table(["configuration", *[f"{metric} · {d}" for d in datasets]], body)
+    body = []
+    for row in rows:
+        mean, std, n = row.stats(metric)
+        body.append([row_name(row), row.label, fmt(mean, std), str(n), str(len(row.failed))])
+    return _md_table(["model", "overrides", f"{metric} (mean ± std)", "n", "failed"], body)
+
+
+def write_markdown(path: Path, sweep: str, jobs: list[Job], rows: list[Row], keys: list[str],
+                   metrics: list[str], headline: str) -> None:
+    failed = [j for j in jobs if not j.ok]
+    lines = [f"# Sweep report: {sweep}", "",
+             f"{len(jobs)} jobs, {len(jobs) - len(failed)} completed, {len(failed)} failed. "
+             f"Configurations differ in: {', '.join(keys) or 'nothing (one configuration)'}; "
+             "mean ± sample standard deviation over seeds.", ""]
+    if headline in metrics:
+        lines += [f"## {headline}", "", *headline_table(rows, keys, headline), ""]
+    if metrics:
+        lines += ["## All test metrics", ""]
+        body = [[row.label, *[fmt(*row.stats(m)[:2]) for m in metrics], str(len(row.done)), str(len(row.failed))]
+                for row in rows]
+        lines += [*_md_table(["configuration", *metrics, "n", "failed"], body), ""]
+    if failed:
+        lines += ["## Failed jobs", ""]
+        shown = [*keys, *SEED_KEYS]
+        lines += [f"- `{j.name}` ({', '.join(f'{k}={v}' for k, v in j.overrides.items() if k in shown)}): "
+                  f"{(j.error or j.status).splitlines()[0]}" for j in failed]
+        lines.append("")
+    lines += ["## Validation curves", "", "![validation ELBO and KL](curves.png)", ""]
+    path.write_text("\n".join(lines))
+
+
+def write_csv(path: Path, rows: list[Row], keys: list[str], metrics: list[str]) -> None:
+    header = ["configuration", "name", *keys, "n", "failed", "failed_jobs"]
+    for m in metrics:
+        header += [f"{m} mean", f"{m} std"]
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        for row in rows:
+            values = dict(row.key)
+            cells: list[Any] = [row.label, row_name(row), *[values[k] for k in keys], len(row.done), len(row.failed),
+                                " ".join(j.name for j in row.failed)]
+            for m in metrics:
+                mean, std, _ = row.stats(m)
+                cells += [repr(mean), "" if math.isnan(std) else repr(std)]
+            writer.writerow(cells)
+
+
+def mean_band(series: list[list[tuple[int, float]]]) -> tuple[list[int], list[float], list[float]]:
+    """Mean and sample standard deviation at every step any job logged (over the jobs that logged it)."""
+    by_step: dict[int, list[float]] = {}
+    for points in series:
+        for step, value in points:
+            by_step.setdefault(step, []).append(value)
+    steps = sorted(by_step)
+    means = [statistics.fmean(by_step[s]) for s in steps]
+    stds = [statistics.stdev(by_step[s]) if len(by_step[s]) > 1 else 0.0 for s in steps]
+    return steps, means, stds
+
+
+def write_curves(path: Path, rows: list[Row], keys: Iterable[str] = CURVE_KEYS) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(keys)
+    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        for row, name in zip(rows, display_names(rows), strict=True):
+            series = [j.curves[key] for j in row.jobs if j.curves.get(key)]
+            if not series:
+                continue
+            steps, means, stds = mean_band(series)
+            line = ax.plot(steps, means, marker="o" if len(steps) < 20 else None, label=name)[0]
+            ax.fill_between(steps, [m - s for m, s in zip(means, stds, strict=True)],
+                            [m + s for m, s in zip(means, stds, strict=True)], color=line.get_color(), alpha=0.2)
+        ax.set_xlabel("step")
+        ax.set_ylabel(key)
+        ax.set_title(f"{key} (mean ± std over seeds)")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def build_report(jobs: list[Job], out_dir: Path, title: str, headline: str = HEADLINE) -> list[Row]:
+    """Write report.md, report.csv and curves.png for these jobs; returns the rows."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keys = varying_keys(jobs)
+    rows = group_rows(jobs, keys)
+    metrics = metric_names(jobs)
+    write_markdown(out_dir / "report.md", title, jobs, rows, keys, metrics, headline)
+    write_csv(out_dir / "report.csv", rows, keys, metrics)
+    write_curves(out_dir / "curves.png", rows)
+    return rows
+
+
+def write_report(sweep_dir: Path, out_dir: Path | None = None, headline: str = HEADLINE) -> list[Row]:
+    """Report of a sweep folder (written into it unless ``out_dir`` is given)."""
+    sweep_dir = Path(sweep_dir)
+    jobs = read_sweep(sweep_dir)
+    if not jobs:
+        raise FileNotFoundError(f"{sweep_dir} holds no job folders (.hydra/overrides.yaml, status.json, metrics.json)")
+    return build_report(jobs, out_dir or sweep_dir, str(sweep_dir), headline)
+
+
+# ---------------------------------------------------------------------------- W&B
+def read_wandb(path: str, group: str | None = None, api: Any = None) -> list[Job]:
+    """Jobs from a W&B project (``entity/project``), optionally one sweep's group."""
+    if api is None:
+        import wandb
+
+        api = wandb.Api()
+    filters = {"group": group} if group else None
+    jobs = []
+    for run in api.runs(path, filters=filters):
+        config = dict(run.config or {})
+        raw = ((config.get("job") or {}).get("overrides")) or [p for p in str(run.name).split(",") if "=" in p]
+        overrides = dict(p for p in (parse_override(str(o)) for o in raw) if p is not None)
+        summary = dict(run.summary or {})
+        metrics = _numeric({k: v for k, v in summary.items() if str(k).startswith("test/")})
+        status = COMPLETED if run.state == "finished" and metrics else str(run.state)
+        curves: dict[str, list[tuple[int, float]]] = {}
+        for record in run.scan_history(keys=["trainer/global_step", *CURVE_KEYS]):
+            for key in CURVE_KEYS:
+                if record.get(key) is not None and record.get("trainer/global_step") is not None:
+                    curves.setdefault(key, []).append((int(record["trainer/global_step"]), float(record[key])))
+        ablation = overrides.get("ablation")
+        jobs.append(Job(name=f"{run.id} ({run.name})", overrides=overrides, status=status,
+                        error="" if status == COMPLETED else f"W&B state: {run.state}", metrics=metrics,
+                        curves=curves, row_name=config.get("table_row") or ABLATION_ROWS.get(ablation or "")))
+    return jobs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m zf_lightning.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep_dir", nargs="?", type=Path, help="a multirun folder (hydra.sweep.dir)")
+    parser.add_argument("--out", type=Path, default=None, help="where to write (default: the sweep folder)")
+    parser.add_argument("--metric", default=HEADLINE, help=f"headline metric (default {HEADLINE})")
+    parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from W&B instead (online)")
+    parser.add_argument("--group", help="with --wandb: only this group (one sweep)")
+    args = parser.parse_args(argv)
+    if args.wandb:
+        out = args.out or Path(f"report-{args.wandb.replace('/', '_')}" + (f"-{args.group}" if args.group else ""))
+        jobs = read_wandb(args.wandb, args.group)
+        if not jobs:
+            parser.error(f"no runs in W&B project {args.wandb}" + (f" group {args.group}" if args.group else ""))
+        rows = build_report(jobs, out, f"W&B {args.wandb}" + (f" / {args.group}" if args.group else ""), args.metric)
+    elif args.sweep_dir is not None:
+        out = args.out or args.sweep_dir
+        rows = write_report(args.sweep_dir, out, args.metric)
+    else:
+        parser.error("give a sweep folder or --wandb ENTITY/PROJECT")
+    failed = sum(len(r.failed) for r in rows)
+    print(f"{out / 'report.md'}: {len(rows)} configurations, {failed} failed jobs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

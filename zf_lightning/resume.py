@@ -1,0 +1,261 @@
+"""Resuming a run where it stopped: same config, optimizer, schedules, step, RNG and W&B run.
+
+``python train.py ckpt_path=last hydra.run.dir=<run dir>`` (or a checkpoint file) resumes a
+run. The config comes from the checkpoint (every checkpoint stores the resolved config), so
+the command needs none of the original overrides; value overrides on the resume command line
+(``trainer.max_epochs=8``) still apply, while switching a config group (``data=...``) is refused.
+A job whose folder already holds a checkpoint (a SLURM requeue, a sweep rerun into the same
+folder) continues from it on its own; ``++auto_resume=false`` starts afresh instead.
+
+Exactness: the checkpoint also stores every rank's RNG state, restored before the first
+batch is drawn, so "2 epochs, then resume to 4" matches "4 epochs" (shuffling and the
+posterior samples both come from the global RNG).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.trainer.states import TrainerFn
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+
+CONFIG_KEY = "zf_config"
+CHOICES_KEY = "zf_choices"
+WANDB_KEY = "wandb_run"
+LAST = "last"
+
+
+@dataclass
+class ResumePoint:
+    """A checkpoint to continue from and what a resumed run needs from it."""
+
+    path: Path
+    epoch: int
+    global_step: int
+    wandb: dict[str, Any] = field(default_factory=dict)  # id, name, group, tags of the W&B run
+
+
+def find_checkpoint(output_dir: Path, ckpt_path: str | None) -> Path | None:
+    """``last``: the newest of ``checkpoints/last*.ckpt`` and Lightning's SLURM ``hpc_ckpt_*.ckpt``
+    in the run folder (None when there is none yet); a path: that file."""
+    if ckpt_path is None:
+        return None
+    if str(ckpt_path) != LAST:
+        path = Path(ckpt_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+        return path
+    candidates = [*output_dir.glob("checkpoints/last*.ckpt"), *output_dir.glob("hpc_ckpt_*.ckpt")]
+    return max(candidates, key=lambda p: p.stat().st_mtime_ns, default=None)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _replace_prefix(node: Any, old: str, new: str) -> Any:
+    if isinstance(node, dict):
+        return {k: _replace_prefix(v, old, new) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_replace_prefix(v, old, new) for v in node]
+    if isinstance(node, str) and (node == old or node.startswith(old + "/")):
+        return new + node[len(old):]
+    return node
+
+
+def command_line_overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def apply_overrides(stored: dict[str, Any], overrides: list[str], stored_choices: dict[str, Any],
+                    current_choices: dict[str, Any]) -> DictConfig:
+    """The stored config with the command line's value overrides applied.
+
+    Group overrides (``ablation=aux``) cannot be replayed on a resolved config: one that
+    repeats the stored choice is a no-op (a requeued sweep job), a different one is an error."""
+    cfg = OmegaConf.create(stored)
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group
+        if key == "ckpt_path" or key.startswith("hydra.") or key == "hydra":
+            continue
+        if key in current_choices or key in stored_choices:
+            value = override.value()
+            if key in stored_choices and stored_choices[key] != value:
+                raise ValueError(
+                    f"cannot resume with {key}={value}: the checkpoint was trained with {key}={stored_choices[key]}; "
+                    "a resumed run keeps its config groups (value overrides such as trainer.max_epochs=8 are fine)"
+                )
+            continue
+        if override.is_delete():
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            if node is not None and leaf in node:
+                with open_dict(node):
+                    del node[leaf]
+            continue
+        OmegaConf.update(cfg, key, override.value(), merge=True, force_add=True)
+    return cfg
+
+
+def resume_from(cfg: DictConfig) -> tuple[DictConfig, ResumePoint | None]:
+    """The config to run and where to resume from (None: a fresh run).
+
+    Under Hydra the config comes from the checkpoint plus the command line's value overrides;
+    called as a function (tests, DDP workers) ``cfg`` is used as given."""
+    output_dir = Path(cfg.paths.output_dir)
+    requested = cfg.get("ckpt_path")
+    if requested is None and cfg.get("auto_resume", True):
+        requested = LAST if find_checkpoint(output_dir, LAST) else None
+        if requested:
+            log.info("the run folder holds a checkpoint: continuing from it (++auto_resume=false starts afresh)")
+    path = find_checkpoint(output_dir, requested)
+    if path is None:
+        if requested is not None:
+            log.warning("ckpt_path=last but %s holds no checkpoint yet: starting from scratch", output_dir)
+        return cfg, None
+    checkpoint = load_checkpoint(path)
+    if HydraConfig.initialized():
+        if CONFIG_KEY not in checkpoint:
+            raise ValueError(f"{path} stores no config ('{CONFIG_KEY}'); only checkpoints written by train.py resume")
+        stored = _replace_prefix(checkpoint[CONFIG_KEY], str(checkpoint[CONFIG_KEY]["paths"]["output_dir"]),
+                                 str(output_dir))
+        current_choices = {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra/")}
+        cfg = apply_overrides(stored, command_line_overrides(), checkpoint.get(CHOICES_KEY, {}), current_choices)
+    with open_dict(cfg):
+        cfg.ckpt_path = str(path)
+    point = ResumePoint(path, int(checkpoint.get("epoch", 0)), int(checkpoint.get("global_step", 0)),
+                        dict(checkpoint.get(WANDB_KEY) or {}))
+    if not point.wandb and checkpoint.get("wandb_run_id"):
+        point.wandb = {"id": checkpoint["wandb_run_id"]}
+    log.info("resuming from %s (epoch %d, step %d)", path, point.epoch, point.global_step)
+    return cfg, point
+
+
+# ---------------------------------------------------------------------------- RNG state
+def _rng_state() -> dict[str, Any]:
+    """Global RNG states as tensors and plain numbers (Lightning loads checkpoints weights-only)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, mt, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": {"version": int(version), "state": torch.tensor(mt, dtype=torch.int64), "gauss": gauss_next},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    npy = state["numpy"]
+    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class ResumeState(Callback):
+    """Puts every rank's RNG state into each checkpoint and restores it on resume.
+
+    Lightning restores weights, optimizer, schedulers and loop counters but not the global
+    RNG, so without this a resumed run would shuffle and sample differently from an
+    uninterrupted one. Restoring happens when the callback's state is loaded, which is before
+    the training loader draws its first permutation (only when fitting: a test pass that loads
+    a checkpoint is seeded by its caller). Also flushes the CSV logger at every
+    checkpoint, so a killed run's CSV holds everything up to its last checkpoint."""
+
+    def state_dict(self) -> dict[str, Any]:
+        states = [_rng_state()]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            states = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(states, _rng_state())
+        return {"rng": states}
+
+    def __init__(self) -> None:
+        self.fitting = False
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        # Lightning also restores callbacks for trainer.test(ckpt_path=...), which is seeded on its own
+        self.fitting = trainer.state.fn == TrainerFn.FITTING
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        states = state_dict.get("rng") or []
+        if not states or not self.fitting:
+            return
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        if len(states) != (torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1):
+            log.warning("the checkpoint's RNG states are from %d processes, not this run's; restoring rank 0's",
+                        len(states))
+            rank = 0
+        _set_rng_state(states[rank])
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        flush_csv(trainer.loggers)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        flush_csv(trainer.loggers)
+
+
+def flush_csv(loggers: list[Logger]) -> None:
+    for lg in loggers:
+        if isinstance(lg, CSVLogger):
+            lg.save()
+
+
+# ---------------------------------------------------------------------------- CSV history
+def read_csv_rows(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _before(row: dict[str, str], point: ResumePoint) -> bool:
+    """Whether a CSV row was logged up to the checkpoint (so a resumed run will not log it again)."""
+    try:
+        step = int(float(row.get("step") or 0))
+        epoch = int(float(row["epoch"])) if row.get("epoch") else None
+    except ValueError:
+        return False
+    if epoch is None:  # logged outside an epoch (e.g. the learning rate at an epoch's start)
+        return step < point.global_step
+    return epoch < point.epoch or (epoch == point.epoch and step <= point.global_step)
+
+
+def keep_csv_history(loggers: list[Logger], point: ResumePoint) -> None:
+    """Carry the rows logged before the checkpoint into the resumed run's metrics.csv.
+
+    Lightning's CSV logger deletes an existing metrics.csv when it starts; rows from after
+    the checkpoint are dropped because the resumed run logs them again."""
+    for lg in loggers:
+        if not isinstance(lg, CSVLogger):
+            continue
+        path = Path(lg.log_dir) / "metrics.csv"
+        rows = [r for r in read_csv_rows(path) if _before(r, point)]
+        writer = lg.experiment  # creating the writer deletes the old file
+        if not rows or not hasattr(writer, "metrics_keys"):
+            continue
+        keys = sorted({k for r in rows for k in r})
+        with path.open("w", newline="") as fh:
+            out = csv.DictWriter(fh, fieldnames=keys)
+            out.writeheader()
+            out.writerows(rows)
+        writer.metrics_keys = keys
