@@ -214,7 +214,7 @@ def test_missing_and_malformed_inputs(tmp_path: Path) -> None:
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
         MnistDataModule(source="idx", root=str(empty)).setup()
-    with pytest.raises(FileNotFoundError, match="binarized_mnist_train.amat"):
+    with pytest.raises(FileNotFoundError, match=r"binarized_mnist_train\.amat"):
         MnistDataModule(source="amat", root=str(empty)).setup()
 
     images = np.zeros((4, 28, 28), dtype=np.uint8)
