@@ -19,9 +19,9 @@ from torch import Tensor
 
 from tests.helpers import make_batch, make_model
 from zf_lightning.models import heads
-from zf_lightning.models.layers import LoopLinear
+from zf_lightning.models.layers import LoopLinear, lstm_pointwise
 from zf_lightning.models.reference import reference_forward
-from zf_lightning.models.zforcing import ZForcing
+from zf_lightning.models.zforcing import ZForcing, step_ops
 from zf_lightning.types import DataSpec, SequenceBatch, StepTerms
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "zforcing_small.pt"
@@ -124,6 +124,29 @@ def test_gmm_head_matches_the_reference(cln: bool) -> None:
     model = ZForcing(spec, heads.GMMHead, cond_layer_norm=cln, **ODD)
     batch = _ragged(make_batch("real", B=3, T=5, D=3, seed=8), [5, 2, 4])
     _assert_same_loss_and_grads(model, batch, torch.randn(3, 5, model.z_dim), WEIGHTS)
+
+
+def test_compiled_step_is_off_by_default() -> None:
+    model = make_model("real")
+    assert model.compile_step is False
+    assert model._ops == step_ops(False)
+    assert model._ops.cell is lstm_pointwise  # eager functions, nothing compiled
+
+
+@pytest.mark.parametrize("cln", [False, True])
+def test_compiled_step_matches_the_reference(cln: bool) -> None:
+    """Dynamo + AOTAutograd capture of the step functions (aot_eager: the compiled path without codegen)."""
+    model = make_model("real", cond_layer_norm=cln, compile_step="aot_eager", **ODD)
+    batch = _ragged(make_batch("real", B=3, T=5, seed=11), [5, 3, 1])
+    _assert_same_loss_and_grads(model, batch, torch.randn(3, 5, model.z_dim), WEIGHTS)
+
+
+@pytest.mark.slow
+def test_inductor_compiled_step_matches_the_reference() -> None:
+    """The real compiled path (C++/Triton code generation); slow: about a minute of compiling on a CPU."""
+    model = make_model("binary", cond_layer_norm=False, compile_step=True, **ODD)
+    batch = make_batch("binary", seed=12)
+    _assert_same_loss_and_grads(model, batch, torch.randn(3, 7, model.z_dim), WEIGHTS)
 
 
 def test_evaluation_without_gradients_gives_the_training_terms() -> None:

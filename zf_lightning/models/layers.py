@@ -11,6 +11,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def clipped_leaky_relu(x: Tensor, slope: float, bound: float) -> Tensor:
+    """Leaky ReLU clipped to [-bound, bound]; a plain function so the fast loop can compile it."""
+    return torch.clamp(F.leaky_relu(x, slope), -bound, bound)
+
+
 class ClippedLeakyReLU(nn.Module):
     """Leaky ReLU with slope 1/3, clipped to [-3, 3] (Z-Forcing's nonlinearity)."""
 
@@ -20,7 +25,7 @@ class ClippedLeakyReLU(nn.Module):
         self.bound = bound
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.clamp(F.leaky_relu(x, self.slope), -self.bound, self.bound)
+        return clipped_leaky_relu(x, self.slope, self.bound)
 
 
 class GaussianMLP(nn.Module):

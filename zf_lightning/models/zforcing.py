@@ -15,6 +15,8 @@ computes the same terms the plain way, step by step, and the tests hold the two 
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,8 +27,51 @@ from torch import Tensor, nn
 from zf_lightning.models.common import InputEmbedding, check_head, mask_terms, reverse_padded
 from zf_lightning.models.distributions import gaussian_kl, gaussian_log_prob, reparameterize
 from zf_lightning.models.heads import HeadFactory
-from zf_lightning.models.layers import ClippedLeakyReLU, GaussianMLP, LoopLinear, ZLSTMCell, lstm_pointwise
+from zf_lightning.models.layers import (
+    ClippedLeakyReLU,
+    GaussianMLP,
+    LoopLinear,
+    ZLSTMCell,
+    clipped_leaky_relu,
+    lstm_pointwise,
+)
 from zf_lightning.types import DataSpec, SequenceBatch, StepTerms
+
+
+def sample_posterior(out: Tensor, noise: Tensor, clamp: float | None) -> tuple[Tensor, Tensor]:
+    """The posterior's clamped output [mean; logvar] and z = mean + exp(logvar / 2) * noise."""
+    if clamp is not None:
+        out = torch.clamp(out, -clamp, clamp)
+    mean, logvar = out.chunk(2, dim=-1)
+    return out, torch.addcmul(mean, torch.exp(0.5 * logvar), noise)
+
+
+def cln_cell(gates_x: Tensor, gh: Tensor, cond: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """LSTM update with z's clipped output ``cond`` setting the gain and bias of LN(W_hh h)."""
+    gain, shift = torch.clamp(cond, -3.0, 3.0).chunk(2, dim=-1)
+    gates = gates_x + torch.addcmul(shift, F.layer_norm(gh, (gh.shape[-1],)), 1.0 + gain)
+    return lstm_pointwise(gates, c)
+
+
+@dataclass(frozen=True)
+class StepOps:
+    """The pointwise pieces of one recurrence step, eager or compiled (not a module: no state)."""
+
+    act: Callable[[Tensor, float, float], Tensor]
+    sample: Callable[[Tensor, Tensor, float | None], tuple[Tensor, Tensor]]
+    cell: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+    cln_cell: Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+@functools.cache
+def step_ops(compile_step: bool | str = False) -> StepOps:
+    """Eager step functions, or ``torch.compile``d ones (shared by all models, so compiled once)."""
+    fns = (clipped_leaky_relu, sample_posterior, lstm_pointwise, cln_cell)
+    if compile_step:
+        backend = compile_step if isinstance(compile_step, str) else "inductor"
+        fns = tuple(torch.compile(fn, backend=backend) for fn in fns)
+    return StepOps(*fns)
+
 
 AuxInput = Literal["h_z", "z"]
 
@@ -63,6 +108,10 @@ class ZForcing(nn.Module):
             ``z`` feeds z_t alone (the paper's equation).
         aux_loss: ``gaussian`` (-log N(b_t; tanh(mu), var)) or ``l2`` (squared error to tanh(mu)).
         dropout: on the input embedding.
+        compile_step: compile the pointwise parts of each recurrence step with ``torch.compile``
+            (True: the default backend; a string: that backend). Off by default: on a CPU the
+            compiled calls measured slower than eager ones (benchmarks/bench_step.py
+            --compile-step); on a GPU they replace many small kernel launches with a few.
     """
 
     has_aux_cost = True
@@ -79,6 +128,7 @@ class ZForcing(nn.Module):
         aux_input: AuxInput = "h_z",
         aux_loss: AuxLoss = "gaussian",
         dropout: float = 0.0,
+        compile_step: bool | str = False,
     ) -> None:
         super().__init__()
         if aux_input not in ("h_z", "z"):
@@ -91,6 +141,8 @@ class ZForcing(nn.Module):
         self.aux_input = aux_input
         self.aux_loss = aux_loss
         self.cond_layer_norm = cond_layer_norm
+        self.compile_step = compile_step
+        self._ops = step_ops(compile_step)
 
         self.embedding = InputEmbedding(spec, emb_dim, dropout)
         # inference
@@ -169,11 +221,8 @@ class ZForcing(nn.Module):
 
     def _posterior_step(self, post: LoopLinear, pre: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
         """q(z_t) parameters [mean; logvar] from the posterior's first-layer pre-activation, and z_t."""
-        q = post.step(self.posterior.act(pre))
-        if self.posterior.clamp is not None:
-            q = torch.clamp(q, -self.posterior.clamp, self.posterior.clamp)
-        mean, logvar = q.chunk(2, dim=-1)
-        return q, torch.addcmul(mean, torch.exp(0.5 * logvar), noise)
+        act = self.posterior.act
+        return self._ops.sample(post.step(self._ops.act(pre, act.slope, act.bound)), noise, self.posterior.clamp)
 
     def _loop_plain(self, emb: Tensor, b: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The recurrence with the linear z map folded into the gates.
@@ -200,7 +249,7 @@ class ZForcing(nn.Module):
         for pre_t, noise_t in zip(pre.unbind(0), noise.unbind(1), strict=True):
             gates_h, post_pre = from_h.step(h, pre_t).split([4 * H, first.out_features], dim=1)
             q, z = self._posterior_step(post, post_pre, noise_t)
-            h, c = lstm_pointwise(from_z.step(z, gates_h), c)
+            h, c = self._ops.cell(from_z.step(z, gates_h), c)
             h_all.append(h)
             z_all.append(z)
             q_all.append(q)
@@ -223,9 +272,8 @@ class ZForcing(nn.Module):
         for gates_x_t, post_from_b_t, noise_t in steps:
             gh, post_h = from_h.step(h).split([4 * H, first.out_features], dim=1)
             q, z = self._posterior_step(post, post_h + post_from_b_t, noise_t)
-            gain, shift = torch.clamp(cond_out.step(z_act(cond_in.step(z))), -3.0, 3.0).chunk(2, dim=-1)
-            gates = gates_x_t + torch.addcmul(shift, F.layer_norm(gh, (4 * H,)), 1.0 + gain)
-            h, c = lstm_pointwise(gates, c)
+            cond = cond_out.step(self._ops.act(cond_in.step(z), z_act.slope, z_act.bound))
+            h, c = self._ops.cln_cell(gates_x_t, gh, cond, c)
             h_all.append(h)
             z_all.append(z)
             q_all.append(q)
