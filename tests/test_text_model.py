@@ -173,6 +173,21 @@ def test_resampling_writes_originals_and_samples_of_equal_length(corpus: Sentenc
         assert {len(r.split()) for r in rows} == {len(rows[0].split())}
 
 
+def test_resampled_text_goes_to_an_active_wandb_run_as_a_table(
+    corpus: SentencesDataModule, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import types
+
+    import wandb
+
+    logged: list[dict] = []
+    monkeypatch.setattr(wandb, "run", types.SimpleNamespace(log=logged.append))  # a run, without the service
+    resample_words(tiny_zforcing(len(corpus.vocab)), corpus, "test", num_sentences=3, samples_per_sentence=1)
+    assert len(logged) == 1 and isinstance(logged[0]["test/resampled"], wandb.Table)
+    table = logged[0]["test/resampled"]
+    assert table.columns == ["sentence", "label", "source", "text"] and len(table.data) == 3 * 3
+
+
 # -- configs and a real run -----------------------------------------------------------------------
 
 

@@ -303,12 +303,12 @@ def resample_words(
             label = int(batch.labels[i]) if batch.labels is not None else -1
             label_text = names[label] if 0 <= label < len(names) else str(label)
             original = vocab.decode(batch.targets[i].tolist())
-            lines += [f"[{index}] label={label_text}", f"  {'original':<12}: {original}"]
+            lines += [f"[{index}] label={label_text}", f"  {'original':<13}: {original}"]
             rows.append([index, label_text, "original", original])
             for source, samples in decoded.items():
                 for k, sample in enumerate(samples):
                     text = vocab.decode(sample[i].tolist())
-                    lines.append(f"  {source + ' z ' + str(k + 1):<12}: {text}")
+                    lines.append(f"  {source + ' z ' + str(k + 1):<13}: {text}")
                     rows.append([index, label_text, f"{source} z", text])
             lines.append("")
             index += 1
