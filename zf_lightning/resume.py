@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,6 +192,7 @@ class ResumeState(Callback):
 
     def __init__(self) -> None:
         self.fitting = False
+        self.restored = False
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         # Lightning also restores callbacks for trainer.test(ckpt_path=...), which is seeded on its own
@@ -206,6 +208,17 @@ class ResumeState(Callback):
                         len(states))
             rank = 0
         _set_rng_state(states[rank])
+        self.restored = True
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """DDP: Lightning seeds every rank alike (same weights, same sampler seed); from here on
+        each rank draws its own posterior noise, as one process would for the whole batch."""
+        if not self.restored and trainer.world_size > 1 and trainer.global_rank > 0:
+            seed = int(os.environ.get("PL_GLOBAL_SEED", "0")) + 104_729 * trainer.global_rank
+            torch.manual_seed(seed)
+            np.random.seed(seed % 2**32)
+            random.seed(seed)
+        self.restored = False
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         flush_csv(trainer.loggers)
