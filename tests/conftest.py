@@ -13,6 +13,9 @@ from omegaconf import DictConfig
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+# Tiny recurrent models gain nothing from intra-op threads and lose a lot when cores are
+# shared; subprocess runs inherit this too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 

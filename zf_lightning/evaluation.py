@@ -271,6 +271,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                                           seed, device))
     with open_dict(run_cfg):
         run_cfg.seed = cfg.seed
+        # analyses that write files (e.g. resampled text) write into this eval run's folder,
+        # not into the training run's folder recorded in the checkpoint
+        for analysis in (run_cfg.get("analyses") or {}).values():
+            if analysis is not None and "output_dir" in analysis:
+                analysis.output_dir = str(out_dir)
     metrics.update(run_analyses(run_cfg, lit, dm, split))
     if options.get("export_latents"):
         written = export_latents(lit.model, split_loader(dm, split), out_dir / f"latents_{split}.npz", device)
