@@ -219,6 +219,12 @@ class ZForcing(nn.Module):
         mean_q, logvar_q = q.chunk(2, dim=-1)
         return PosteriorPass(h_prev=h_prev, h=h, z=z, mean_q=mean_q, logvar_q=logvar_q, b=b)
 
+    def _weight_from_h(self) -> Tensor:
+        """[W_hh; W_qh]: every in-loop product from h_{t-1} (gates, posterior) as one map, built as
+        its transpose so that the per-step product reads it row-major (see ``LoopLinear``)."""
+        H = self.rnn_dim
+        return torch.cat([self.cell.weight_hh.t(), self.posterior.first.weight[:, :H].t()], dim=1).t()
+
     def _posterior_step(self, post: LoopLinear, pre: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
         """q(z_t) parameters [mean; logvar] from the posterior's first-layer pre-activation, and z_t."""
         act = self.posterior.act
@@ -238,9 +244,9 @@ class ZForcing(nn.Module):
         gates_x = F.linear(emb.transpose(0, 1), cell.weight_ix, bias)
         post_from_b = F.linear(b.transpose(0, 1), first.weight[:, H:], first.bias)
         pre = torch.cat([gates_x, post_from_b], dim=-1)  # [T, B, 4H + M]
-        from_h = LoopLinear(torch.cat([cell.weight_hh, first.weight[:, :H]], dim=0))
+        from_h = LoopLinear(self._weight_from_h())
         post = LoopLinear(self.posterior.second.weight, self.posterior.second.bias)
-        from_z = LoopLinear(w_iz @ self.z_map.weight)
+        from_z = LoopLinear((self.z_map.weight.t() @ w_iz.t()).t())  # (W_iz A), stored as its transpose
 
         h = c = emb.new_zeros(emb.shape[0], H)
         h_all, z_all, q_all = [h], [], []
@@ -261,7 +267,7 @@ class ZForcing(nn.Module):
         cell, first = self.cell, self.posterior.first
         gates_x = cell.input_gates(emb.transpose(0, 1))  # [T, B, 4H]
         post_from_b = F.linear(b.transpose(0, 1), first.weight[:, H:], first.bias)
-        from_h = LoopLinear(torch.cat([cell.weight_hh, first.weight[:, :H]], dim=0))
+        from_h = LoopLinear(self._weight_from_h())
         post = LoopLinear(self.posterior.second.weight, self.posterior.second.bias)
         z_in, z_act, z_out = self.z_map
         cond_in, cond_out = LoopLinear(z_in.weight, z_in.bias), LoopLinear(z_out.weight, z_out.bias)
