@@ -104,3 +104,25 @@ def test_ddp_cpu_two_processes_one_folder_one_run_and_the_gradients_of_the_globa
     assert len(single) > 10
     for name, grad in single.items():
         torch.testing.assert_close(rank0["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_ddp_jobs_of_a_multirun_each_start_their_own_processes(tmp_path: Path) -> None:
+    """Under -m, Lightning's own launcher would re-run the whole sweep in every extra process;
+    here two DDP jobs run one after the other in the sweep's process, each in its folder."""
+    sweep = tmp_path / "sweep"
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"} | {"WANDB_MODE": "offline",
+                                                                          "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "train.py", "-m", "trainer=ddp_cpu", "seed=1,2", *RUN, f"hydra.sweep.dir={sweep}",
+           f"paths.log_dir={tmp_path / 'logs'}", f"paths.cache_dir={tmp_path / 'cache'}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    assert not (tmp_path / "logs").exists()  # no stray run folders from the extra processes
+    ids = set()
+    for job in ("0", "1"):
+        assert json.loads((sweep / job / "status.json").read_text())["status"] == "completed"
+        runs = list((sweep / job / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1
+        ids.add(runs[0].name)
+    assert len(ids) == 2

@@ -4,6 +4,7 @@ submitit_local. Every job its own folder and W&B run; the report equals the jobs
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -13,11 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import TINY
-from zf_lightning.jobs import available_cpus
+from tests.conftest import TINY, compose_config
+from zf_lightning.jobs import JobStatus, available_cpus, failure_value, global_rank, read_status
+from zf_lightning.pipeline import train
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
 
 # one epoch of 3 updates, W&B offline
 TINY_RUN = [o for o in TINY if not o.startswith("logger")] + [
@@ -65,6 +66,7 @@ def assert_one_wandb_run_per_job(jobs: list[Path], group: str) -> None:
     assert len(set(ids)) == len(jobs)
 
 
+@pytest.mark.slow
 def test_basic_multirun_isolates_failures_and_the_report_matches_the_jobs(tmp_path: Path) -> None:
     proc, sweep = multirun(tmp_path, "sweep=ablation", "ablation=plain,kla", "seed=1,2", "optim.optimizer.lr=3e-3,-1.0")
     assert proc.returncode != 0  # two jobs failed: the sweep says so ...
@@ -99,6 +101,7 @@ def test_basic_multirun_isolates_failures_and_the_report_matches_the_jobs(tmp_pa
     assert "| Z-Forcing + kla |" in text and "Invalid learning rate" in text
 
 
+@pytest.mark.slow
 def test_joblib_runs_jobs_in_parallel_with_a_share_of_the_cpus_each(tmp_path: Path) -> None:
     proc, sweep = multirun(tmp_path, "hydra/launcher=joblib_local", "seed=1,2", group="grp-joblib")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -113,6 +116,7 @@ def test_joblib_runs_jobs_in_parallel_with_a_share_of_the_cpus_each(tmp_path: Pa
     assert os.getpid() not in pids and (sweep / "report.md").exists() is False  # no sweep config: no report
 
 
+@pytest.mark.slow
 def test_optuna_runs_three_trials_into_a_resumable_study(tmp_path: Path) -> None:
     import optuna
 
@@ -135,6 +139,7 @@ def test_optuna_runs_three_trials_into_a_resumable_study(tmp_path: Path) -> None
     assert (sweep / "report.md").exists()
 
 
+@pytest.mark.slow
 def test_submitit_local_runs_a_two_job_sweep(tmp_path: Path) -> None:
     proc, sweep = multirun(tmp_path, "hydra/launcher=submitit_cpu", "seed=1,2", group="grp-submitit")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -146,3 +151,47 @@ def test_submitit_local_runs_a_two_job_sweep(tmp_path: Path) -> None:
         assert status["status"] == "completed" and status["torch_threads"] == 1  # cpus_per_task
         assert "test/elbo" in json.loads((job / "metrics.json").read_text())
     assert (sweep / ".submitit").is_dir()
+
+
+# ---------------------------------------------------------------------------- units (fast)
+def test_continue_on_failure_records_the_error_and_returns_the_worst_value(tmp_path: Path) -> None:
+    import wandb
+
+    cfg = compose_config("train", [f"paths.output_dir={tmp_path}", *TINY_RUN, "optim.optimizer.lr=-1.0",
+                                   "++continue_on_failure=true"])
+    result = train(cfg)
+    assert result == {"val/neg_elbo": math.inf, "failed": 1.0}  # train.py hands this to the sweeper
+    status = read_status(tmp_path)
+    assert status["status"] == "failed" and status["error"] == "ValueError: Invalid learning rate: -1.0"
+    assert "optimizer" in status["traceback"] and wandb.run is None
+    cfg = compose_config("train", [f"paths.output_dir={tmp_path / 'b'}", *TINY_RUN, "optim.optimizer.lr=-1.0"])
+    with pytest.raises(ValueError, match="Invalid learning rate"):  # off by default: the error propagates
+        train(cfg)
+    assert read_status(tmp_path / "b")["status"] == "failed"
+
+
+def test_failure_value_is_the_worst_for_the_direction() -> None:
+    assert failure_value(compose_config("train", [])) == math.inf  # outside Hydra: minimize (-ELBO)
+
+
+def test_ranks_from_the_launchers_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert global_rank() == 0
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert global_rank() == 1
+    monkeypatch.setenv("NODE_RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert global_rank() != 0  # the first process of the second node does not write the job's files
+    monkeypatch.setenv("SLURM_PROCID", "5")
+    assert global_rank() == 5
+
+
+def test_only_rank_zero_writes_status_unless_a_worker_fails(tmp_path: Path) -> None:
+    worker = JobStatus(tmp_path, rank=1)
+    worker.started()
+    worker.completed()
+    assert not list(tmp_path.iterdir())
+    worker.failed(RuntimeError("gloo timeout"))
+    assert json.loads((tmp_path / "status.rank1.json").read_text())["error"] == "RuntimeError: gloo timeout"
