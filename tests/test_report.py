@@ -207,3 +207,13 @@ def test_wandb_project_runs_become_the_same_report(tmp_path: Path) -> None:
     assert rows[0].stats("test/elbo") == pytest.approx((-101.0, math.sqrt(2.0), 2))
     assert len(rows[1].failed) == 1 and rows[1].stats("test/elbo")[2] == 1
     assert jobs[0].curves["val/elbo"] == [(5, -101.0), (10, -100.0)]
+
+
+def test_a_resumed_job_is_grouped_by_its_own_overrides_not_the_resume_command(tmp_path: Path) -> None:
+    for num, seed in ((0, 1), (1, 2)):
+        job = make_job(tmp_path, num, ["ckpt_path=last"] if num else ["ablation=aux", f"seed={seed}"],
+                       {"test/elbo": -float(seed)})
+        status = {"status": "completed", "job": {"overrides": ["ablation=aux", f"seed={seed}"]}}
+        (job / "status.json").write_text(json.dumps(status))
+    (row,) = write_report(tmp_path)
+    assert row.label == "all jobs" and row.stats("test/elbo")[2] == 2

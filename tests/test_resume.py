@@ -146,7 +146,11 @@ def test_killed_run_resumes_from_the_command_line_and_ends_where_a_straight_run_
         assert metrics[key] == pytest.approx(reference[key], abs=1e-4), key
     assert wandb_ids(run) == killed_id * 2
     assert [s for s, _ in val_rows(run)] == [4, 9, 14, 19]
-    assert json.loads((run / "status.json").read_text())["status"] == "completed"
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "completed"
+    # the folder keeps its job's identity (the report groups by it); the resume is recorded beside it
+    assert "trainer.max_epochs=4" in status["job"]["overrides"]
+    assert status["resumed_by"]["overrides"] == ["ckpt_path=last"]
 
 
 # ---------------------------------------------------------------------------- units

@@ -88,8 +88,15 @@ class JobStatus:
             _write_json(self.path, self.record)
 
     def started(self, **fields: Any) -> None:
+        """A new attempt of this folder's job. A resume (``ckpt_path=last hydra.run.dir=...``) has
+        other overrides than the job it continues: the folder keeps the original job's identity
+        (the report groups by it) and records the resuming command next to it."""
+        job = job_identity()
+        previous = read_status(self.path.parent).get("job") if self.rank == 0 else None
         self.record = {"status": RUNNING, "started": _now(), "host": socket.gethostname(), "pid": os.getpid(),
-                       "job": job_identity()}
+                       "job": previous or job}
+        if previous and previous != job:
+            self.record["resumed_by"] = job
         self._save(**fields)
 
     def update(self, **fields: Any) -> None:

@@ -127,9 +127,10 @@ def _row_name(job_dir: Path, overrides: dict[str, str]) -> str | None:
 def read_job(job_dir: Path, sweep_dir: Path) -> Job:
     overrides_file = job_dir / ".hydra" / "overrides.yaml"
     status = read_status(job_dir)
-    raw = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else None
+    # status.json keeps the job's own overrides; Hydra rewrites .hydra/ when a run is resumed
+    raw = (status.get("job") or {}).get("overrides")
     if raw is None:
-        raw = (status.get("job") or {}).get("overrides") or []
+        raw = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
     overrides = dict(p for p in (parse_override(str(o)) for o in raw) if p is not None)
     metrics_file = job_dir / "metrics.json"
     metrics = _numeric(json.loads(metrics_file.read_text())) if metrics_file.is_file() else {}
