@@ -1,6 +1,7 @@
 """Side-by-side training-step timings for Z-Forcing, in one process.
 
-Three steps (forward + backward + Adam), each the median of ``--repeats`` runs:
+Three training steps (forward, backward, gradient-norm clip, Adam), each the median of
+``--repeats`` runs:
 
 * ``reference``: ``reference_forward``, the readable step-by-step implementation (every MLP
   and the output layer inside the Python loop, as in the authors' code);
@@ -145,12 +146,15 @@ def zforcing_loss(terms: StepTerms, mask: Tensor) -> Tensor:
 
 
 def train_step_fn(model: nn.Module, loss_fn: Callable[[], Tensor]) -> Callable[[], None]:
-    """One optimizer update: zero grads, forward, backward, Adam step."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    """One update as training does it (conf/optim/adam.yaml, conf/trainer/default.yaml): zero grads,
+    forward, backward, clip the gradient norm at 100, Adam step (lr 1e-3, eps 1e-5)."""
+    params = list(model.parameters())
+    optimizer = torch.optim.Adam(params, lr=1e-3, eps=1e-5)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         loss_fn().backward()
+        nn.utils.clip_grad_norm_(params, 100.0)
         optimizer.step()
 
     return step
@@ -265,8 +269,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda but torch.cuda.is_available() is False")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            parser.error("--device cuda but torch.cuda.is_available() is False")
+        # full fp32 everywhere: cuDNN (the floor's LSTM) would otherwise use TF32, matmuls not
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     table = {"timit": TIMIT, "mnist": mnist_sizes()}
     names = [s.strip() for s in args.sizes.split(",") if s.strip()]
     unknown = sorted(set(names) - set(table))
