@@ -54,9 +54,10 @@ class GaussianMLP(nn.Module):
         return self.from_hidden_preactivation(self.first(x))
 
 
-def lstm_pointwise(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-    """LSTM state update from the summed pre-activations, gate order (i, f, g, o) as in torch."""
-    i, f, g, o = gates.chunk(4, dim=-1)
+def lstm_pointwise(gates: Tensor, c: Tensor, dim: int = -1) -> tuple[Tensor, Tensor]:
+    """LSTM state update from the summed pre-activations, gate order (i, f, g, o) as in torch,
+    along ``dim`` (0 for feature-major states [4H, B])."""
+    i, f, g, o = gates.chunk(4, dim=dim)
     c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     h_new = torch.sigmoid(o) * torch.tanh(c_new)
     return h_new, c_new
@@ -135,29 +136,46 @@ class LoopLinear:
     (they all consume its token), turns the kept g_t and x_t into the weight and bias
     gradients. Values are those of ``F.linear``; gradients differ only by summation order.
 
-    Create one per forward pass; call ``step(x, base)`` inside the loop. The products read
-    W^T [in, out] row-major (measured 10-20 % faster than W row-major for a batch of 32 on
-    CPU); pass ``weight`` as the transpose of such a tensor to skip the one copy made here.
+    Layouts: ``feature_major=False`` maps x [B, in] to [B, out] like ``F.linear``;
+    ``feature_major=True`` maps x [in, B] to [out, B] (states as columns), so that each
+    product is W [out, in] @ x with the long side first, measured 1.3-1.5x faster than
+    x @ W^T for a batch of 32 on a 2-thread CPU (BLAS splits rows of W between threads), and
+    so that splitting the output into blocks (gates, posterior) gives contiguous tensors.
+    The weight is copied once per pass into the layouts the forward and backward products
+    read row-major.
+
+    Create one per forward pass; call ``step(x, base)`` inside the loop.
     """
 
-    def __init__(self, weight: Tensor, bias: Tensor | None = None) -> None:
-        self.weight = weight.detach()
-        weight_t = self.weight.t()
-        self.weight_t = weight_t if weight_t.is_contiguous() else weight_t.contiguous()
-        self.bias = None if bias is None else bias.detach()
+    def __init__(self, weight: Tensor, bias: Tensor | None = None, feature_major: bool = False) -> None:
+        w = weight.detach()
+        self.feature_major = feature_major
+        # forward: x @ w_fwd ([in, out]) or w_fwd @ x ([out, in]); backward reads w_bwd
+        self.w_fwd = (w if feature_major else w.t()).contiguous()
+        self.w_bwd = w.t().contiguous() if feature_major else self.w_fwd.t()
+        self.bias = None if bias is None else (bias.detach()[:, None] if feature_major else bias.detach())
         self.inputs: list[Tensor] = []
         self.grads: dict[int, Tensor] = {}
         tracked = torch.is_grad_enabled() and (weight.requires_grad or (bias is not None and bias.requires_grad))
         self.token = _LoopLinearCollect.apply(weight, bias, self) if tracked else None
 
+    def product(self, x: Tensor, base: Tensor | None) -> Tensor:
+        """base + the map applied to x, without autograd."""
+        if self.feature_major:
+            return self.w_fwd @ x if base is None else torch.addmm(base, self.w_fwd, x)
+        return x @ self.w_fwd if base is None else torch.addmm(base, x, self.w_fwd)
+
+    def input_grad(self, grad: Tensor) -> Tensor:
+        return self.w_bwd @ grad if self.feature_major else grad @ self.w_bwd
+
     def step(self, x: Tensor, base: Tensor | None = None) -> Tensor:
-        """``base + x W^T`` (``base`` defaults to the bias): like ``F.linear``, gradient to the weight deferred."""
+        """``base`` plus the map applied to ``x`` (``base`` defaults to the bias), weight gradient deferred."""
         if base is None:
             base = self.bias
         elif self.bias is not None:
             raise ValueError("LoopLinear.step: pass base only to a map without its own bias")
         if self.token is None and not (torch.is_grad_enabled() and x.requires_grad):
-            return x @ self.weight_t if base is None else torch.addmm(base, x, self.weight_t)
+            return self.product(x, base)
         return _LoopLinearStep.apply(x, base, self.token, self)
 
     def collect(self) -> tuple[Tensor | None, Tensor | None]:
@@ -166,8 +184,11 @@ class LoopLinear:
         self.grads, grads = {}, [self.grads[t] for t in steps]
         if not grads:
             return None, None
-        g = torch.cat(grads, 0)
-        x = torch.cat([self.inputs[t] for t in steps], 0)
+        dim = 1 if self.feature_major else 0  # the batch dimension
+        g = torch.cat(grads, dim)
+        x = torch.cat([self.inputs[t] for t in steps], dim)
+        if self.feature_major:
+            return g @ x.t(), (g.sum(1) if self.bias is not None else None)
         return g.t() @ x, (g.sum(0) if self.bias is not None else None)
 
 
@@ -178,7 +199,7 @@ class _LoopLinearStep(torch.autograd.Function):
         ctx.step = len(linear.inputs)
         ctx.base_shape = None if base is None else base.shape
         linear.inputs.append(x.detach())
-        return x @ linear.weight_t if base is None else torch.addmm(base, x, linear.weight_t)
+        return linear.product(x, base)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -186,7 +207,7 @@ class _LoopLinearStep(torch.autograd.Function):
         linear: LoopLinear = ctx.linear
         if linear.token is not None:
             linear.grads[ctx.step] = grad
-        grad_x = grad @ linear.weight if ctx.needs_input_grad[0] else None
+        grad_x = linear.input_grad(grad) if ctx.needs_input_grad[0] else None
         grad_base = None
         if ctx.needs_input_grad[1]:
             grad_base = grad if ctx.base_shape == grad.shape else grad.sum_to_size(ctx.base_shape)

@@ -38,11 +38,11 @@ from zf_lightning.models.layers import (
 from zf_lightning.types import DataSpec, SequenceBatch, StepTerms
 
 
-def sample_posterior(out: Tensor, noise: Tensor, clamp: float | None) -> tuple[Tensor, Tensor]:
-    """The posterior's clamped output [mean; logvar] and z = mean + exp(logvar / 2) * noise."""
+def sample_posterior(out: Tensor, noise: Tensor, clamp: float | None, dim: int = -1) -> tuple[Tensor, Tensor]:
+    """The posterior's clamped output [mean; logvar] (stacked along ``dim``) and z = mean + exp(logvar / 2) * noise."""
     if clamp is not None:
         out = torch.clamp(out, -clamp, clamp)
-    mean, logvar = out.chunk(2, dim=-1)
+    mean, logvar = out.chunk(2, dim=dim)
     return out, torch.addcmul(mean, torch.exp(0.5 * logvar), noise)
 
 
@@ -58,8 +58,8 @@ class StepOps:
     """The pointwise pieces of one recurrence step, eager or compiled (not a module: no state)."""
 
     act: Callable[[Tensor, float, float], Tensor]
-    sample: Callable[[Tensor, Tensor, float | None], tuple[Tensor, Tensor]]
-    cell: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+    sample: Callable[[Tensor, Tensor, float | None, int], tuple[Tensor, Tensor]]
+    cell: Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor]]
     cln_cell: Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
@@ -225,41 +225,51 @@ class ZForcing(nn.Module):
         H = self.rnn_dim
         return torch.cat([self.cell.weight_hh.t(), self.posterior.first.weight[:, :H].t()], dim=1).t()
 
-    def _posterior_step(self, post: LoopLinear, pre: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
+    def _posterior_step(
+        self, post: LoopLinear, pre: Tensor, noise: Tensor, dim: int = -1
+    ) -> tuple[Tensor, Tensor]:
         """q(z_t) parameters [mean; logvar] from the posterior's first-layer pre-activation, and z_t."""
         act = self.posterior.act
-        return self._ops.sample(post.step(self._ops.act(pre, act.slope, act.bound)), noise, self.posterior.clamp)
+        out = post.step(self._ops.act(pre, act.slope, act.bound))
+        return self._ops.sample(out, noise, self.posterior.clamp, dim)
 
     def _loop_plain(self, emb: Tensor, b: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The recurrence with the linear z map folded into the gates.
+        """The recurrence with the linear z map folded into the gates, on feature-major states [., B].
 
-        Before the loop: per step, [W_ix emb_t + bias + W_iz a ; W_qb b_t + c] (a, c: z-map and
-        posterior biases). In the loop: one product from h_{t-1} adds [W_hh; W_qh] to that,
-        the posterior's second layer gives z_t, one product from z_t adds (W_iz A) z_t to the gates.
+        Before the loop, per step: [W_ix emb_t + bias + W_iz a ; W_qb b_t + c] (a, c: z-map and
+        posterior biases). In the loop: one product from h_{t-1} adds [W_hh; W_qh] h_{t-1} to
+        that, the posterior's second layer gives z_t, one product adds (W_iz A) z_t to the gates.
+        States are columns ([H, B]) so every in-loop product is W @ x and every block
+        (gates i, f, g, o; posterior mean, log-variance) a contiguous run of rows.
         """
         H = self.rnn_dim
         cell, first = self.cell, self.posterior.first
         w_iz = cell.weight_iz
         bias = cell.bias + w_iz @ self.z_map.bias
-        gates_x = F.linear(emb.transpose(0, 1), cell.weight_ix, bias)
-        post_from_b = F.linear(b.transpose(0, 1), first.weight[:, H:], first.bias)
-        pre = torch.cat([gates_x, post_from_b], dim=-1)  # [T, B, 4H + M]
-        from_h = LoopLinear(self._weight_from_h())
-        post = LoopLinear(self.posterior.second.weight, self.posterior.second.bias)
-        from_z = LoopLinear((self.z_map.weight.t() @ w_iz.t()).t())  # (W_iz A), stored as its transpose
+        gates_x = F.linear(emb.transpose(0, 1), cell.weight_ix, bias)  # [T, B, 4H]
+        post_from_b = F.linear(b.transpose(0, 1), first.weight[:, H:], first.bias)  # [T, B, M]
+        pre = torch.cat([gates_x, post_from_b], dim=-1).transpose(1, 2).contiguous()  # [T, 4H + M, B]
+        from_h = LoopLinear(torch.cat([cell.weight_hh, first.weight[:, :H]], dim=0), feature_major=True)
+        post = LoopLinear(self.posterior.second.weight, self.posterior.second.bias, feature_major=True)
+        from_z = LoopLinear(w_iz @ self.z_map.weight, feature_major=True)
+        noise_t = noise.permute(1, 2, 0).contiguous()  # [T, Z, B]
 
-        h = c = emb.new_zeros(emb.shape[0], H)
+        h = c = emb.new_zeros(H, emb.shape[0])
         h_all, z_all, q_all = [h], [], []
         # unbind, not pre[t]: one backward node stacks the step gradients (pre[t] would give
-        # each step a zero-filled [T, B, .] gradient buffer, quadratic in T)
-        for pre_t, noise_t in zip(pre.unbind(0), noise.unbind(1), strict=True):
-            gates_h, post_pre = from_h.step(h, pre_t).split([4 * H, first.out_features], dim=1)
-            q, z = self._posterior_step(post, post_pre, noise_t)
-            h, c = self._ops.cell(from_z.step(z, gates_h), c)
+        # each step a zero-filled [T, ., B] gradient buffer, quadratic in T)
+        for pre_t, eps in zip(pre.unbind(0), noise_t.unbind(0), strict=True):
+            gates_h, post_pre = from_h.step(h, pre_t).split([4 * H, first.out_features], dim=0)
+            q, z = self._posterior_step(post, post_pre, eps, dim=0)
+            h, c = self._ops.cell(from_z.step(z, gates_h), c, 0)
             h_all.append(h)
             z_all.append(z)
             q_all.append(q)
-        return torch.stack(h_all[:-1], 1), torch.stack(h_all[1:], 1), torch.stack(z_all, 1), torch.stack(q_all, 1)
+
+        def batch_major(states: list[Tensor]) -> Tensor:
+            return torch.stack(states, 0).permute(2, 0, 1).contiguous()  # [T, ., B] -> [B, T, .]
+
+        return batch_major(h_all[:-1]), batch_major(h_all[1:]), batch_major(z_all), batch_major(q_all)
 
     def _loop_cond_layer_norm(self, emb: Tensor, b: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The recurrence with z_t setting the gain and bias of LN(W_hh h_{t-1})."""
