@@ -12,7 +12,12 @@ Three training steps (forward, backward, gradient-norm clip, Adam), each the med
   says what the latents cost on top of it.
 
 The three are timed round-robin (reference, fast, floor, reference, ...), so load from other
-processes on a shared machine spreads over all of them instead of biasing one. Also reported:
+processes on a shared machine spreads over all of them instead of biasing one; the JSON also
+gives per-round (paired) ratios and the load averages before and after. The OpenMP runtime is
+left as training gets it; on a CPU shared with other busy jobs, ``OMP_WAIT_POLICY=PASSIVE``
+keeps waiting threads from spinning on the cores their partners need (there the default
+multiplied step times by 2-4, most for the variant with the most small operations), while on
+a quiet machine spinning is faster. Also reported:
 evaluation throughput of the importance-sampled bound (``zf_lightning.estimators.log_weights``
 with K samples), in sequences per second.
 
@@ -23,18 +28,10 @@ with K samples), in sequences per second.
 
 from __future__ import annotations
 
-import os
-
-# Waiting OpenMP threads sleep instead of spinning. On a CPU shared with other jobs the default
-# (spin first) lets a waiting thread burn the core its partner needs, which multiplied every
-# step time by 2-4 here, most for the variant with the most small operations. It applies to all
-# three variants alike; set OMP_WAIT_POLICY=ACTIVE yourself to measure the spinning runtime.
-# It must be set before torch loads the OpenMP runtime.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import argparse
 import copy
 import json
+import os
 import statistics
 import sys
 import time
