@@ -18,7 +18,8 @@ from zf_lightning.types import InputKind
 
 
 class OutputHead(nn.Module):
-    """Base class: ``forward(h) -> params``; ``nll``, ``sample`` and ``mean`` read params."""
+    """Base class: ``forward(h) -> params`` is one linear projection of ``num_params(dim)``
+    outputs; subclasses say how ``nll``, ``sample`` and ``mean`` read them."""
 
     accepts: ClassVar[tuple[InputKind, ...]] = ()
 
@@ -26,6 +27,14 @@ class OutputHead(nn.Module):
         super().__init__()
         self.in_features = in_features
         self.dim = dim
+        self.proj = nn.Linear(in_features, self.num_params(dim))
+
+    def num_params(self, dim: int) -> int:
+        """Distribution parameters per step (one logit per dimension by default)."""
+        return dim
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.proj(h)
 
     def nll(self, params: Tensor, target: Tensor) -> Tensor:
         raise NotImplementedError
@@ -46,12 +55,8 @@ class GaussianHead(OutputHead):
 
     accepts = ("real",)
 
-    def __init__(self, in_features: int, dim: int) -> None:
-        super().__init__(in_features, dim)
-        self.proj = nn.Linear(in_features, 2 * dim)
-
-    def forward(self, h: Tensor) -> Tensor:
-        return self.proj(h)
+    def num_params(self, dim: int) -> int:
+        return 2 * dim  # mean, log-variance
 
     def nll(self, params: Tensor, target: Tensor) -> Tensor:
         mean, logvar = params.chunk(2, dim=-1)
@@ -70,13 +75,6 @@ class BernoulliHead(OutputHead):
 
     accepts = ("binary",)
 
-    def __init__(self, in_features: int, dim: int) -> None:
-        super().__init__(in_features, dim)
-        self.proj = nn.Linear(in_features, dim)
-
-    def forward(self, h: Tensor) -> Tensor:
-        return self.proj(h)
-
     def nll(self, params: Tensor, target: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(params, target, reduction="none").sum(-1)
 
@@ -91,13 +89,6 @@ class CategoricalHead(OutputHead):
     """Softmax over a vocabulary; targets are int64 token ids ``[B, T]``."""
 
     accepts = ("tokens",)
-
-    def __init__(self, in_features: int, dim: int) -> None:
-        super().__init__(in_features, dim)
-        self.proj = nn.Linear(in_features, dim)
-
-    def forward(self, h: Tensor) -> Tensor:
-        return self.proj(h)
 
     def nll(self, params: Tensor, target: Tensor) -> Tensor:
         flat = F.cross_entropy(params.reshape(-1, params.shape[-1]), target.reshape(-1), reduction="none")
@@ -123,14 +114,13 @@ class GMMHead(OutputHead):
     accepts = ("real",)
 
     def __init__(self, in_features: int, dim: int, components: int = 20) -> None:
-        super().__init__(in_features, dim)
         if components < 1:
             raise ValueError(f"GMMHead needs at least one component, got {components}")
-        self.components = components
-        self.proj = nn.Linear(in_features, components * (1 + 2 * dim))
+        self.components = components  # before the base class sizes the projection
+        super().__init__(in_features, dim)
 
-    def forward(self, h: Tensor) -> Tensor:
-        return self.proj(h)
+    def num_params(self, dim: int) -> int:
+        return self.components * (1 + 2 * dim)
 
     def split(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(log-weights [..., K], means [..., K, D], log-variances [..., K, D])."""
