@@ -19,9 +19,10 @@ from torch import Tensor
 
 from tests.helpers import make_batch, make_model
 from zf_lightning.models import heads
-from zf_lightning.models.layers import LoopLinear, lstm_pointwise
+from zf_lightning.models.layers import LoopLinear
+from zf_lightning.models.recurrence import lstm_update, step_ops
 from zf_lightning.models.reference import reference_forward
-from zf_lightning.models.zforcing import ZForcing, step_ops
+from zf_lightning.models.zforcing import ZForcing
 from zf_lightning.types import DataSpec, SequenceBatch, StepTerms
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "zforcing_small.pt"
@@ -130,7 +131,7 @@ def test_compiled_step_is_off_by_default() -> None:
     model = make_model("real")
     assert model.compile_step is False
     assert model._ops == step_ops(False)
-    assert model._ops.cell is lstm_pointwise  # eager functions, nothing compiled
+    assert model._ops.cell is lstm_update  # eager functions, nothing compiled
 
 
 @pytest.mark.parametrize("cln", [False, True])

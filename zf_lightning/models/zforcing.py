@@ -8,15 +8,15 @@ Naming follows the DVAE toolkit's split into *inference* (backward LSTM, posteri
 The forward pass is written for speed (DESIGN.md, "Performance"): everything that does
 not depend on h_{t-1} runs for all steps at once before or after the Python loop, and the
 loop itself does one product from h_{t-1} (to the gates and the posterior) and one from
-z_t, on time-major tensors; the weight gradients of those in-loop products are formed
-once after the loop (``LoopLinear``), as fused RNN kernels do. ``zf_lightning.models.reference``
-computes the same terms the plain way, step by step, and the tests hold the two equal.
+z_t. In plain mode the loop is one autograd node with backpropagation through time written
+out (``zf_lightning.models.recurrence``), as fused RNN kernels do; the conditional-layer-norm
+loop runs under autograd with its in-loop weight gradients formed once after the loop
+(``LoopLinear``). ``zf_lightning.models.reference`` computes the same terms the plain way,
+step by step, and the tests hold the two equal.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,51 +27,9 @@ from torch import Tensor, nn
 from zf_lightning.models.common import InputEmbedding, check_head, mask_terms, reverse_padded
 from zf_lightning.models.distributions import gaussian_kl, gaussian_log_prob, reparameterize
 from zf_lightning.models.heads import HeadFactory
-from zf_lightning.models.layers import (
-    ClippedLeakyReLU,
-    GaussianMLP,
-    LoopLinear,
-    ZLSTMCell,
-    clipped_leaky_relu,
-    lstm_pointwise,
-)
+from zf_lightning.models.layers import ClippedLeakyReLU, GaussianMLP, LoopLinear, ZLSTMCell, lstm_pointwise
+from zf_lightning.models.recurrence import plain_recurrence, step_ops
 from zf_lightning.types import DataSpec, SequenceBatch, StepTerms
-
-
-def sample_posterior(out: Tensor, noise: Tensor, clamp: float | None, dim: int = -1) -> tuple[Tensor, Tensor]:
-    """The posterior's clamped output [mean; logvar] (stacked along ``dim``) and z = mean + exp(logvar / 2) * noise."""
-    if clamp is not None:
-        out = torch.clamp(out, -clamp, clamp)
-    mean, logvar = out.chunk(2, dim=dim)
-    return out, torch.addcmul(mean, torch.exp(0.5 * logvar), noise)
-
-
-def cln_cell(gates_x: Tensor, gh: Tensor, cond: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-    """LSTM update with z's clipped output ``cond`` setting the gain and bias of LN(W_hh h)."""
-    gain, shift = torch.clamp(cond, -3.0, 3.0).chunk(2, dim=-1)
-    gates = gates_x + torch.addcmul(shift, F.layer_norm(gh, (gh.shape[-1],)), 1.0 + gain)
-    return lstm_pointwise(gates, c)
-
-
-@dataclass(frozen=True)
-class StepOps:
-    """The pointwise pieces of one recurrence step, eager or compiled (not a module: no state)."""
-
-    act: Callable[[Tensor, float, float], Tensor]
-    sample: Callable[[Tensor, Tensor, float | None, int], tuple[Tensor, Tensor]]
-    cell: Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor]]
-    cln_cell: Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
-
-
-@functools.cache
-def step_ops(compile_step: bool | str = False) -> StepOps:
-    """Eager step functions, or ``torch.compile``d ones (shared by all models, so compiled once)."""
-    fns = (clipped_leaky_relu, sample_posterior, lstm_pointwise, cln_cell)
-    if compile_step:
-        backend = compile_step if isinstance(compile_step, str) else "inductor"
-        fns = tuple(torch.compile(fn, backend=backend) for fn in fns)
-    return StepOps(*fns)
-
 
 AuxInput = Literal["h_z", "z"]
 
@@ -234,42 +192,39 @@ class ZForcing(nn.Module):
         return self._ops.sample(out, noise, self.posterior.clamp, dim)
 
     def _loop_plain(self, emb: Tensor, b: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The recurrence with the linear z map folded into the gates, on feature-major states [., B].
+        """The recurrence with the linear z map folded into the gates (``plain_recurrence``).
 
-        Before the loop, per step: [W_ix emb_t + bias + W_iz a ; W_qb b_t + c] (a, c: z-map and
-        posterior biases). In the loop: one product from h_{t-1} adds [W_hh; W_qh] h_{t-1} to
-        that, the posterior's second layer gives z_t, one product adds (W_iz A) z_t to the gates.
-        States are columns ([H, B]) so every in-loop product is W @ x and every block
-        (gates i, f, g, o; posterior mean, log-variance) a contiguous run of rows.
+        Before the loop, for all steps at once and feature-major ([features, T, B]):
+        [W_ix emb_t + bias + W_iz a ; W_qb b_t + c] (a, c: the z-map and posterior biases).
+        The loop adds [W_hh; W_qh] h_{t-1}, forms z_t and adds (W_iz A) z_t to the gates.
         """
         H = self.rnn_dim
-        cell, first = self.cell, self.posterior.first
+        B, T, _ = emb.shape
+        cell, first, second = self.cell, self.posterior.first, self.posterior.second
         w_iz = cell.weight_iz
         bias = cell.bias + w_iz @ self.z_map.bias
-        gates_x = F.linear(emb.transpose(0, 1), cell.weight_ix, bias)  # [T, B, 4H]
-        post_from_b = F.linear(b.transpose(0, 1), first.weight[:, H:], first.bias)  # [T, B, M]
-        pre = torch.cat([gates_x, post_from_b], dim=-1).transpose(1, 2).contiguous()  # [T, 4H + M, B]
-        from_h = LoopLinear(torch.cat([cell.weight_hh, first.weight[:, :H]], dim=0), feature_major=True)
-        post = LoopLinear(self.posterior.second.weight, self.posterior.second.bias, feature_major=True)
-        from_z = LoopLinear(w_iz @ self.z_map.weight, feature_major=True)
-        noise_t = noise.permute(1, 2, 0).contiguous()  # [T, Z, B]
+        gates_x = torch.addmm(bias[:, None], cell.weight_ix, emb.transpose(0, 1).reshape(T * B, -1).t())
+        post_from_b = torch.addmm(first.bias[:, None], first.weight[:, H:], b.transpose(0, 1).reshape(T * B, -1).t())
+        pre = torch.cat([gates_x, post_from_b], 0).view(-1, T, B)  # [4H + M, T, B]
+        w_h = torch.cat([cell.weight_hh, first.weight[:, :H]], dim=0)
+        act = self.posterior.act
+        hs, z, q = plain_recurrence(
+            pre,
+            noise.permute(1, 2, 0).contiguous(),  # [T, Z, B]
+            w_h,
+            second.weight,
+            second.bias,
+            w_iz @ self.z_map.weight,
+            self._ops,
+            act.slope,
+            act.bound,
+            self.posterior.clamp,
+        )
 
-        h = c = emb.new_zeros(H, emb.shape[0])
-        h_all, z_all, q_all = [h], [], []
-        # unbind, not pre[t]: one backward node stacks the step gradients (pre[t] would give
-        # each step a zero-filled [T, ., B] gradient buffer, quadratic in T)
-        for pre_t, eps in zip(pre.unbind(0), noise_t.unbind(0), strict=True):
-            gates_h, post_pre = from_h.step(h, pre_t).split([4 * H, first.out_features], dim=0)
-            q, z = self._posterior_step(post, post_pre, eps, dim=0)
-            h, c = self._ops.cell(from_z.step(z, gates_h), c, 0)
-            h_all.append(h)
-            z_all.append(z)
-            q_all.append(q)
+        def batch_major(x: Tensor) -> Tensor:
+            return x.permute(2, 1, 0).contiguous()  # [., T, B] -> [B, T, .]
 
-        def batch_major(states: list[Tensor]) -> Tensor:
-            return torch.stack(states, 0).permute(2, 0, 1).contiguous()  # [T, ., B] -> [B, T, .]
-
-        return batch_major(h_all[:-1]), batch_major(h_all[1:]), batch_major(z_all), batch_major(q_all)
+        return batch_major(hs[:, :T]), batch_major(hs[:, 1:]), batch_major(z), batch_major(q)
 
     def _loop_cond_layer_norm(self, emb: Tensor, b: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The recurrence with z_t setting the gain and bias of LN(W_hh h_{t-1})."""
