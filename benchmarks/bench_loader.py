@@ -1,0 +1,176 @@
+"""Is the data loader ever the bottleneck? Training steps per second fed by the real loader
+versus the same training fed one batch held in memory.
+
+For each configuration (Hydra overrides of ``conf/train.yaml``, as ``train.py`` takes them)
+this builds the data module and the LightningModule exactly as training does, then runs
+``Trainer.fit`` twice per round for ``--steps`` updates:
+
+* ``real``: batches from the data module's train loader (reading, framing, collating,
+  shuffling, epoch boundaries: everything training pays for);
+* ``synthetic``: the loader's first batch, repeated from memory (same shapes, same compute).
+
+Validation, checkpoints, loggers and the progress bar are off in both, so the difference is
+the loader. Steps per second are timed from batch start to batch start, after ``--warmup``
+steps; rounds alternate (real, synthetic, real, ...) and the median is reported. The goal
+(issue 8) is real >= 95 % of synthetic.
+
+    python benchmarks/bench_loader.py                                   # the default MNIST run
+    python benchmarks/bench_loader.py --json \\
+        --config "" \\
+        --config "data=audio_folder data.root=../shared/data/fsdd data.sample_rate=8000" \\
+        --config "data=sentences data.root=../shared/data/rt-polarity"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from zf_lightning.pipeline import build_datamodule, build_module, set_threads  # noqa: E402
+from zf_lightning.types import SequenceBatch  # noqa: E402
+
+
+class BatchClock(L.Callback):
+    """Wall-clock time at the start of every training batch."""
+
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        self.starts.append(time.perf_counter())
+
+
+class RepeatedBatch(Dataset):
+    """One batch, ``n`` times: the in-memory stand-in for a loader that costs nothing."""
+
+    def __init__(self, batch: SequenceBatch, n: int) -> None:
+        self.batch, self.n = batch, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> SequenceBatch:
+        return self.batch
+
+
+def _identity(batch: SequenceBatch) -> SequenceBatch:
+    return batch
+
+
+def compose_train(overrides: list[str]) -> DictConfig:
+    """The training config for ``overrides``; outputs (none are written with loggers and checkpoints off)
+    would go to a temporary folder, since no Hydra run sets its output directory here."""
+    scratch = tempfile.mkdtemp(prefix="bench_loader_")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="train", overrides=[f"paths.output_dir={scratch}", *overrides])
+
+
+def steps_per_second(cfg: DictConfig, loader: DataLoader | None, dm: Any, steps: int, warmup: int) -> float:
+    """Updates per second of one ``Trainer.fit`` on ``loader`` (None: the data module's own)."""
+    L.seed_everything(int(cfg.seed), verbose=False)
+    lit = build_module(cfg, dm)
+    clock = BatchClock()
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        logger=False,
+        callbacks=[clock],
+        max_steps=steps,
+        max_epochs=-1,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        val_check_interval=None,
+        check_val_every_n_epoch=None,
+    )
+    if loader is None:
+        trainer.fit(lit, datamodule=dm)
+    else:
+        trainer.fit(lit, train_dataloaders=loader)
+    times = clock.starts[warmup:]
+    if len(times) < 2:
+        raise RuntimeError(f"only {len(clock.starts)} steps ran; raise --steps above --warmup + 1")
+    return (len(times) - 1) / (times[-1] - times[0])
+
+
+def bench_config(overrides: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    cfg = compose_train(overrides)
+    set_threads(cfg)
+    dm = build_datamodule(cfg)
+    dm.prepare_data()
+    dm.setup("fit")
+    first = next(iter(dm.train_dataloader()))
+    synthetic = DataLoader(RepeatedBatch(first, args.steps), batch_size=None, collate_fn=_identity)
+    real, synth = [], []
+    for _ in range(args.rounds):
+        real.append(steps_per_second(cfg, None, dm, args.steps, args.warmup))
+        synth.append(steps_per_second(cfg, synthetic, dm, args.steps, args.warmup))
+    ratio = statistics.median(r / s for r, s in zip(real, synth, strict=True))
+    return {
+        "overrides": " ".join(overrides),
+        "data": cfg.data._target_.rsplit(".", 1)[-1],
+        "batch_shape": list(first.inputs.shape),
+        "num_workers": int(cfg.data.get("num_workers", 0)),
+        "torch_threads": torch.get_num_threads(),
+        "real_steps_per_s": statistics.median(real),
+        "synthetic_steps_per_s": statistics.median(synth),
+        "real_over_synthetic": ratio,
+        "goal_met": ratio >= 0.95,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--config", action="append", default=None,
+        help="Hydra overrides for one configuration, as one string (repeatable; default: the default run)",
+    )
+    parser.add_argument("--steps", type=int, default=120, help="updates per fit")
+    parser.add_argument("--warmup", type=int, default=10, help="updates not timed at the start of each fit")
+    parser.add_argument("--rounds", type=int, default=3, help="(real, synthetic) pairs; medians reported")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    if args.steps < args.warmup + 2:
+        parser.error(f"--steps ({args.steps}) must exceed --warmup ({args.warmup}) by at least 2")
+    os.environ.setdefault("WANDB_MODE", "offline")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)  # one "Trainer.fit stopped" per fit
+    warnings.filterwarnings("ignore", module="lightning")
+    configs = [shlex.split(c) for c in (args.config or [""])]
+    results = {"meta": {"command": " ".join(sys.argv), "cpus": os.cpu_count(), "torch": torch.__version__}}
+    for overrides in configs:
+        r = bench_config(overrides, args)
+        results[r["overrides"] or "default"] = r
+        if not args.json:
+            print(
+                f"[{r['overrides'] or 'default'}] {r['data']} batch {r['batch_shape']}: "
+                f"real {r['real_steps_per_s']:.2f} steps/s, synthetic {r['synthetic_steps_per_s']:.2f} steps/s, "
+                f"real/synthetic {r['real_over_synthetic']:.3f} (goal >= 0.95)"
+            )
+    if args.json:
+        print(json.dumps(results, indent=1))
+    return results
+
+
+if __name__ == "__main__":
+    main()

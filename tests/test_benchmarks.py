@@ -1,0 +1,54 @@
+"""The benchmark scripts run end to end at small settings and report consistent numbers.
+
+Timings themselves are never asserted (they depend on the machine); what is checked is that
+each script measures what it says: every variant timed, ratios equal to the ratios of the
+reported times, loader rounds that really ran the requested number of updates.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests.conftest import TINY
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_step_times_every_variant_and_reports_consistent_ratios(capsys: pytest.CaptureFixture) -> None:
+    bench = _load("bench_step")
+    result = bench.main(["--sizes", "mnist", "--repeats", "2", "--warmup", "0", "--eval-samples", "2", "--json"])
+    r = result["mnist"]
+    for key in ("reference_s", "fast_s", "floor_s", "eval_s", "eval_seq_per_s"):
+        assert r[key] > 0, key
+    assert r["reference_over_fast"] == pytest.approx(r["reference_s"] / r["fast_s"])
+    assert r["fast_over_floor"] == pytest.approx(r["fast_s"] / r["floor_s"])
+    assert r["eval_seq_per_s"] == pytest.approx(int(r["sizes"].split("B=")[1].split()[0]) / r["eval_s"])
+    assert '"reference_s"' in capsys.readouterr().out  # --json printed the object
+
+
+def test_bench_loader_compares_real_and_repeated_batches() -> None:
+    bench = _load("bench_loader")
+    overrides = " ".join(TINY)
+    result = bench.main(["--config", overrides, "--steps", "8", "--warmup", "2", "--rounds", "1", "--json"])
+    r = result[overrides]
+    assert r["data"] == "MnistDataModule"
+    assert r["batch_shape"] == [32, 14, 14]  # TINY's batch size, one 14-pixel row per step
+    assert r["real_steps_per_s"] > 0 and r["synthetic_steps_per_s"] > 0
+    assert r["real_over_synthetic"] == pytest.approx(r["real_steps_per_s"] / r["synthetic_steps_per_s"])
+    assert r["goal_met"] == (r["real_over_synthetic"] >= 0.95)
+    with pytest.raises(SystemExit):  # too few steps to time anything after the warm-up
+        bench.main(["--steps", "3", "--warmup", "2"])
