@@ -149,26 +149,31 @@ class PlainRecurrence(torch.autograd.Function):
         slope: float,
         bound: float,
         clamp: float | None,
+        keep: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
         width, T, B = pre.shape
         H, Z = w_h.shape[1], w_z.shape[1]
         M = width - 4 * H
         new = pre.new_empty
         hs, z, q, post_act = new(H, T + 1, B), new(Z, T, B), new(2 * Z, T, B), new(M, T, B)
-        acts, cs, tanh_cs = new(T, 4 * H, B), new(T + 1, H, B), new(T, H, B)
-        post_pre, q_raw = new(T, M, B), new(T, 2 * Z, B)
+        # without a backward pass to come (evaluation), the backward-only buffers hold one step
+        kept = T if keep else 1
+        acts, cs, tanh_cs = new(kept, 4 * H, B), new(kept + 1, H, B), new(kept, H, B)
+        post_pre, q_raw = new(kept, M, B), new(kept, 2 * Z, B)
         h = pre.new_zeros(H, B)
         c = cs[0].zero_()
         hs[:, 0] = h
         bias_post = b_post[:, None]
         for t in range(T):
-            gates, post_pre[t] = torch.addmm(pre[:, t], w_h, h).split([4 * H, M])
-            post_act[:, t] = a = ops.act(post_pre[t], slope, bound)
-            q_raw[t] = out = torch.addmm(bias_post, w_post, a)
+            k = t if keep else 0
+            gates, post_pre[k] = torch.addmm(pre[:, t], w_h, h).split([4 * H, M])
+            post_act[:, t] = a = ops.act(post_pre[k], slope, bound)
+            q_raw[k] = out = torch.addmm(bias_post, w_post, a)
             q[:, t], z_t = ops.sample(out, noise[t], clamp, 0)
             z[:, t] = z_t
-            acts[t], c, tanh_cs[t], h = ops.cell(torch.addmm(gates, w_z, z_t), c)
-            cs[t + 1] = c
+            acts[k], c, tanh_cs[k], h = ops.cell(torch.addmm(gates, w_z, z_t), c)
+            if keep:
+                cs[t + 1] = c
             hs[:, t + 1] = h
         ctx.save_for_backward(noise, w_h, w_post, w_z, hs, z, q, post_act, acts, cs, tanh_cs, post_pre, q_raw)
         ctx.consts = (ops, slope, bound, clamp)
@@ -201,7 +206,7 @@ class PlainRecurrence(torch.autograd.Function):
         d_w_h = d_y.view(-1, T * B) @ hs[:, :T].reshape(H, T * B).t()
         d_w_post = d_q_raw.view(2 * Z, T * B) @ post_act.view(M, T * B).t()
         d_w_z = d_y[: 4 * H].reshape(4 * H, T * B) @ z.view(Z, T * B).t()
-        return d_y, None, d_w_h, d_w_post, d_q_raw.sum((1, 2)), d_w_z, None, None, None, None
+        return d_y, None, d_w_h, d_w_post, d_q_raw.sum((1, 2)), d_w_z, None, None, None, None, None
 
 
 def plain_recurrence(
@@ -224,4 +229,5 @@ def plain_recurrence(
     ``w_z``: [4H, Z], the z map folded into the gate weights; ``slope``, ``bound``: the
     posterior's nonlinearity; ``clamp``: its output clamp (None: none).
     """
-    return PlainRecurrence.apply(pre, noise, w_h, w_post, b_post, w_z, ops, slope, bound, clamp)
+    keep = torch.is_grad_enabled() and any(x.requires_grad for x in (pre, w_h, w_post, b_post, w_z))
+    return PlainRecurrence.apply(pre, noise, w_h, w_post, b_post, w_z, ops, slope, bound, clamp, keep)
