@@ -1,10 +1,16 @@
-"""Sequence utilities shared by models: input embeddings, per-sequence reversal, masking."""
+"""Sequence utilities shared by models: input embeddings, per-sequence reversal, masking, and the
+autoregressive sampling loop (each model only says how one step turns the previous output into
+head parameters)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from zf_lightning.models.heads import OutputHead
 from zf_lightning.types import DataSpec, StepTerms
 
 
@@ -61,3 +67,36 @@ def check_head(head: nn.Module, spec: DataSpec) -> None:
             "output=bernoulli for binary pixels, output=categorical for tokens), or leave output unset to get "
             "the data's natural head"
         )
+
+
+# step(x_prev, state) -> (head params for the next output, new state); state starts as None
+SampleStep = Callable[[Tensor, Any], tuple[Tensor, Any]]
+
+
+def sample_autoregressively(
+    spec: DataSpec,
+    head: OutputHead,
+    step: SampleStep,
+    n: int,
+    steps: int,
+    first_input: Tensor | None,
+    use_mean: bool,
+    device: torch.device,
+) -> Tensor:
+    """Run ``step`` for ``steps`` steps, feeding each sample (or mean) back as the next input.
+
+    ``first_input`` defaults to zeros (MNIST's zero frame, or token id 0).
+    Returns [n, steps, D] for frames, [n, steps] for tokens.
+    """
+    if first_input is None:
+        tokens = spec.kind == "tokens"
+        shape = (n,) if tokens else (n, spec.dim)
+        first_input = torch.zeros(shape, dtype=torch.long if tokens else torch.float32, device=device)
+    x = first_input.to(device)
+    state: Any = None
+    out = []
+    for _ in range(steps):
+        params, state = step(x, state)
+        x = head.mean(params) if use_mean else head.sample(params)
+        out.append(x)
+    return torch.stack(out, 1)

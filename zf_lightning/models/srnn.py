@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zf_lightning.models.common import InputEmbedding, check_head, reverse_padded
+from zf_lightning.models.common import InputEmbedding, check_head, reverse_padded, sample_autoregressively
 from zf_lightning.models.distributions import reparameterize
 from zf_lightning.models.heads import HeadFactory
 from zf_lightning.models.layers import GaussianMLP
-from zf_lightning.models.rnn import make_rnn, sample_autoregressively
+from zf_lightning.models.rnn import make_rnn
 from zf_lightning.models.vrnn import LatentPath, latent_noise, latent_terms
 from zf_lightning.types import DataSpec, SequenceBatch, StepTerms
 

@@ -20,11 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zf_lightning.models.common import InputEmbedding, check_head, mask_terms
+from zf_lightning.models.common import InputEmbedding, check_head, mask_terms, sample_autoregressively
 from zf_lightning.models.distributions import gaussian_kl, gaussian_log_prob, reparameterize
 from zf_lightning.models.heads import HeadFactory
 from zf_lightning.models.layers import GaussianMLP, ZLSTMCell, lstm_pointwise
-from zf_lightning.models.rnn import sample_autoregressively
 from zf_lightning.types import DataSpec, SequenceBatch, StepTerms
 
 

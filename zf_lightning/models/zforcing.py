@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zf_lightning.models.common import InputEmbedding, check_head, mask_terms, reverse_padded
+from zf_lightning.models.common import InputEmbedding, check_head, mask_terms, reverse_padded, sample_autoregressively
 from zf_lightning.models.distributions import gaussian_kl, gaussian_log_prob, reparameterize
 from zf_lightning.models.heads import HeadFactory
 from zf_lightning.models.layers import ClippedLeakyReLU, GaussianMLP, LoopLinear, ZLSTMCell, lstm_pointwise
@@ -288,20 +288,16 @@ class ZForcing(nn.Module):
         ``use_mean``: feed back and return the head's mean instead of a sample.
         Returns [n, steps, D] for frames, [n, steps] for tokens.
         """
-        device = self.prior.first.weight.device
-        if first_input is None:
-            shape = (n,) if self.spec.kind == "tokens" else (n, self.spec.dim)
-            dtype = torch.long if self.spec.kind == "tokens" else torch.float32
-            first_input = torch.zeros(shape, dtype=dtype, device=device)
-        x = first_input.to(device)
-        h = torch.zeros(n, self.rnn_dim, device=device)
-        c = torch.zeros_like(h)
-        out = []
-        for _ in range(steps):
+
+        def step(x: Tensor, state: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+            if state is None:
+                zeros = self.prior.first.weight.new_zeros(n, self.rnn_dim)
+                state = (zeros, zeros)  # h_0 = c_0 = 0
+            h, c = state
             mean_p, logvar_p = self.prior(h)
             z = reparameterize(mean_p, logvar_p, torch.randn_like(mean_p))
             h, c = self.cell_step(self.embedding(x), z, h, c)
-            params = self.output_head(h)
-            x = self.output_head.mean(params) if use_mean else self.output_head.sample(params)
-            out.append(x)
-        return torch.stack(out, 1)
+            return self.output_head(h), (h, c)
+
+        device = self.prior.first.weight.device
+        return sample_autoregressively(self.spec, self.output_head, step, n, steps, first_input, use_mean, device)
