@@ -83,7 +83,7 @@ def test_whole_recurrence_passes_gradcheck(clamp: float | None) -> None:
     def rand(*shape: int, scale: float = 1.0) -> torch.Tensor:
         return (scale * torch.randn(*shape, generator=g, dtype=torch.float64)).requires_grad_()
 
-    pre, w_h = rand(4 * H + M, T, B), rand(4 * H + M, H, scale=0.7)
+    pre, w_h = rand(4 * H + M, T, B, scale=4.0), rand(4 * H + M, H, scale=0.7)
     w_post, b_post, w_z = rand(2 * Z, M), rand(2 * Z), rand(4 * H, Z, scale=0.7)
     noise = torch.randn(T, Z, B, generator=g, dtype=torch.float64)
     ops = step_ops(False)
@@ -92,6 +92,28 @@ def test_whole_recurrence_passes_gradcheck(clamp: float | None) -> None:
         return plain_recurrence(*args[:1], noise, *args[1:], ops, 1.0 / 3.0, 3.0, clamp)
 
     assert torch.autograd.gradcheck(run, (pre, w_h, w_post, b_post, w_z))
+    first_posterior_pre = pre[4 * H :, 0]  # h_0 = 0: the posterior's pre-activation at t = 0
+    assert ((first_posterior_pre > 3) | (first_posterior_pre < -9)).any()  # the clip region is exercised
     if clamp is not None:  # the clamp is active somewhere, so its mask is tested
         _, _, q = run(pre, w_h, w_post, b_post, w_z)
         assert (q.abs() == clamp).any()
+
+
+def test_outputs_without_a_gradient_count_as_zero() -> None:
+    """Autograd passes None for an output nothing used; that must equal using it with weight 0."""
+    g = torch.Generator().manual_seed(3)
+    H, M, Z, T, B = 3, 4, 2, 3, 2
+    shapes = ((4 * H + M, H), (2 * Z, M), (2 * Z,), (4 * H, Z))  # w_h, w_post, b_post, w_z
+    weights = [torch.randn(*shape, generator=g).requires_grad_() for shape in shapes]
+    pre = torch.randn(4 * H + M, T, B, generator=g, requires_grad=True)
+    noise = torch.randn(T, Z, B, generator=g)
+
+    def grads(zero_weight_for_z_and_q: bool) -> tuple[torch.Tensor, ...]:
+        hs, z, q = plain_recurrence(pre, noise, *weights, step_ops(False), 1.0 / 3.0, 3.0, 8.0)
+        loss = hs.sin().sum()
+        if zero_weight_for_z_and_q:
+            loss = loss + 0.0 * (z.sum() + q.sum())
+        return torch.autograd.grad(loss, [pre, *weights])
+
+    for got, want in zip(grads(False), grads(True), strict=True):
+        torch.testing.assert_close(got, want)

@@ -136,24 +136,17 @@ class LoopLinear:
     (they all consume its token), turns the kept g_t and x_t into the weight and bias
     gradients. Values are those of ``F.linear``; gradients differ only by summation order.
 
-    Layouts: ``feature_major=False`` maps x [B, in] to [B, out] like ``F.linear``;
-    ``feature_major=True`` maps x [in, B] to [out, B] (states as columns), so that each
-    product is W [out, in] @ x with the long side first, measured 1.3-1.5x faster than
-    x @ W^T for a batch of 32 on a 2-thread CPU (BLAS splits rows of W between threads), and
-    so that splitting the output into blocks (gates, posterior) gives contiguous tensors.
     The weight is copied once per pass into the layouts the forward and backward products
-    read row-major.
+    read row-major (x @ W^T and g @ W).
 
     Create one per forward pass; call ``step(x, base)`` inside the loop.
     """
 
-    def __init__(self, weight: Tensor, bias: Tensor | None = None, feature_major: bool = False) -> None:
+    def __init__(self, weight: Tensor, bias: Tensor | None = None) -> None:
         w = weight.detach()
-        self.feature_major = feature_major
-        # forward: x @ w_fwd ([in, out]) or w_fwd @ x ([out, in]); backward reads w_bwd
-        self.w_fwd = (w if feature_major else w.t()).contiguous()
-        self.w_bwd = w.t().contiguous() if feature_major else self.w_fwd.t()
-        self.bias = None if bias is None else (bias.detach()[:, None] if feature_major else bias.detach())
+        self.w_fwd = w.t().contiguous()  # [in, out]: x @ w_fwd
+        self.w_bwd = w  # [out, in]: g @ w_bwd
+        self.bias = None if bias is None else bias.detach()
         self.inputs: list[Tensor] = []
         self.grads: dict[int, Tensor] = {}
         tracked = torch.is_grad_enabled() and (weight.requires_grad or (bias is not None and bias.requires_grad))
@@ -161,12 +154,10 @@ class LoopLinear:
 
     def product(self, x: Tensor, base: Tensor | None) -> Tensor:
         """base + the map applied to x, without autograd."""
-        if self.feature_major:
-            return self.w_fwd @ x if base is None else torch.addmm(base, self.w_fwd, x)
         return x @ self.w_fwd if base is None else torch.addmm(base, x, self.w_fwd)
 
     def input_grad(self, grad: Tensor) -> Tensor:
-        return self.w_bwd @ grad if self.feature_major else grad @ self.w_bwd
+        return grad @ self.w_bwd
 
     def step(self, x: Tensor, base: Tensor | None = None) -> Tensor:
         """``base`` plus the map applied to ``x`` (``base`` defaults to the bias), weight gradient deferred."""
@@ -184,11 +175,8 @@ class LoopLinear:
         self.grads, grads = {}, [self.grads[t] for t in steps]
         if not grads:
             return None, None
-        dim = 1 if self.feature_major else 0  # the batch dimension
-        g = torch.cat(grads, dim)
-        x = torch.cat([self.inputs[t] for t in steps], dim)
-        if self.feature_major:
-            return g @ x.t(), (g.sum(1) if self.bias is not None else None)
+        g = torch.cat(grads, 0)
+        x = torch.cat([self.inputs[t] for t in steps], 0)
         return g.t() @ x, (g.sum(0) if self.bias is not None else None)
 
 

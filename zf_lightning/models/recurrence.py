@@ -38,7 +38,7 @@ from zf_lightning.models.layers import clipped_leaky_relu, lstm_pointwise
 def clipped_leaky_relu_backward(grad: Tensor, pre: Tensor, slope: float, bound: float) -> Tensor:
     """Gradient through ``clipped_leaky_relu`` at pre-activation ``pre`` (torch's conventions at the kinks)."""
     leaky = F.leaky_relu(pre, slope)
-    return grad * torch.where(pre > 0, 1.0, slope) * ((leaky >= -bound) & (leaky <= bound))
+    return torch.where(pre > 0, grad, grad * slope) * ((leaky >= -bound) & (leaky <= bound))
 
 
 def sample_posterior(out: Tensor, noise: Tensor, clamp: float | None, dim: int = -1) -> tuple[Tensor, Tensor]:
@@ -155,9 +155,10 @@ class PlainRecurrence(torch.autograd.Function):
         H, Z = w_h.shape[1], w_z.shape[1]
         M = width - 4 * H
         new = pre.new_empty
-        hs, z, q, post_act = new(H, T + 1, B), new(Z, T, B), new(2 * Z, T, B), new(M, T, B)
+        hs, z, q = new(H, T + 1, B), new(Z, T, B), new(2 * Z, T, B)
         # without a backward pass to come (evaluation), the backward-only buffers hold one step
         kept = T if keep else 1
+        post_act = new(M, kept, B)
         acts, cs, tanh_cs = new(kept, 4 * H, B), new(kept + 1, H, B), new(kept, H, B)
         post_pre, q_raw = new(kept, M, B), new(kept, 2 * Z, B)
         h = pre.new_zeros(H, B)
@@ -167,7 +168,7 @@ class PlainRecurrence(torch.autograd.Function):
         for t in range(T):
             k = t if keep else 0
             gates, post_pre[k] = torch.addmm(pre[:, t], w_h, h).split([4 * H, M])
-            post_act[:, t] = a = ops.act(post_pre[k], slope, bound)
+            post_act[:, k] = a = ops.act(post_pre[k], slope, bound)
             q_raw[k] = out = torch.addmm(bias_post, w_post, a)
             q[:, t], z_t = ops.sample(out, noise[t], clamp, 0)
             z[:, t] = z_t
@@ -177,6 +178,7 @@ class PlainRecurrence(torch.autograd.Function):
             hs[:, t + 1] = h
         ctx.save_for_backward(noise, w_h, w_post, w_z, hs, z, q, post_act, acts, cs, tanh_cs, post_pre, q_raw)
         ctx.consts = (ops, slope, bound, clamp)
+        ctx.set_materialize_grads(False)  # an output nothing used gets None, not a zero tensor
         return hs, z, q
 
     @staticmethod
@@ -188,17 +190,20 @@ class PlainRecurrence(torch.autograd.Function):
         Z, M = z.shape[0], post_act.shape[0]
         # the transposed weights, copied once: W^T @ g reads them row-major (twice as fast as W.t() @ g)
         w_h_t, w_post_t, w_z_t = w_h.t().contiguous(), w_post.t().contiguous(), w_z.t().contiguous()
+        # incoming gradients as [T, ., B], so each step reads a contiguous slice (they arrive in the
+        # layout of whatever consumed the outputs, e.g. permuted to batch-major)
+        d_hs, d_z, d_q = (None if d is None else d.transpose(0, 1).contiguous() for d in (d_hs, d_z, d_q))
         d_y = hs.new_empty(4 * H + M, T, B)  # gradient of y_t, i.e. of pre_t
         d_q_raw = hs.new_empty(2 * Z, T, B)
         dh, dc = hs.new_zeros(H, B), hs.new_zeros(H, B)
         for t in reversed(range(T)):
             if d_hs is not None:
-                dh = dh + d_hs[:, t + 1]
+                dh = dh + d_hs[t + 1]
             d_gates, dc = ops.cell_backward(dh, dc, acts[t], cs[t], tanh_cs[t])
             dz = torch.mm(w_z_t, d_gates)
             if d_z is not None:
-                dz = dz + d_z[:, t]
-            d_out = ops.sample_backward(dz, None if d_q is None else d_q[:, t], q[:, t], q_raw[t], noise[t], clamp)
+                dz = dz + d_z[t]
+            d_out = ops.sample_backward(dz, None if d_q is None else d_q[t], q[:, t], q_raw[t], noise[t], clamp)
             d_q_raw[:, t] = d_out
             d_post = ops.act_backward(torch.mm(w_post_t, d_out), post_pre[t], slope, bound)
             d_y[:, t] = dy = torch.cat([d_gates, d_post])
@@ -230,4 +235,5 @@ def plain_recurrence(
     posterior's nonlinearity; ``clamp``: its output clamp (None: none).
     """
     keep = torch.is_grad_enabled() and any(x.requires_grad for x in (pre, w_h, w_post, b_post, w_z))
-    return PlainRecurrence.apply(pre, noise, w_h, w_post, b_post, w_z, ops, slope, bound, clamp, keep)
+    # the reparameterisation noise is sampled, never learned: no gradient flows to it
+    return PlainRecurrence.apply(pre, noise.detach(), w_h, w_post, b_post, w_z, ops, slope, bound, clamp, keep)

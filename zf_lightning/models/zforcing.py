@@ -5,7 +5,7 @@ z_t predict the backward state.
 Naming follows the DVAE toolkit's split into *inference* (backward LSTM, posterior),
 *generation* (prior, output head) and *recurrence* (the forward cell).
 
-The forward pass is written for speed (DESIGN.md, "Performance"): everything that does
+The forward pass is written for speed: everything that does
 not depend on h_{t-1} runs for all steps at once before or after the Python loop, and the
 loop itself does one product from h_{t-1} (to the gates and the posterior) and one from
 z_t. In plain mode the loop is one autograd node with backpropagation through time written
@@ -183,13 +183,11 @@ class ZForcing(nn.Module):
         H = self.rnn_dim
         return torch.cat([self.cell.weight_hh.t(), self.posterior.first.weight[:, :H].t()], dim=1).t()
 
-    def _posterior_step(
-        self, post: LoopLinear, pre: Tensor, noise: Tensor, dim: int = -1
-    ) -> tuple[Tensor, Tensor]:
+    def _posterior_step(self, post: LoopLinear, pre: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
         """q(z_t) parameters [mean; logvar] from the posterior's first-layer pre-activation, and z_t."""
         act = self.posterior.act
         out = post.step(self._ops.act(pre, act.slope, act.bound))
-        return self._ops.sample(out, noise, self.posterior.clamp, dim)
+        return self._ops.sample(out, noise, self.posterior.clamp, -1)
 
     def _loop_plain(self, emb: Tensor, b: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The recurrence with the linear z map folded into the gates (``plain_recurrence``).
