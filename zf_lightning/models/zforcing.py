@@ -67,9 +67,10 @@ class ZForcing(nn.Module):
         aux_loss: ``gaussian`` (-log N(b_t; tanh(mu), var)) or ``l2`` (squared error to tanh(mu)).
         dropout: on the input embedding.
         compile_step: compile the pointwise parts of each recurrence step with ``torch.compile``
-            (True: the default backend; a string: that backend). Off by default: on a CPU the
-            compiled calls measured slower than eager ones (benchmarks/bench_step.py
-            --compile-step); on a GPU they replace many small kernel launches with a few.
+            (True: the default backend; a string: that backend). Off by default: it needs a
+            compiler and a cold compile of minutes on a CPU, where it then measured 5 % faster
+            at TIMIT sizes (benchmarks/bench_step.py --compile-step); on a GPU it replaces many
+            small kernel launches with a few.
     """
 
     has_aux_cost = True
