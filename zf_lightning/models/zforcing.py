@@ -178,11 +178,16 @@ class ZForcing(nn.Module):
         mean_q, logvar_q = q.chunk(2, dim=-1)
         return PosteriorPass(h_prev=h_prev, h=h, z=z, mean_q=mean_q, logvar_q=logvar_q, b=b)
 
-    def _weight_from_h(self) -> Tensor:
-        """[W_hh; W_qh]: every in-loop product from h_{t-1} (gates, posterior) as one map, built as
-        its transpose so that the per-step product reads it row-major (see ``LoopLinear``)."""
-        H = self.rnn_dim
-        return torch.cat([self.cell.weight_hh.t(), self.posterior.first.weight[:, :H].t()], dim=1).t()
+    def _weight_from_h(self, transposed: bool = False) -> Tensor:
+        """[W_hh; W_qh] ([4H + M, H]): every in-loop product from h_{t-1} (gates, posterior) as one map.
+
+        ``transposed``: the same map stored as its transpose, the layout in which ``LoopLinear``'s
+        per-step product x @ W^T reads it row-major without another copy.
+        """
+        parts = [self.cell.weight_hh, self.posterior.first.weight[:, : self.rnn_dim]]
+        if transposed:
+            return torch.cat([p.t() for p in parts], dim=1).t()
+        return torch.cat(parts, dim=0)
 
     def _posterior_step(self, post: LoopLinear, pre: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
         """q(z_t) parameters [mean; logvar] from the posterior's first-layer pre-activation, and z_t."""
@@ -205,12 +210,11 @@ class ZForcing(nn.Module):
         gates_x = torch.addmm(bias[:, None], cell.weight_ix, emb.transpose(0, 1).reshape(T * B, -1).t())
         post_from_b = torch.addmm(first.bias[:, None], first.weight[:, H:], b.transpose(0, 1).reshape(T * B, -1).t())
         pre = torch.cat([gates_x, post_from_b], 0).view(-1, T, B)  # [4H + M, T, B]
-        w_h = torch.cat([cell.weight_hh, first.weight[:, :H]], dim=0)
         act = self.posterior.act
         hs, z, q = plain_recurrence(
             pre,
             noise.permute(1, 2, 0).contiguous(),  # [T, Z, B]
-            w_h,
+            self._weight_from_h(),
             second.weight,
             second.bias,
             w_iz @ self.z_map.weight,
@@ -231,7 +235,7 @@ class ZForcing(nn.Module):
         cell, first = self.cell, self.posterior.first
         gates_x = cell.input_gates(emb.transpose(0, 1))  # [T, B, 4H]
         post_from_b = F.linear(b.transpose(0, 1), first.weight[:, H:], first.bias)
-        from_h = LoopLinear(self._weight_from_h())
+        from_h = LoopLinear(self._weight_from_h(transposed=True))
         post = LoopLinear(self.posterior.second.weight, self.posterior.second.bias)
         z_in, z_act, z_out = self.z_map
         cond_in, cond_out = LoopLinear(z_in.weight, z_in.bias), LoopLinear(z_out.weight, z_out.bias)
