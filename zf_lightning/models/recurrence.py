@@ -207,7 +207,8 @@ class PlainRecurrence(torch.autograd.Function):
             d_q_raw[:, t] = d_out
             d_post = ops.act_backward(torch.mm(w_post_t, d_out), post_pre[t], slope, bound)
             d_y[:, t] = dy = torch.cat([d_gates, d_post])
-            dh = torch.mm(w_h_t, dy)
+            if t > 0:  # h_0 is the constant zero state: its gradient is not needed
+                dh = torch.mm(w_h_t, dy)
         d_w_h = d_y.view(-1, T * B) @ hs[:, :T].reshape(H, T * B).t()
         d_w_post = d_q_raw.view(2 * Z, T * B) @ post_act.view(M, T * B).t()
         d_w_z = d_y[: 4 * H].reshape(4 * H, T * B) @ z.view(Z, T * B).t()
