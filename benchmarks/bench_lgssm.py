@@ -28,12 +28,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hydra import compose, initialize_config_dir  # noqa: E402
 
 from zf_lightning.evaluation import evaluate  # noqa: E402
-from zf_lightning.pipeline import train  # noqa: E402
-
-CONF = ROOT / "conf"
+from zf_lightning.pipeline import compose_config, train  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,11 +54,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--extra", nargs="*", default=[], help="more train.py overrides, e.g. data.seq_len=10")
     return p.parse_args(argv)
-
-
-def compose_config(name: str, overrides: list[str]) -> Any:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
 
 
 def train_overrides(args: argparse.Namespace, ablation: str, out: Path) -> list[str]:

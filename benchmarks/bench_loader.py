@@ -42,14 +42,13 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from zf_lightning.pipeline import build_datamodule, build_module, set_threads  # noqa: E402
+from zf_lightning.pipeline import build_datamodule, build_module, compose_config, set_threads  # noqa: E402
 from zf_lightning.types import SequenceBatch  # noqa: E402
 
 
@@ -92,8 +91,7 @@ def compose_train(overrides: list[str]) -> DictConfig:
     """The training config for ``overrides``; outputs (none are written with loggers and checkpoints off)
     would go to a temporary folder, since no Hydra run sets its output directory here."""
     scratch = tempfile.mkdtemp(prefix="bench_loader_")
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="train", overrides=[f"paths.output_dir={scratch}", *overrides])
+    return compose_config("train", [f"paths.output_dir={scratch}", *overrides])
 
 
 def timed_fit(

@@ -16,6 +16,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -74,6 +75,16 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
     assert isinstance(container, dict)
     container.pop("hydra", None)
     return container
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_config(name: str, overrides: list[str]) -> DictConfig:
+    """``conf/<name>.yaml`` with ``overrides``, composed in-process (benchmarks and tests; no Hydra
+    run, so interpolations of ``hydra:`` need ``paths.output_dir`` set in the overrides)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=name, overrides=overrides)
 
 
 def build_datamodule(cfg: DictConfig) -> SequenceDataModule:
