@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-from zf_lightning.evaluation import evaluate  # noqa: E402
+from zf_lightning.evaluation import evaluate, iwae_sample_counts  # noqa: E402
 from zf_lightning.pipeline import compose_config, train  # noqa: E402
 
 
@@ -72,13 +72,12 @@ def train_overrides(args: argparse.Namespace, ablation: str, out: Path) -> list[
     return overrides + list(args.extra)
 
 
-def run_one(args: argparse.Namespace, ablation: str, root: Path) -> dict[str, Any]:
+def run_one(args: argparse.Namespace, ablation: str, root: Path, ks: list[int]) -> dict[str, Any]:
     """Train one ablation, evaluate its best checkpoint; the numbers the report prints."""
     started = time.perf_counter()
     trained = train(compose_config("train", train_overrides(args, ablation, root / ablation / "train")))
     train_s = time.perf_counter() - started
     started = time.perf_counter()
-    ks = sorted(set(args.iwae))
     metrics = evaluate(compose_config("eval", [
         f"ckpt_path={trained['test/checkpoint']}", f"paths.output_dir={root / ablation / 'eval'}",
         f"seed={args.seed}", f"accelerator={args.accelerator}", "samples.num=0",
@@ -115,10 +114,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "offline")
     torch.set_num_threads(args.threads)
-    ks = sorted(set(args.iwae))
+    ks = iwae_sample_counts(args.iwae)
     with tempfile.TemporaryDirectory(prefix="bench_lgssm_") as tmp:
         root = args.out or Path(tmp)
-        rows = [run_one(args, ablation, root) for ablation in args.ablations]
+        rows = [run_one(args, ablation, root, ks) for ablation in args.ablations]
     print(f"\nLGSSM test split, nats per sequence (torch {torch.__version__}, {args.threads} thread(s), "
           f"{args.steps} updates, batch {args.batch_size}, lr {args.lr}, rnn {args.rnn_dim}, z {args.z_dim})")
     print(table(rows, ks))

@@ -44,6 +44,7 @@ from zf_lightning.pipeline import (
     write_json,
     write_samples,
 )
+from zf_lightning.text_analysis import has_posterior, posterior_mean_pass
 from zf_lightning.types import DataSpec, SequenceBatch
 
 log = logging.getLogger(__name__)
@@ -120,14 +121,12 @@ def sequence_bounds(
 
 def _rates(values: Tensor, steps: Tensor, spec: DataSpec) -> dict[str, float]:
     """A per-sequence log-likelihood bound in the data's unit, per step (NLL) and in bits per dim."""
-    if spec.per_token:  # per word: total over total tokens
-        headline = float(values.sum() / steps.sum())
-        headline_se = ratio_standard_error(values, steps)
-    else:  # per sequence / utterance / image: mean over sequences
-        headline = float(values.mean())
-        headline_se = standard_error(values)
     per_step = float(-values.sum() / steps.sum())
     per_step_se = ratio_standard_error(values, steps)
+    if spec.per_token:  # per word: total over total tokens, i.e. minus the per-step rate
+        headline, headline_se = -per_step, per_step_se
+    else:  # per sequence / utterance / image: mean over sequences
+        headline, headline_se = float(values.mean()), standard_error(values)
     to_bits = spec.dims_per_step * math.log(2.0)
     return {
         "": headline,
@@ -207,10 +206,7 @@ def export_latents(model: nn.Module, loader: Iterable[SequenceBatch], path: Path
     Models without ``infer`` (only Z-Forcing exposes its posterior pass) are skipped
     with a warning and give None.
     """
-    z_dim = getattr(model, "z_dim", None)
-    if not callable(getattr(model, "infer", None)) or z_dim is None:
-        log.warning("eval.export_latents: %s has no posterior pass (infer); no latents written",
-                    type(model).__name__)
+    if not has_posterior(model, "eval.export_latents"):
         return None
     model.to(device)
     was_training = model.training
@@ -219,13 +215,12 @@ def export_latents(model: nn.Module, loader: Iterable[SequenceBatch], path: Path
     try:
         for batch in loader:
             batch = batch.to(device)
-            b, steps = batch.mask.shape
-            noise = batch.mask.new_zeros(b, steps, z_dim)
-            run = model.infer(batch, noise)
+            run = posterior_mean_pass(model, batch)
             z_means.append(run.mean_q * batch.mask[..., None])
             states.append(run.h * batch.mask[..., None])
             masks.append(batch.mask)
-            labels.append(batch.labels if batch.labels is not None else torch.full((b,), -1, dtype=torch.long))
+            no_labels = torch.full((batch.mask.shape[0],), -1, dtype=torch.long)
+            labels.append(batch.labels if batch.labels is not None else no_labels)
     finally:
         model.train(was_training)
     longest = max(m.shape[1] for m in masks)

@@ -34,7 +34,6 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from zf_lightning.analysis import active_units, majority_rate, masked_steps, masked_time_average, probe_accuracy
 from zf_lightning.data.base import SequenceDataModule
-from zf_lightning.models.distributions import reparameterize
 from zf_lightning.models.zforcing import PosteriorPass
 from zf_lightning.types import SequenceBatch
 
@@ -82,7 +81,7 @@ def has_posterior(model: nn.Module, analysis: str) -> bool:
     """True when the model exposes ``infer`` (Z-Forcing); otherwise log why the analysis is skipped."""
     if callable(getattr(model, "infer", None)):
         return True
-    log.warning("%s skipped: %s has no infer() exposing its posterior (only Z-Forcing does)",
+    log.warning("%s skipped: %s has no infer() (no posterior pass; only Z-Forcing exposes one)",
                 analysis, type(model).__name__)
     return False
 
@@ -210,11 +209,7 @@ def decode_with_latents(
     x = first_input
     out = []
     for t in range(T):
-        if z is None:
-            mean_p, logvar_p = model.prior(h)
-            z_t = reparameterize(mean_p, logvar_p, torch.randn_like(mean_p))
-        else:
-            z_t = z[:, t]
+        z_t = model.sample_prior(h) if z is None else z[:, t]
         h, c = model.cell_step(model.embedding(x), z_t, h, c)
         logits = model.output_head(h).clone()
         if banned:

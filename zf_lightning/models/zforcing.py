@@ -275,6 +275,11 @@ class ZForcing(nn.Module):
         return mask_terms(terms, batch.mask)
 
     # ------------------------------------------------------------------ sampling
+    def sample_prior(self, h_prev: Tensor) -> Tensor:
+        """z_t ~ p(z_t | h_{t-1}), a reparameterised draw (used by generate and text decoding)."""
+        mean_p, logvar_p = self.prior(h_prev)
+        return reparameterize(mean_p, logvar_p, torch.randn_like(mean_p))
+
     def cell_step(self, emb_t: Tensor, z: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         """One forward-LSTM step from an embedded input and a latent sample (used by generate)."""
         gates = self.cell.input_gates(emb_t) + self.cell.hidden_gates(
@@ -297,9 +302,7 @@ class ZForcing(nn.Module):
                 zeros = self.prior.first.weight.new_zeros(n, self.rnn_dim)
                 state = (zeros, zeros)  # h_0 = c_0 = 0
             h, c = state
-            mean_p, logvar_p = self.prior(h)
-            z = reparameterize(mean_p, logvar_p, torch.randn_like(mean_p))
-            h, c = self.cell_step(self.embedding(x), z, h, c)
+            h, c = self.cell_step(self.embedding(x), self.sample_prior(h), h, c)
             return self.output_head(h), (h, c)
 
         device = self.prior.first.weight.device
