@@ -33,6 +33,7 @@ from zf_lightning.resume import (
     WANDB_KEY,
     ResumePoint,
     ResumeState,
+    hydra_choices,
     keep_csv_history,
     resume_from,
 )
@@ -40,13 +41,6 @@ from zf_lightning.resume import (
 log = logging.getLogger(__name__)
 
 __all__ = ["CONFIG_KEY", "build_callbacks", "build_datamodule", "build_loggers", "build_module", "train"]
-
-
-def hydra_choices() -> dict[str, Any]:
-    """The job's config-group choices (``ablation: aux``), stored so a resume can check them."""
-    if not HydraConfig.initialized():
-        return {}
-    return {k: v for k, v in HydraConfig.get().runtime.choices.items() if not str(k).startswith("hydra/")}
 
 
 class StoreConfig(Callback):
@@ -330,7 +324,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         return metrics
     except BaseException as error:
         status.failed(error)
-        close_loggers(True)
         if isinstance(error, Exception) and rank == 0 and cfg.get("continue_on_failure", False):
             log.exception("job failed; continue_on_failure=true, so the sweep goes on")
             return {str(cfg.optimized_metric): failure_value(cfg), "failed": 1.0}

@@ -112,6 +112,13 @@ def apply_overrides(stored: dict[str, Any], overrides: list[str], stored_choices
     return cfg
 
 
+def hydra_choices() -> dict[str, Any]:
+    """The job's config-group choices (``ablation: aux``), stored so a resume can check them."""
+    if not HydraConfig.initialized():
+        return {}
+    return {k: v for k, v in HydraConfig.get().runtime.choices.items() if not str(k).startswith("hydra/")}
+
+
 def resume_from(cfg: DictConfig) -> tuple[DictConfig, ResumePoint | None]:
     """The config to run and where to resume from (None: a fresh run).
 
@@ -119,11 +126,10 @@ def resume_from(cfg: DictConfig) -> tuple[DictConfig, ResumePoint | None]:
     called as a function (tests, DDP workers) ``cfg`` is used as given."""
     output_dir = Path(cfg.paths.output_dir)
     requested = cfg.get("ckpt_path")
-    if requested is None and cfg.get("auto_resume", True):
-        requested = LAST if find_checkpoint(output_dir, LAST) else None
-        if requested:
-            log.info("the run folder holds a checkpoint: continuing from it (++auto_resume=false starts afresh)")
-    path = find_checkpoint(output_dir, requested)
+    automatic = requested is None and cfg.get("auto_resume", True)
+    path = find_checkpoint(output_dir, LAST if automatic else requested)
+    if automatic and path is not None:
+        log.info("the run folder holds a checkpoint: continuing from it (++auto_resume=false starts afresh)")
     if path is None:
         if requested is not None:
             log.warning("ckpt_path=last but %s holds no checkpoint yet: starting from scratch", output_dir)
@@ -134,8 +140,7 @@ def resume_from(cfg: DictConfig) -> tuple[DictConfig, ResumePoint | None]:
             raise ValueError(f"{path} stores no config ('{CONFIG_KEY}'); only checkpoints written by train.py resume")
         stored = _replace_prefix(checkpoint[CONFIG_KEY], str(checkpoint[CONFIG_KEY]["paths"]["output_dir"]),
                                  str(output_dir))
-        current_choices = {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra/")}
-        cfg = apply_overrides(stored, command_line_overrides(), checkpoint.get(CHOICES_KEY, {}), current_choices)
+        cfg = apply_overrides(stored, command_line_overrides(), checkpoint.get(CHOICES_KEY, {}), hydra_choices())
     with open_dict(cfg):
         cfg.ckpt_path = str(path)
     point = ResumePoint(path, int(checkpoint.get("epoch", 0)), int(checkpoint.get("global_step", 0)),
