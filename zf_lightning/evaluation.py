@@ -35,15 +35,16 @@ from torch.utils.data import DataLoader
 from zf_lightning.analysis import perplexity
 from zf_lightning.data.base import SequenceDataModule
 from zf_lightning.estimators import iwae_bound, path_bounds, ratio_standard_error, standard_error
+from zf_lightning.jobs import write_json
 from zf_lightning.pipeline import (
     CONFIG_KEY,
     build_datamodule,
     build_module,
     run_analyses,
     split_metrics,
-    write_json,
     write_samples,
 )
+from zf_lightning.resume import load_checkpoint
 from zf_lightning.text_analysis import has_posterior, posterior_mean_pass
 from zf_lightning.types import DataSpec, SequenceBatch
 
@@ -55,7 +56,7 @@ def load_checkpoint_config(ckpt_path: str | Path) -> tuple[DictConfig, dict[str,
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path} (expected a .ckpt file written by train.py)")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint(path)
     if CONFIG_KEY not in checkpoint:
         raise ValueError(f"{path} has no stored config ('{CONFIG_KEY}'); only checkpoints written by train.py load")
     return OmegaConf.create(checkpoint[CONFIG_KEY]), checkpoint

@@ -51,7 +51,9 @@ def _now() -> str:
     return dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON under a temporary name, then rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
     tmp.replace(path)
@@ -85,7 +87,7 @@ class JobStatus:
     def _save(self, **fields: Any) -> None:
         self.record.update(fields)
         if self.rank == 0 or self.record.get("status") == FAILED:
-            _write_json(self.path, self.record)
+            write_json(self.path, self.record)
 
     def started(self, **fields: Any) -> None:
         """A new attempt of this folder's job. A resume (``ckpt_path=last hydra.run.dir=...``) has

@@ -8,7 +8,6 @@ run directory. Resuming, failure isolation and DDP are in resume.py, jobs.py, di
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -25,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from zf_lightning.data.base import SequenceDataModule
 from zf_lightning.distributed import JobDDPStrategy, distributed_job
-from zf_lightning.jobs import JobStatus, failure_value, global_rank, job_identity, threads_per_job
+from zf_lightning.jobs import JobStatus, failure_value, global_rank, job_identity, threads_per_job, write_json
 from zf_lightning.lit import SequenceLitModule
 from zf_lightning.resume import (
     CHOICES_KEY,
@@ -147,13 +146,6 @@ def build_callbacks(cfg: DictConfig) -> list[Callback]:
         if cb_cfg is not None and "_target_" in cb_cfg:
             callbacks.append(instantiate(cb_cfg))
     return callbacks
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    tmp.replace(path)
 
 
 def _finite(metrics: dict[str, Any]) -> dict[str, float]:

@@ -112,9 +112,8 @@ def read_curves(csv_path: Path, keys: Iterable[str] = CURVE_KEYS) -> dict[str, l
     return {k: sorted(v.items()) for k, v in curves.items() if v}
 
 
-def _row_name(job_dir: Path, overrides: dict[str, str]) -> str | None:
-    config_path = job_dir / "config_resolved.yaml"
-    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+def _row_name(config: Any, overrides: dict[str, str]) -> str | None:
+    """The Table-1 row of a job: its config's ``table_row``, else the row of its Z-Forcing ablation."""
     if isinstance(config, dict) and config.get("table_row"):
         return str(config["table_row"])
     model = str(((config or {}).get("model") or {}).get("_target_", "")) if isinstance(config, dict) else ""
@@ -139,9 +138,11 @@ def read_job(job_dir: Path, sweep_dir: Path) -> Job:
         error = f"status: {state}" + ("" if metrics else ", no metrics.json")
     else:
         error = str(status.get("error") or "")
+    config_file = job_dir / "config_resolved.yaml"
+    config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
     return Job(name=str(job_dir.relative_to(sweep_dir)), overrides=overrides, status=state, error=error,
                metrics=metrics, curves=read_curves(job_dir / "csv" / "metrics.csv"),
-               row_name=_row_name(job_dir, overrides))
+               row_name=_row_name(config, overrides))
 
 
 def read_sweep(sweep_dir: Path) -> list[Job]:
@@ -362,10 +363,9 @@ def read_wandb(path: str, group: str | None = None, api: Any = None) -> list[Job
             for key in CURVE_KEYS:
                 if record.get(key) is not None and record.get("trainer/global_step") is not None:
                     curves.setdefault(key, []).append((int(record["trainer/global_step"]), float(record[key])))
-        ablation = overrides.get("ablation")
         jobs.append(Job(name=f"{run.id} ({run.name})", overrides=overrides, status=status,
                         error="" if status == COMPLETED else f"W&B state: {run.state}", metrics=metrics,
-                        curves=curves, row_name=config.get("table_row") or ABLATION_ROWS.get(ablation or "")))
+                        curves=curves, row_name=_row_name(config, overrides)))
     return jobs
 
 

@@ -65,6 +65,7 @@ def find_checkpoint(output_dir: Path, ckpt_path: str | None) -> Path | None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint on the CPU, with its non-tensor entries (stored config, choices, W&B identity)."""
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
