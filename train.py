@@ -5,7 +5,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from zf_lightning.pipeline import train
+from zf_lightning.runs.pipeline import train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-from zf_lightning.evaluation import evaluate, iwae_sample_counts  # noqa: E402
-from zf_lightning.pipeline import compose_config, train  # noqa: E402
+from zf_lightning.runs.evaluate import evaluate, iwae_sample_counts  # noqa: E402
+from zf_lightning.runs.pipeline import compose_config, train  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

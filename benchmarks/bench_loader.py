@@ -48,7 +48,7 @@ from omegaconf import DictConfig
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from zf_lightning.pipeline import build_datamodule, build_module, compose_config, set_threads  # noqa: E402
+from zf_lightning.runs.pipeline import build_datamodule, build_module, compose_config, set_threads  # noqa: E402
 from zf_lightning.types import SequenceBatch  # noqa: E402
 
 

@@ -18,7 +18,7 @@ left as training gets it; on a CPU shared with other busy jobs, ``OMP_WAIT_POLIC
 keeps waiting threads from spinning on the cores their partners need (there the default
 multiplied step times by 2-4, most for the variant with the most small operations), while on
 a quiet machine spinning is faster. Also reported:
-evaluation throughput of the importance-sampled bound (``zf_lightning.estimators.log_weights``
+evaluation throughput of the importance-sampled bound (``zf_lightning.evaluation.estimators.log_weights``
 with K samples), in sequences per second.
 
     python benchmarks/bench_step.py                      # TIMIT and MNIST sizes, 2 threads
@@ -46,10 +46,10 @@ from torch import Tensor, nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from zf_lightning.estimators import log_weights  # noqa: E402
+from zf_lightning.evaluation.estimators import log_weights  # noqa: E402
 from zf_lightning.models.heads import BernoulliHead, GaussianHead, OutputHead  # noqa: E402
-from zf_lightning.models.reference import reference_forward  # noqa: E402
-from zf_lightning.models.zforcing import ZForcing  # noqa: E402
+from zf_lightning.models.zforcing.model import ZForcing  # noqa: E402
+from zf_lightning.models.zforcing.reference import reference_forward  # noqa: E402
 from zf_lightning.types import DataSpec, SequenceBatch, StepTerms  # noqa: E402
 
 

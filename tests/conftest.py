@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
-from zf_lightning.pipeline import compose_config
+from zf_lightning.runs.pipeline import compose_config
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 # Tiny recurrent models gain nothing from intra-op threads and lose a lot when cores are
@@ -49,7 +48,7 @@ def compose_train(tmp_path: Path) -> Callable[..., DictConfig]:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[DictConfig, dict[str, float], Path]:
     """One short Hydra-composed training run on the embedded MNIST (config, metrics, output dir)."""
-    from zf_lightning.pipeline import train
+    from zf_lightning.runs.pipeline import train
 
     out = tmp_path_factory.mktemp("trained")
     cfg = compose_config(

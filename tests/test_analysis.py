@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from zf_lightning.analysis import (
+from zf_lightning.evaluation.metrics import (
     active_units,
     latent_variances,
     majority_rate,

@@ -13,7 +13,6 @@ from tests.fixtures_audio import signal, write_sound
 from zf_lightning.data.audio import AudioFolderDataModule, AudioReadError
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 SPEAKERS = ("ann", "bob", "cat")
 
 
@@ -173,9 +172,8 @@ def test_fsdd_subset_batches_with_the_conventional_split(tmp_path: Path) -> None
 @pytest.mark.slow
 def test_fsdd_trains_a_few_steps_and_writes_wav_samples(tmp_path: Path) -> None:
     """The issue's check in miniature: data=audio_folder on FSDD -> metrics.json, WAV and PNG samples."""
-    from hydra import compose, initialize_config_dir
 
-    from zf_lightning.pipeline import train
+    from zf_lightning.runs.pipeline import compose_config, train
 
     root = _fsdd()
     overrides = [
@@ -186,8 +184,7 @@ def test_fsdd_trains_a_few_steps_and_writes_wav_samples(tmp_path: Path) -> None:
         "data.batch_size=4", "samples.num=2", "model.rnn_dim=16", "model.z_dim=4", "model.emb_dim=8",
         "model.mlp_dim=8", "trainer.enable_progress_bar=false",
     ]  # fmt: skip
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+    cfg = compose_config("train", overrides)
     metrics = train(cfg)
     assert np.isfinite(metrics["test/neg_elbo"])
     wavs = sorted((tmp_path / "samples").glob("*.wav"))

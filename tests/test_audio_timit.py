@@ -13,8 +13,7 @@ from tests.fixtures_audio import make_timit_tree, signal, write_nist, write_soun
 from zf_lightning.data.audio import AudioReadError, TimitDataModule
 from zf_lightning.data.audio.cache import CACHE_SUBDIR
 from zf_lightning.data.audio.timit import find_timit_files
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from zf_lightning.runs.pipeline import compose_config
 
 
 @pytest.fixture()
@@ -152,12 +151,10 @@ def test_a_bad_file_in_the_tree_is_named_and_leaves_no_cache(tree: tuple[Path, d
 
 
 def test_config_composes_and_builds_the_module(tree: tuple[Path, dict], tmp_path: Path) -> None:
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
     root, _ = tree
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["data=timit", f"data.root={root}", f"paths.cache_dir={tmp_path}"])
+    cfg = compose_config("train", ["data=timit", f"data.root={root}", f"paths.cache_dir={tmp_path}"])
     assert cfg.model.head._target_.endswith("GaussianHead")
     assert "defaults" not in cfg.data
     dm = instantiate(cfg.data)

@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 from torch import distributions as D
@@ -17,9 +16,9 @@ from torch import nn
 from tests.helpers import HEADS, make_batch
 from zf_lightning.models import RNN, SRNN, VRNN, BernoulliHead, GaussianHead, GMMHead, ZForcing
 from zf_lightning.models.layers import lstm_pointwise
+from zf_lightning.runs.pipeline import CONF_DIR, compose_config
 from zf_lightning.types import DataSpec, SequenceBatch, StepTerms
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TERMS = ("nll", "kl", "aux", "bwd", "log_p_z", "log_q_z")
 LATENT = {"z_dim": 3, "mlp_dim": 4}
@@ -329,12 +328,11 @@ def test_every_model_lowers_its_loss_on_fsdd(name: str, components: int, fsdd_ba
 
 # ---------------------------------------------------------------------- configs
 def compose_train(tmp_path: Path, *overrides: str, hydra: bool = False) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=[f"paths.output_dir={tmp_path}", *overrides], return_hydra_config=hydra)
+    return compose_config("train", [f"paths.output_dir={tmp_path}", *overrides], return_hydra_config=hydra)
 
 
 def build_from(cfg: DictConfig, kind: str):
-    from zf_lightning.pipeline import build_module
+    from zf_lightning.runs.pipeline import build_module
 
     dim = 7 if kind == "tokens" else 5
     return build_module(cfg, SimpleNamespace(spec=spec_of(kind, dim)))
@@ -436,7 +434,7 @@ def test_table1_rows_train_on_fsdd_and_write_metrics(variant: str, tmp_path: Pat
     """The issue's check in miniature: a Table 1 row on FSDD via train.py's pipeline writes metrics.json."""
     import json
 
-    from zf_lightning.pipeline import train
+    from zf_lightning.runs.pipeline import train
 
     root = SHARED_DATA / "fsdd"
     if not (root / "recordings").is_dir():

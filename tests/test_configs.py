@@ -9,8 +9,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from tests.conftest import CONF_DIR
-from zf_lightning.pipeline import build_callbacks, build_datamodule, build_loggers, build_module
+from zf_lightning.runs.pipeline import CONF_DIR, build_callbacks, build_datamodule, build_loggers, build_module
 
 
 def options(group: str) -> list[str]:

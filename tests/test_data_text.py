@@ -8,18 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from zf_lightning.data import text
-from zf_lightning.data.text import (
-    ImdbDataModule,
-    SentencesDataModule,
-    Vocab,
-    choose_cache_root,
-    split_sentences,
-    tokenize,
-)
+from zf_lightning.data.cache import CACHE_SUBDIR, fallback_cache_dirs, first_writable
+from zf_lightning.data.text import modules as text
+from zf_lightning.data.text.modules import ImdbDataModule, SentencesDataModule
+from zf_lightning.data.text.tokens import Vocab, split_sentences, tokenize
+from zf_lightning.runs.pipeline import compose_config
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 # -- tokenizer and sentence splitter -----------------------------------------------------
@@ -204,8 +199,8 @@ def test_spec_before_setup_and_cache_reuse(
 def test_cache_falls_back_when_preferred_dir_is_unusable(tmp_path: Path) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
-    root = choose_cache_root(blocker / "cache", tmp_path / "data")
-    assert root == tmp_path / "data" / ".zf_cache" and root.is_dir()
+    root = first_writable(fallback_cache_dirs(blocker / "cache", tmp_path / "data"))
+    assert root == tmp_path / "data" / CACHE_SUBDIR and root.is_dir()
 
 
 def test_cache_skips_read_only_data_dir(tmp_path: Path) -> None:
@@ -213,7 +208,7 @@ def test_cache_skips_read_only_data_dir(tmp_path: Path) -> None:
     data.mkdir()
     data.chmod(0o555)  # read-only by its bits, which is respected even when running as root
     try:
-        root = choose_cache_root(None, data)
+        root = first_writable(fallback_cache_dirs(None, data))
         assert not str(root).startswith(str(data))
     finally:
         data.chmod(0o755)
@@ -339,12 +334,9 @@ def test_imdb_layout_errors_show_expected_and_found(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["sentences", "imdb"])
 def test_data_configs_compose_with_the_categorical_head(name: str) -> None:
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"data={name}"])
+    cfg = compose_config("train", [f"data={name}"])
     cls = "SentencesDataModule" if name == "sentences" else "ImdbDataModule"
-    assert cfg.data._target_ == f"zf_lightning.data.text.{cls}"
+    assert cfg.data._target_ == f"zf_lightning.data.text.modules.{cls}"
     assert cfg.model.head._target_.endswith("CategoricalHead")
     assert "defaults" not in cfg.data
 

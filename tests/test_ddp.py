@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from tests.conftest import TINY, compose_config
-from zf_lightning.pipeline import build_datamodule, build_module
+from zf_lightning.runs.pipeline import build_datamodule, build_module
 from zf_lightning.types import SequenceBatch
 
 REPO = Path(__file__).resolve().parents[1]

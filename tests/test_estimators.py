@@ -14,19 +14,19 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import MultivariateNormal, Normal, kl_divergence
 
-from zf_lightning.estimators import (
+from zf_lightning.evaluation.estimators import (
     elbo_from_terms,
     iwae_bound,
     log_weights,
     repeat_batch,
     standard_error,
 )
-from zf_lightning.types import SequenceBatch, StepTerms
+from zf_lightning.types import LatentVariableModel, SequenceBatch, StepTerms
 
 DTYPE = torch.float64
 
 
-class ToyLatentModel(nn.Module):
+class ToyLatentModel(nn.Module, LatentVariableModel):
     """Linear-Gaussian latent model following the ``forward(batch, noise=None) -> StepTerms`` contract."""
 
     def __init__(self, proposal: str, obs_dim: int = 2, z_dim: int = 2, seed: int = 0) -> None:
@@ -73,7 +73,7 @@ class ToyLatentModel(nn.Module):
 
 
 class ToyDeterministicModel(nn.Module):
-    """No latents (no ``z_dim``): every importance weight is the plain likelihood."""
+    """No latents (not a ``LatentVariableModel``): every importance weight is the plain likelihood."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -15,16 +15,11 @@ from omegaconf import DictConfig
 from torch import nn
 
 from tests.conftest import compose_config
-from zf_lightning.estimators import ratio_standard_error, standard_error
-from zf_lightning.evaluation import (
-    SequenceBounds,
-    bound_metrics,
-    evaluate,
-    export_latents,
-    iwae_sample_counts,
-    sequence_bounds,
-)
-from zf_lightning.pipeline import train
+from zf_lightning.evaluation.bounds import SequenceBounds, bound_metrics, iwae_sample_counts, sequence_bounds
+from zf_lightning.evaluation.estimators import ratio_standard_error, standard_error
+from zf_lightning.evaluation.posterior import export_latents
+from zf_lightning.runs.evaluate import evaluate
+from zf_lightning.runs.pipeline import train
 from zf_lightning.types import DataSpec, SequenceBatch, StepTerms
 
 SEQ_LEN, NUM_TEST, Z_DIM, RNN_DIM = 8, 32, 4, 16

@@ -7,11 +7,11 @@ from functools import partial
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from tests.helpers import make_batch, make_model
 from zf_lightning.lit import Constant, LinearRamp, SequenceLitModule
-from zf_lightning.types import DataSpec, SequenceBatch, StepTerms
+from zf_lightning.types import DataSpec, HasAuxCost, SequenceBatch, StepTerms
 
 ADAM = partial(torch.optim.Adam, lr=1e-3)
 
@@ -36,10 +36,11 @@ def test_ramp_can_go_down_and_rejects_negative_increment() -> None:
         LinearRamp(start=0.0, increment=-1.0, end=1.0)
 
 
-class FixedTerms(nn.Module):
+class FixedTerms(nn.Module, HasAuxCost):
     """A stand-in model returning given per-step terms (to check the objective's arithmetic)."""
 
-    has_aux_cost = True
+    def aux_cost(self, h_prev: Tensor, z: Tensor, b: Tensor) -> Tensor:
+        return self.terms.aux
 
     def __init__(self, terms: StepTerms) -> None:
         super().__init__()

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from zf_lightning.models.layers import clipped_leaky_relu, lstm_pointwise
-from zf_lightning.models.recurrence import (
+from zf_lightning.models.zforcing.recurrence import (
     clipped_leaky_relu_backward,
     lstm_update,
     lstm_update_backward,

@@ -14,8 +14,9 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from zf_lightning.jobs import SweepStatus, failed_jobs, job_folders
-from zf_lightning.report import fmt, main, read_sweep, read_wandb, varying_keys, write_report
+from zf_lightning.runs.status import failed_jobs, job_folders
+from zf_lightning.sweeps.callback import SweepStatus
+from zf_lightning.sweeps.report import fmt, main, read_sweep, read_wandb, varying_keys, write_report
 
 
 def make_job(sweep: Path, num: int, overrides: list[str], metrics: dict | None, status: str = "completed",
@@ -101,7 +102,7 @@ def test_seed_and_fixed_overrides_do_not_make_configurations(ablation_sweep) -> 
 
 
 def test_curves_average_the_seeds_per_step(ablation_sweep) -> None:
-    from zf_lightning.report import group_rows, mean_band
+    from zf_lightning.sweeps.report import group_rows, mean_band
 
     sweep, elbos = ablation_sweep
     jobs = read_sweep(sweep)
@@ -200,7 +201,7 @@ def test_wandb_project_runs_become_the_same_report(tmp_path: Path) -> None:
 
     jobs = read_wandb("me/zf", group="sweep-1", api=Api())
     assert calls == [("me/zf", {"group": "sweep-1"})]
-    from zf_lightning.report import build_report
+    from zf_lightning.sweeps.report import build_report
 
     rows = build_report(jobs, tmp_path, "W&B me/zf")
     assert [r.label for r in rows] == ["ablation=plain", "ablation=aux"]

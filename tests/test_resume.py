@@ -18,16 +18,9 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
 from tests.conftest import TINY, compose_config
-from zf_lightning.pipeline import train
-from zf_lightning.resume import (
-    LAST,
-    ResumePoint,
-    _before,
-    _rng_state,
-    _set_rng_state,
-    apply_overrides,
-    find_checkpoint,
-)
+from zf_lightning.runs.checkpoint import LAST, find_checkpoint
+from zf_lightning.runs.pipeline import train
+from zf_lightning.runs.resume import ResumePoint, _before, _rng_state, _set_rng_state, apply_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 # 5 updates per epoch, W&B offline (conftest sets WANDB_MODE), no samples

@@ -19,10 +19,10 @@ from torch import Tensor
 
 from tests.helpers import make_batch, make_model
 from zf_lightning.models import heads
-from zf_lightning.models.layers import LoopLinear
-from zf_lightning.models.recurrence import lstm_update, step_ops
-from zf_lightning.models.reference import reference_forward
-from zf_lightning.models.zforcing import ZForcing
+from zf_lightning.models.zforcing.cell import LoopLinear
+from zf_lightning.models.zforcing.model import ZForcing
+from zf_lightning.models.zforcing.recurrence import lstm_update, step_ops
+from zf_lightning.models.zforcing.reference import reference_forward
 from zf_lightning.types import DataSpec, SequenceBatch, StepTerms
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "zforcing_small.pt"

@@ -15,8 +15,9 @@ import pytest
 import yaml
 
 from tests.conftest import TINY, compose_config
-from zf_lightning.jobs import JobStatus, available_cpus, failure_value, global_rank, read_status
-from zf_lightning.pipeline import train
+from zf_lightning.runs.pipeline import train
+from zf_lightning.runs.policy import available_cpus, failure_value, global_rank
+from zf_lightning.runs.status import JobStatus, read_status
 
 REPO = Path(__file__).resolve().parents[1]
 

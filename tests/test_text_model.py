@@ -15,11 +15,11 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from tests.conftest import SHARED_DATA, compose_config
-from zf_lightning.data.text import SentencesDataModule
+from zf_lightning.data.text.modules import SentencesDataModule
+from zf_lightning.evaluation.probes import latent_probe
+from zf_lightning.evaluation.text import decode_with_latents, resample_words
 from zf_lightning.models import RNN, CategoricalHead, ZForcing
-from zf_lightning.models.zforcing import PosteriorPass
-from zf_lightning.text_analysis import decode_with_latents, latent_probe, resample_words
-from zf_lightning.types import DataSpec, SequenceBatch
+from zf_lightning.types import DataSpec, HasPosterior, PosteriorPass, SequenceBatch
 
 RT_POLARITY = SHARED_DATA / "rt-polarity"
 
@@ -45,8 +45,8 @@ def corpus(tmp_path: Path) -> SentencesDataModule:
     return dm
 
 
-class PlantedModel(nn.Module):
-    """A stand-in with ``infer``: z dims 0/1 flag the words "good"/"bad", dim 2 is constant
+class PlantedModel(nn.Module, HasPosterior):
+    """A stand-in with a posterior pass: z dims 0/1 flag the words "good"/"bad", dim 2 is constant
     (a collapsed unit), and h is noise. The probe must read the label from z and not from h."""
 
     def __init__(self, good: int, bad: int, rnn_dim: int = 6) -> None:
@@ -194,7 +194,7 @@ def test_resampled_text_goes_to_an_active_wandb_run_as_a_table(
 @pytest.mark.parametrize("data", ["sentences", "imdb"])
 def test_text_data_turns_the_analyses_on(data: str, tmp_path: Path) -> None:
     cfg = compose_config("train", [f"data={data}", f"paths.output_dir={tmp_path}"])
-    assert cfg.analyses.latent_probe._target_ == "zf_lightning.text_analysis.latent_probe"
+    assert cfg.analyses.latent_probe._target_ == "zf_lightning.evaluation.probes.latent_probe"
     assert cfg.analyses.resample.output_dir == str(tmp_path)
     assert not compose_config("train", [f"data={data}", "analysis=none"]).get("analyses")
     assert not compose_config("train", []).get("analyses")  # other data: off
@@ -217,8 +217,8 @@ def test_a_few_steps_on_rt_polarity_lower_the_loss_and_report_the_text_metrics(
 ) -> None:
     if not (RT_POLARITY / "rt-polarity.pos").is_file():
         pytest.skip(f"rt-polarity data absent at {RT_POLARITY}")
-    from zf_lightning.evaluation import evaluate
-    from zf_lightning.pipeline import train
+    from zf_lightning.runs.evaluate import evaluate
+    from zf_lightning.runs.pipeline import train
 
     files = f"data.files=[{RT_POLARITY / 'rt-polarity.neg'},{RT_POLARITY / 'rt-polarity.pos'}]"
     cfg = compose_train(

@@ -15,8 +15,9 @@ import torch
 from omegaconf import DictConfig
 
 from tests.conftest import TINY, compose_config
-from zf_lightning.evaluation import evaluate
-from zf_lightning.pipeline import CONFIG_KEY, train
+from zf_lightning.runs.checkpoint import CONFIG_KEY
+from zf_lightning.runs.evaluate import evaluate
+from zf_lightning.runs.pipeline import train
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

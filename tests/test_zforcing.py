@@ -12,7 +12,7 @@ from tests.helpers import make_batch, make_model
 from zf_lightning.models import BernoulliHead, CategoricalHead, GaussianHead
 from zf_lightning.models.common import reverse_padded
 from zf_lightning.models.distributions import gaussian_kl, gaussian_log_prob
-from zf_lightning.models.reference import reference_forward
+from zf_lightning.models.zforcing.reference import reference_forward
 from zf_lightning.types import DataSpec
 
 TERMS = ("nll", "kl", "aux", "bwd", "log_p_z", "log_q_z")

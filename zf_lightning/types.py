@@ -1,13 +1,18 @@
-"""The two contracts every layer agrees on: what a batch is and what a model returns.
+"""The contracts every layer agrees on: what a batch is, what a model returns, what the data
+looks like, and what a model can do beyond ``forward``.
 
-Both are plain dataclasses of tensors, batch-first (``[B, T, ...]``), so data modules,
-models and the LightningModule can be developed and tested independently.
+Batches and terms are plain dataclasses of tensors, batch-first (``[B, T, ...]``), so data
+modules, models and the LightningModule can be developed and tested independently.
+Capabilities are small abstract base classes that a model inherits to declare them
+(``class ZForcing(nn.Module, HasPosterior, ...)``); callers test them with ``isinstance``
+instead of probing attribute names.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -124,3 +129,69 @@ class DataSpec:
     def per_token(self) -> bool:
         """True when the headline metric is normalized per token (text), not per sequence."""
         return self.unit == "word"
+
+
+# ---------------------------------------------------------------------------- capabilities
+@dataclass
+class PosteriorPass:
+    """One pass of the forward recurrence under the posterior, every field [B, T, ...].
+
+    ``h_prev`` is h_{t-1} (what the prior, posterior and aux head read at step t), ``h`` is
+    h_t (what the output head reads), ``b`` the backward states.
+    """
+
+    h_prev: Tensor
+    h: Tensor
+    z: Tensor
+    mean_q: Tensor
+    logvar_q: Tensor
+    b: Tensor
+
+
+class LatentVariableModel(ABC):
+    """A model with per-step latents z_t of size ``z_dim``: ``forward(batch, noise)`` takes the
+    N(0, I) noise ``[B, T, z_dim]`` of one posterior path, so importance-sampled bounds can
+    draw many paths reproducibly."""
+
+    z_dim: int
+
+
+class HasPosterior(LatentVariableModel):
+    """A model whose posterior pass can run on its own and expose z_t and h_t (Z-Forcing):
+    what latent probes, latent export and word resampling read."""
+
+    @abstractmethod
+    def infer(self, batch: SequenceBatch, noise: Tensor | None = None) -> PosteriorPass:
+        """The forward recurrence driven by posterior samples (``noise`` fixes them)."""
+
+
+class HasAuxCost(ABC):
+    """A model that fills ``StepTerms.aux``; the objective refuses a positive aux weight for
+    any other model, since that weight would silently do nothing."""
+
+    @abstractmethod
+    def aux_cost(self, h_prev: Tensor, z: Tensor, b: Tensor) -> Tensor:
+        """Per-step auxiliary cost [B, T]: how badly z_t (with h_{t-1}) reconstructs the target b_t."""
+
+
+class CanGenerate(ABC):
+    """A model that samples whole sequences from its prior, feeding samples back as inputs."""
+
+    @abstractmethod
+    def generate(self, n: int, steps: int, first_input: Tensor | None = None, use_mean: bool = False) -> Tensor:
+        """``n`` sequences of ``steps`` steps ([n, steps, D] frames or [n, steps] token ids)."""
+
+
+class HasStepFunction(ABC):
+    """A model that can be run one step at a time from outside: decoders that choose each
+    input themselves (text resampling) and regularizers that compare states reached by
+    different orders of the same inputs."""
+
+    @abstractmethod
+    def initial_state(self, n: int) -> Any:
+        """The recurrent state before the first step, for ``n`` sequences."""
+
+    @abstractmethod
+    def step(self, x: Tensor, state: Any, z: Tensor | None = None) -> tuple[Tensor, Any]:
+        """Read the input ``x`` of one step; return the output head's parameters for that step's
+        target and the new state. ``z`` fixes a latent model's z_t (None: drawn from the prior)."""

@@ -94,6 +94,19 @@ class SequenceDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
+    def dataset(self, split: str) -> Dataset:
+        """The ``train``, ``val`` or ``test`` dataset, setting the module up for it if needed."""
+        stages = {"train": "fit", "val": "fit", "test": "test"}
+        if split not in stages:
+            raise ValueError(f"split must be train, val or test, got {split!r}")
+        sets = lambda: {"train": self.train_set, "val": self.val_set, "test": self.test_set}  # noqa: E731
+        if sets()[split] is None:
+            self.setup(stages[split])
+        dataset = sets()[split]
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__} has no {split} split after setup()")
+        return dataset
+
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, "train", shuffle=True)
 
@@ -114,6 +127,11 @@ class SequenceDataModule(L.LightningDataModule):
 
     def sample_first_input(self, n: int) -> Tensor | None:
         """Input at t=0 for generation (e.g. the <bos> token); None means zeros."""
+        return None
+
+    def exact_log_likelihood(self, split: str) -> Tensor | None:
+        """log p(x) of every sequence of ``split`` ([N], in loader order) where the data's true
+        model is known (the LGSSM), so bounds can be compared with the truth; None elsewhere."""
         return None
 
     def reference_metrics(self) -> dict[str, float]:

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torchmetrics import SumMetric
 
 from zf_lightning.lit.schedules import Constant, WeightSchedule
-from zf_lightning.types import DataSpec, SequenceBatch, StepTerms
+from zf_lightning.types import DataSpec, HasAuxCost, SequenceBatch, StepTerms
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -67,7 +67,7 @@ class SequenceLitModule(L.LightningModule):
         max_consecutive_nonfinite: int = 20,
     ) -> None:
         super().__init__()
-        if schedule_can_be_positive(aux_weight) and not getattr(model, "has_aux_cost", False):
+        if schedule_can_be_positive(aux_weight) and not isinstance(model, HasAuxCost):
             raise ValueError(
                 f"the auxiliary cost only exists for Z-Forcing, but {type(model).__name__} was given a "
                 f"non-zero aux weight ({aux_weight}); use ablation=plain or ablation=kla with this model"

@@ -4,14 +4,11 @@ head parameters)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
 from zf_lightning.models.heads import OutputHead
-from zf_lightning.types import DataSpec, StepTerms
+from zf_lightning.types import CanGenerate, DataSpec, HasStepFunction, StepTerms
 
 
 class InputEmbedding(nn.Module):
@@ -69,34 +66,31 @@ def check_head(head: nn.Module, spec: DataSpec) -> None:
         )
 
 
-# step(x_prev, state) -> (head params for the next output, new state); state starts as None
-SampleStep = Callable[[Tensor, Any], tuple[Tensor, Any]]
+class StepSampler(HasStepFunction, CanGenerate):
+    """``generate`` for every model with a step function: z_t from the prior at each step (for
+    latent models), each sample (or the head's mean) fed back as the next input."""
 
+    spec: DataSpec
+    output_head: OutputHead
 
-def sample_autoregressively(
-    spec: DataSpec,
-    head: OutputHead,
-    step: SampleStep,
-    n: int,
-    steps: int,
-    first_input: Tensor | None,
-    use_mean: bool,
-    device: torch.device,
-) -> Tensor:
-    """Run ``step`` for ``steps`` steps, feeding each sample (or mean) back as the next input.
+    @torch.no_grad()
+    def generate(self, n: int, steps: int, first_input: Tensor | None = None, use_mean: bool = False) -> Tensor:
+        """``n`` sequences of ``steps`` steps: [n, steps, D] for frames, [n, steps] for tokens.
 
-    ``first_input`` defaults to zeros (MNIST's zero frame, or token id 0).
-    Returns [n, steps, D] for frames, [n, steps] for tokens.
-    """
-    if first_input is None:
-        tokens = spec.kind == "tokens"
-        shape = (n,) if tokens else (n, spec.dim)
-        first_input = torch.zeros(shape, dtype=torch.long if tokens else torch.float32, device=device)
-    x = first_input.to(device)
-    state: Any = None
-    out = []
-    for _ in range(steps):
-        params, state = step(x, state)
-        x = head.mean(params) if use_mean else head.sample(params)
-        out.append(x)
-    return torch.stack(out, 1)
+        ``first_input``: the input at t=0 ([n, D] frames or [n] token ids); zeros by default
+        (the zero frame that precedes MNIST images, or token id 0).
+        ``use_mean``: feed back and return the head's mean instead of a sample.
+        """
+        device = next(self.parameters()).device  # type: ignore[attr-defined]
+        if first_input is None:
+            tokens = self.spec.kind == "tokens"
+            shape = (n,) if tokens else (n, self.spec.dim)
+            first_input = torch.zeros(shape, dtype=torch.long if tokens else torch.float32, device=device)
+        x = first_input.to(device)
+        state = self.initial_state(n)
+        out = []
+        for _ in range(steps):
+            params, state = self.step(x, state)
+            x = self.output_head.mean(params) if use_mean else self.output_head.sample(params)
+            out.append(x)
+        return torch.stack(out, 1)

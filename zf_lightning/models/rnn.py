@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from zf_lightning.models.common import InputEmbedding, check_head, mask_terms, sample_autoregressively
+from zf_lightning.models.common import InputEmbedding, StepSampler, check_head, mask_terms
 from zf_lightning.models.heads import HeadFactory
 from zf_lightning.types import DataSpec, SequenceBatch, StepTerms
 
@@ -22,7 +21,7 @@ def make_rnn(kind: str, input_size: int, hidden_size: int) -> nn.RNNBase:
     return rnn_cls(input_size, hidden_size, batch_first=True)
 
 
-class RNN(nn.Module):
+class RNN(nn.Module, StepSampler):
     """Deterministic LSTM baseline: h_t = LSTM(emb(x_t), h_{t-1}), p(y_t | h_t) from the head.
 
     Args:
@@ -49,13 +48,10 @@ class RNN(nn.Module):
         nll = self.output_head.nll(self.output_head(hs), batch.targets)
         return mask_terms(StepTerms.with_zeros(nll), batch.mask)
 
-    @torch.no_grad()
-    def generate(self, n: int, steps: int, first_input: Tensor | None = None, use_mean: bool = False) -> Tensor:
-        """Sample ``n`` sequences of ``steps`` steps, feeding samples back (see ``ZForcing.generate``)."""
+    def initial_state(self, n: int) -> Any:
+        return None  # the LSTM's zero state
 
-        def step(x: Tensor, state: Any) -> tuple[Tensor, Any]:
-            h, state = self.rnn(self.embedding(x).unsqueeze(1), state)
-            return self.output_head(h.squeeze(1)), state
-
-        device = next(self.parameters()).device
-        return sample_autoregressively(self.spec, self.output_head, step, n, steps, first_input, use_mean, device)
+    def step(self, x: Tensor, state: Any, z: Tensor | None = None) -> tuple[Tensor, Any]:
+        """One LSTM step (``z`` is ignored: the model has no latents)."""
+        h, state = self.rnn(self.embedding(x).unsqueeze(1), state)
+        return self.output_head(h.squeeze(1)), state

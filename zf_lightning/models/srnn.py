@@ -17,16 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zf_lightning.models.common import InputEmbedding, check_head, reverse_padded, sample_autoregressively
+from zf_lightning.models.common import InputEmbedding, StepSampler, check_head, reverse_padded
 from zf_lightning.models.distributions import reparameterize
 from zf_lightning.models.heads import HeadFactory
+from zf_lightning.models.latent import LatentPath, latent_noise, latent_terms
 from zf_lightning.models.layers import GaussianMLP
 from zf_lightning.models.rnn import make_rnn
-from zf_lightning.models.vrnn import LatentPath, latent_noise, latent_terms
-from zf_lightning.types import DataSpec, SequenceBatch, StepTerms
+from zf_lightning.types import DataSpec, LatentVariableModel, SequenceBatch, StepTerms
 
 
-class SRNN(nn.Module):
+class SRNN(nn.Module, LatentVariableModel, StepSampler):
     """Stochastic RNN with a deterministic and a state-space latent layer.
 
     Args:
@@ -109,17 +109,16 @@ class SRNN(nn.Module):
         return latent_terms(path, self.output_head.nll(params, batch.targets), batch.mask)
 
     # ------------------------------------------------------------------ sampling
-    @torch.no_grad()
-    def generate(self, n: int, steps: int, first_input: Tensor | None = None, use_mean: bool = False) -> Tensor:
-        """Sample ``n`` sequences of ``steps`` steps from the prior, feeding samples back as inputs."""
-        device = next(self.parameters()).device
+    def initial_state(self, n: int) -> tuple[Any, Tensor]:
+        """(the forward RNN's state, z_{t-1}): the RNN's zero state and z_0 = 0."""
+        return None, self.prior.first.weight.new_zeros(n, self.z_dim)
 
-        def step(x: Tensor, state: Any) -> tuple[Tensor, Any]:
-            rnn_state, z = state if state is not None else (None, torch.zeros(n, self.z_dim, device=device))
-            d, rnn_state = self.forward_rnn(self.embedding(x).unsqueeze(1), rnn_state)
-            d = d.squeeze(1)
-            mean_p, logvar_p = self.prior(torch.cat([z, d], dim=-1))
+    def step(self, x: Tensor, state: tuple[Any, Tensor], z: Tensor | None = None) -> tuple[Tensor, Any]:
+        """d_t from x, then z_t (``z``, or drawn from p(z_t | z_{t-1}, d_t)) and the emission."""
+        rnn_state, z_prev = state
+        d, rnn_state = self.forward_rnn(self.embedding(x).unsqueeze(1), rnn_state)
+        d = d.squeeze(1)
+        if z is None:
+            mean_p, logvar_p = self.prior(torch.cat([z_prev, d], dim=-1))
             z = reparameterize(mean_p, logvar_p, torch.randn_like(mean_p))
-            return self.emission(z, d), (rnn_state, z)
-
-        return sample_autoregressively(self.spec, self.output_head, step, n, steps, first_input, use_mean, device)
+        return self.emission(z, d), (rnn_state, z)

@@ -14,52 +14,18 @@ posterior at step t therefore reads the present target and the past, never the f
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zf_lightning.models.common import InputEmbedding, check_head, mask_terms, sample_autoregressively
-from zf_lightning.models.distributions import gaussian_kl, gaussian_log_prob, reparameterize
+from zf_lightning.models.common import InputEmbedding, StepSampler, check_head
+from zf_lightning.models.distributions import reparameterize
 from zf_lightning.models.heads import HeadFactory
+from zf_lightning.models.latent import LatentPath, latent_noise, latent_terms
 from zf_lightning.models.layers import GaussianMLP, ZLSTMCell, lstm_pointwise
-from zf_lightning.types import DataSpec, SequenceBatch, StepTerms
-
-
-def latent_noise(noise: Tensor | None, like: Tensor, z_dim: int) -> Tensor:
-    """N(0, I) noise [B, T, z_dim] for one posterior path: fresh, or the caller's after a shape check."""
-    B, T = like.shape[:2]
-    if noise is None:
-        return torch.randn(B, T, z_dim, device=like.device)
-    if noise.shape != (B, T, z_dim):
-        raise ValueError(f"noise must have shape {(B, T, z_dim)}, got {tuple(noise.shape)}")
-    return noise
-
-
-class LatentPath(NamedTuple):
-    """One path z_{1:T} ~ q with the distributions that scored it, all [B, T, ...].
-
-    ``states`` is the deterministic state the emission reads with z_t (VRNN: h_{t-1}; SRNN: d_t).
-    """
-
-    states: Tensor
-    z: Tensor
-    mean_p: Tensor
-    logvar_p: Tensor
-    mean_q: Tensor
-    logvar_q: Tensor
-
-
-def latent_terms(path: LatentPath, nll: Tensor, mask: Tensor) -> StepTerms:
-    """StepTerms of a latent model: its nll with the path's KL and log-densities, zero on padding."""
-    terms = StepTerms.with_zeros(
-        nll=nll,
-        kl=gaussian_kl(path.mean_q, path.logvar_q, path.mean_p, path.logvar_p),
-        log_p_z=gaussian_log_prob(path.z, path.mean_p, path.logvar_p),
-        log_q_z=gaussian_log_prob(path.z, path.mean_q, path.logvar_q),
-    )
-    return mask_terms(terms, mask)
+from zf_lightning.types import DataSpec, LatentVariableModel, SequenceBatch, StepTerms
 
 
 def relu_features(first: nn.Module, hidden: int, out: int) -> nn.Sequential:
@@ -67,7 +33,7 @@ def relu_features(first: nn.Module, hidden: int, out: int) -> nn.Sequential:
     return nn.Sequential(first, nn.ReLU(), nn.Linear(hidden, out), nn.ReLU())
 
 
-class VRNN(nn.Module):
+class VRNN(nn.Module, LatentVariableModel, StepSampler):
     """Variational RNN with an LSTM recurrence.
 
     Args:
@@ -149,19 +115,17 @@ class VRNN(nn.Module):
         return latent_terms(path, self.output_head.nll(params, batch.targets), batch.mask)
 
     # ------------------------------------------------------------------ sampling
-    @torch.no_grad()
-    def generate(self, n: int, steps: int, first_input: Tensor | None = None, use_mean: bool = False) -> Tensor:
-        """Sample ``n`` sequences of ``steps`` steps from the prior, feeding samples back as inputs."""
-        device = next(self.parameters()).device
+    def initial_state(self, n: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(h, c, phi_z(z_{t-1})), all zeros."""
+        h = self.cell.weight_hh.new_zeros(n, self.rnn_dim)
+        return h, torch.zeros_like(h), h.new_zeros(n, self.emb_dim)
 
-        def step(x: Tensor, state: Any) -> tuple[Tensor, Any]:
-            if state is None:
-                h = torch.zeros(n, self.rnn_dim, device=device)
-                state = (h, torch.zeros_like(h), torch.zeros(n, self.emb_dim, device=device))
-            h, c, phi_z = state
-            h, c = self.advance(self.cell.input_gates(self.phi_x(x)), phi_z, h, c)
+    def step(self, x: Tensor, state: tuple[Tensor, Tensor, Tensor], z: Tensor | None = None) -> tuple[Tensor, Any]:
+        """Advance h with x and the previous z, then emit from z_t (``z``, or drawn from the prior)."""
+        h, c, phi_z = state
+        h, c = self.advance(self.cell.input_gates(self.phi_x(x)), phi_z, h, c)
+        if z is None:
             mean_p, logvar_p = self.prior_params(h)
-            phi_z = self.phi_z(reparameterize(mean_p, logvar_p, torch.randn_like(mean_p)))
-            return self.emission(phi_z, h), (h, c, phi_z)
-
-        return sample_autoregressively(self.spec, self.output_head, step, n, steps, first_input, use_mean, device)
+            z = reparameterize(mean_p, logvar_p, torch.randn_like(mean_p))
+        phi_z = self.phi_z(z)
+        return self.emission(phi_z, h), (h, c, phi_z)

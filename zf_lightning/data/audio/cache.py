@@ -18,12 +18,9 @@ large the corpus) or memory-mapped with ``np.load(mmap_mode="r")`` by whoever wa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import shutil
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +29,14 @@ from typing import Any
 import numpy as np
 
 from zf_lightning.data.audio.io import INT16_SCALE, decode, to_int16, torch_threads
+from zf_lightning.data.cache import (
+    CACHE_SUBDIR,
+    atomic_write_json,
+    build_atomically,
+    default_cache_dir,
+    is_writable_dir,
+    settings_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,33 +45,7 @@ STREAM_FILE = "audio.npy"
 OFFSETS_FILE = "offsets.npy"
 SUMS_FILE = "sums.npy"
 META_FILE = "meta.json"
-CACHE_SUBDIR = ".zf-cache"
 _READ_CHUNK = 1 << 22  # samples per read when scanning a range for statistics
-
-
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/zf-lightning`` (``~/.cache/zf-lightning``) when no config gives one."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "zf-lightning"
-
-
-def settings_key(settings: dict[str, Any]) -> str:
-    """Short stable hash of JSON-serialisable settings."""
-    blob = json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write JSON under a temporary name, fsync, then ``os.replace``: readers see all or nothing."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "w") as fh:
-            json.dump(obj, fh, indent=1, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -255,38 +234,6 @@ class AudioCorpus:
         return AudioStats.from_sums(total, total_sq, stop - start)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove_stale_temps(final: Path) -> None:
-    """Delete temp folders of this cache left by builders that were killed."""
-    for tmp in final.parent.glob(f".{final.name}.tmp-*"):
-        try:
-            pid = int(tmp.name.rsplit(".tmp-", 1)[1].split("-")[0])
-        except ValueError:
-            continue
-        if not _pid_alive(pid):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _writable(folder: Path) -> bool:
-    """Whether we may create the cache in ``folder``: the nearest existing ancestor must be
-    writable and carry a write bit (a folder marked read-only is respected even by root)."""
-    probe = folder
-    while not probe.exists():
-        if probe.parent == probe:
-            return False
-        probe = probe.parent
-    return probe.is_dir() and os.access(probe, os.W_OK) and bool(probe.stat().st_mode & 0o222)
-
-
 def _fingerprint(root: Path, files: Sequence[str]) -> list[list[Any]]:
     """(path, size, mtime) of every file, so edited or replaced files trigger a rebuild."""
     rows: list[list[Any]] = []
@@ -366,30 +313,17 @@ def open_or_build(
             return AudioCorpus.open(final)
     errors: list[str] = []
     for final in candidates:
-        if not _writable(final.parent):
+        if not is_writable_dir(final.parent):
             errors.append(f"{final.parent}: read-only")
             continue
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
-            _remove_stale_temps(final)
-            tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            tmp.mkdir()
         except OSError as err:
             errors.append(f"{final.parent}: {err.strerror or err}")
             continue
         log.info("preparing %d %s audio files into %s", len(files), tag, final)
-        try:
-            _build(tmp, root, files, settings, progress)
-            try:
-                os.replace(tmp, final)
-            except OSError:
-                if (final / META_FILE).is_file():
-                    log.info("another process finished %s first; using it", final)
-                else:  # a folder without meta.json was damaged by hand: replace it
-                    shutil.rmtree(final)
-                    os.replace(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        build_atomically(final, lambda tmp: _build(tmp, root, files, settings, progress),
+                         complete=lambda folder: (folder / META_FILE).is_file())
         return AudioCorpus.open(final)
     raise PermissionError(
         "no writable place for the audio cache: " + "; ".join(errors) + ". Pass a writable cache_dir."

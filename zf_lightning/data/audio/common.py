@@ -12,16 +12,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from zf_lightning.data.audio.cache import (
-    AudioCorpus,
-    AudioStats,
-    atomic_write_json,
-    open_or_build,
-    settings_key,
-)
+from zf_lightning.data.audio.cache import AudioCorpus, AudioStats, open_or_build
 from zf_lightning.data.audio.framing import Normalizer, StreamChunks, Utterances
-from zf_lightning.data.audio.io import resolve_path, save_log_mel_png, write_wav
+from zf_lightning.data.audio.io import save_log_mel_png, write_wav
 from zf_lightning.data.base import SequenceDataModule
+from zf_lightning.data.cache import atomic_write_json, resolve_path, settings_key
 from zf_lightning.types import DataSpec
 
 log = logging.getLogger(__name__)

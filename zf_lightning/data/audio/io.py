@@ -35,20 +35,6 @@ class AudioReadError(ValueError):
     """A file is not usable audio (empty, truncated, not audio, refused); the message names it."""
 
 
-def resolve_path(path: str | os.PathLike[str]) -> Path:
-    """Absolute path; a relative one is taken from where the user launched the command.
-
-    Hydra may change the working directory of a run, so relative config values are resolved
-    against Hydra's original working directory when Hydra is running, else against the cwd.
-    """
-    p = Path(os.path.expanduser(os.fspath(path)))
-    if not p.is_absolute():
-        from hydra.utils import to_absolute_path
-
-        p = Path(to_absolute_path(os.fspath(p)))
-    return Path(os.path.normpath(p))
-
-
 def find_files(root: Path, patterns: Sequence[str]) -> list[str]:
     """Relative POSIX paths under ``root`` matching any glob pattern, case-insensitively, sorted.
 

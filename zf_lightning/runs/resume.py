@@ -32,12 +32,18 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from zf_lightning.runs.checkpoint import (
+    CHOICES_KEY,
+    CONFIG_KEY,
+    LAST,
+    WANDB_ID_KEY,
+    WANDB_KEY,
+    find_checkpoint,
+    load_checkpoint,
+)
+
 log = logging.getLogger(__name__)
 
-CONFIG_KEY = "zf_config"
-CHOICES_KEY = "zf_choices"
-WANDB_KEY = "wandb_run"
-LAST = "last"
 
 
 @dataclass
@@ -48,25 +54,6 @@ class ResumePoint:
     epoch: int
     global_step: int
     wandb: dict[str, Any] = field(default_factory=dict)  # id, name, group, tags of the W&B run
-
-
-def find_checkpoint(output_dir: Path, ckpt_path: str | None) -> Path | None:
-    """``last``: the newest of ``checkpoints/last*.ckpt`` and Lightning's SLURM ``hpc_ckpt_*.ckpt``
-    in the run folder (None when there is none yet); a path: that file."""
-    if ckpt_path is None:
-        return None
-    if str(ckpt_path) != LAST:
-        path = Path(ckpt_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
-        return path
-    candidates = [*output_dir.glob("checkpoints/last*.ckpt"), *output_dir.glob("hpc_ckpt_*.ckpt")]
-    return max(candidates, key=lambda p: p.stat().st_mtime_ns, default=None)
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint on the CPU, with its non-tensor entries (stored config, choices, W&B identity)."""
-    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def _replace_prefix(node: Any, old: str, new: str) -> Any:
@@ -146,8 +133,8 @@ def resume_from(cfg: DictConfig) -> tuple[DictConfig, ResumePoint | None]:
         cfg.ckpt_path = str(path)
     point = ResumePoint(path, int(checkpoint.get("epoch", 0)), int(checkpoint.get("global_step", 0)),
                         dict(checkpoint.get(WANDB_KEY) or {}))
-    if not point.wandb and checkpoint.get("wandb_run_id"):
-        point.wandb = {"id": checkpoint["wandb_run_id"]}
+    if not point.wandb and checkpoint.get(WANDB_ID_KEY):
+        point.wandb = {"id": checkpoint[WANDB_ID_KEY]}
     log.info("resuming from %s (epoch %d, step %d)", path, point.epoch, point.global_step)
     return cfg, point
 

@@ -15,7 +15,7 @@ from torch import Tensor
 from zf_lightning.models.common import mask_terms
 from zf_lightning.models.distributions import gaussian_kl, gaussian_log_prob, reparameterize
 from zf_lightning.models.layers import lstm_pointwise
-from zf_lightning.models.zforcing import ZForcing
+from zf_lightning.models.zforcing.model import ZForcing
 from zf_lightning.types import SequenceBatch, StepTerms
 
 

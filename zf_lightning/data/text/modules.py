@@ -19,16 +19,9 @@ for IMDB) ride along in the batch for analysis only; ``-1`` marks unlabelled tex
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import re
-import shutil
-import stat
-import tempfile
 from abc import abstractmethod
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -36,9 +29,18 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
 from zf_lightning.data.base import SequenceDataModule, SequenceItem
+from zf_lightning.data.cache import (
+    atomic_write_json,
+    build_atomically,
+    fallback_cache_dirs,
+    first_writable,
+    resolve_path,
+    settings_key,
+)
+from zf_lightning.data.text.encoded import EncodedSplit, TokenSequenceDataset
+from zf_lightning.data.text.tokens import UNLABELLED, Vocab, split_sentences, tokenize
 from zf_lightning.types import DataSpec
 
 log = logging.getLogger(__name__)
@@ -46,252 +48,8 @@ log = logging.getLogger(__name__)
 # Bump when tokenize/split_sentences/encoding change, so stale caches are rebuilt.
 TEXT_PIPELINE_VERSION = 1
 
-PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
-SPECIALS: tuple[str, ...] = (PAD, UNK, BOS, EOS)
-UNLABELLED = -1
-
 LengthPolicy = Literal["drop", "truncate"]
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-
-_LINE_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
-# A word is a run of letters/digits, possibly joined by inner apostrophes or hyphens
-# ("don't", "co-writer"); every other non-space character is a token of its own.
-_TOKEN = re.compile(r"[^\W_]+(?:['\u2019\-][^\W_]+)*|\S")
-# Sentence ends: a line break, or whitespace after . ! ? (optionally followed by a closing
-# quote or bracket).
-_SENTENCE_BREAK = re.compile(r"\n+|(?<=[.!?])\s+|(?<=[.!?][\"')\]])\s+")
-
-
-def tokenize(text: str) -> list[str]:
-    """Split text into lower-cased word and punctuation tokens.
-
-    The rule, kept simple so results are easy to reproduce: HTML line breaks (``<br />``)
-    become spaces, the text is lower-cased, and tokens are runs of letters/digits (inner
-    apostrophes and hyphens stay inside the word) or single punctuation characters.
-    """
-    return _TOKEN.findall(_LINE_BREAK.sub(" ", text).lower())
-
-
-def split_sentences(review: str) -> list[str]:
-    """Split a review into sentences: at HTML line breaks, newlines and after ``. ! ?``.
-
-    Abbreviations ("Mr. Smith") are split too; that is the price of a rule with no model.
-    """
-    text = _LINE_BREAK.sub("\n", review)
-    return [s.strip() for s in _SENTENCE_BREAK.split(text) if s.strip()]
-
-
-class Vocab:
-    """Token <-> id map: the four specials (``<pad>`` = 0, ``<unk>``, ``<bos>``, ``<eos>``)
-    followed by words, most frequent first."""
-
-    def __init__(self, words: Sequence[str]) -> None:
-        tokens = list(SPECIALS) + list(words)
-        if len(set(tokens)) != len(tokens):
-            raise ValueError("Vocab words must be unique and must not repeat the special tokens")
-        self.tokens: list[str] = tokens
-        self._index: dict[str, int] = {tok: i for i, tok in enumerate(tokens)}
-
-    @classmethod
-    def build(cls, sentences: Iterable[Sequence[str]], max_words: int, min_count: int = 1) -> Vocab:
-        """Keep the ``max_words`` most frequent words (ties broken alphabetically, so the
-        result does not depend on corpus order) that occur at least ``min_count`` times."""
-        if max_words < 1:
-            raise ValueError(f"max_words must be >= 1, got {max_words}")
-        counts = Counter(tok for sent in sentences for tok in sent if tok not in SPECIALS)
-        kept = (item for item in counts.items() if item[1] >= min_count)
-        ranked = sorted(kept, key=lambda kv: (-kv[1], kv[0]))
-        return cls([word for word, _ in ranked[:max_words]])
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def __contains__(self, token: object) -> bool:
-        return token in self._index
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Vocab) and self.tokens == other.tokens
-
-    def __hash__(self) -> int:
-        return hash(tuple(self.tokens))
-
-    def __repr__(self) -> str:
-        return f"Vocab({len(self)} tokens)"
-
-    @property
-    def pad_id(self) -> int:
-        return self._index[PAD]
-
-    @property
-    def unk_id(self) -> int:
-        return self._index[UNK]
-
-    @property
-    def bos_id(self) -> int:
-        return self._index[BOS]
-
-    @property
-    def eos_id(self) -> int:
-        return self._index[EOS]
-
-    def encode(self, tokens: Sequence[str]) -> list[int]:
-        """Token ids; words outside the vocabulary map to ``<unk>``."""
-        unk = self.unk_id
-        return [self._index.get(tok, unk) for tok in tokens]
-
-    def ids_to_tokens(self, ids: Iterable[int], stop_at_eos: bool = True) -> list[str]:
-        """Tokens for ``ids``, skipping ``<pad>``/``<bos>`` and stopping at ``<eos>``."""
-        out: list[str] = []
-        for i in ids:
-            i = int(i)
-            if i == self.eos_id and stop_at_eos:
-                break
-            if i in (self.pad_id, self.bos_id):
-                continue
-            out.append(self.tokens[i] if 0 <= i < len(self.tokens) else UNK)
-        return out
-
-    def decode(self, ids: Iterable[int], stop_at_eos: bool = True) -> str:
-        """Space-joined text for ``ids`` (see ``ids_to_tokens``)."""
-        return " ".join(self.ids_to_tokens(ids, stop_at_eos=stop_at_eos))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form, stored in the cache and in checkpoints."""
-        return {"tokens": list(self.tokens)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Vocab:
-        tokens = list(data["tokens"])
-        if tuple(tokens[: len(SPECIALS)]) != SPECIALS:
-            raise ValueError(f"not a Vocab: the first tokens must be {SPECIALS}, got {tokens[:4]}")
-        return cls(tokens[len(SPECIALS) :])
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
-
-    @classmethod
-    def load(cls, path: str | Path) -> Vocab:
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-
-
-class EncodedSplit:
-    """One split as flat arrays: sentence ``i`` is ``ids[offsets[i]:offsets[i + 1]]``.
-
-    Flat arrays keep the cache small and let it be memory-mapped instead of loaded.
-    """
-
-    def __init__(self, ids: np.ndarray, offsets: np.ndarray, labels: np.ndarray) -> None:
-        if offsets.ndim != 1 or len(offsets) != len(labels) + 1:
-            raise ValueError("offsets must have one more entry than labels")
-        self.ids = ids
-        self.offsets = offsets
-        self.labels = labels
-
-    @classmethod
-    def from_lists(cls, sentences: Sequence[Sequence[int]], labels: Sequence[int]) -> EncodedSplit:
-        lengths = np.fromiter((len(s) for s in sentences), dtype=np.int64, count=len(sentences))
-        offsets = np.zeros(len(sentences) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        ids = np.fromiter((i for s in sentences for i in s), dtype=np.int32, count=int(offsets[-1]))
-        return cls(ids, offsets, np.asarray(labels, dtype=np.int64).reshape(-1))
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def sentence(self, i: int) -> np.ndarray:
-        return self.ids[self.offsets[i] : self.offsets[i + 1]]
-
-    def save(self, directory: Path, name: str) -> None:
-        for part in ("ids", "offsets", "labels"):
-            np.save(directory / f"{name}_{part}.npy", getattr(self, part))
-
-    @classmethod
-    def load(cls, directory: Path, name: str) -> EncodedSplit:
-        ids, offsets, labels = (
-            np.load(directory / f"{name}_{part}.npy", mmap_mode="r") for part in ("ids", "offsets", "labels")
-        )
-        return cls(ids, offsets, labels)
-
-
-class TokenSequenceDataset(Dataset):
-    """Turns encoded sentences into ``(inputs, targets, label)`` with ``<bos>``/``<eos>``."""
-
-    def __init__(self, split: EncodedSplit, bos_id: int, eos_id: int, max_len: int | None) -> None:
-        self.split = split
-        self.bos_id = bos_id
-        self.eos_id = eos_id
-        self.max_len = max_len
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, index: int) -> SequenceItem:
-        words = torch.from_numpy(np.array(self.split.sentence(index), dtype=np.int64))
-        full = torch.cat([torch.tensor([self.bos_id]), words, torch.tensor([self.eos_id])])
-        inputs, targets = full[:-1], full[1:]
-        if self.max_len is not None:
-            inputs, targets = inputs[: self.max_len], targets[: self.max_len]
-        return inputs, targets, int(self.split.labels[index])
-
-
-def resolve_path(path: str | os.PathLike[str]) -> Path:
-    """Absolute path; a relative one is taken from where the user launched the process.
-
-    Under Hydra the working directory may have moved to the run directory, so relative
-    paths are resolved against Hydra's original working directory.
-    """
-    p = Path(path).expanduser()
-    if p.is_absolute():
-        return p
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.utils import to_absolute_path
-
-        if HydraConfig.initialized():
-            return Path(os.path.normpath(to_absolute_path(str(p))))
-    except ImportError:  # pragma: no cover - hydra is a dependency, but data code should not need it
-        pass
-    return Path(os.path.normpath(Path(os.getcwd()) / p))
-
-
-def _is_writable_dir(path: Path) -> bool:
-    """True when we may create files in ``path`` (or create ``path`` itself).
-
-    Permission bits are checked as well as ``os.access``: root passes ``os.access``
-    everywhere, but a directory marked read-only (like a shared data folder) must be left alone.
-    """
-    probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            return False
-        probe = probe.parent
-    if not probe.is_dir():
-        return False
-    mode = stat.S_IMODE(probe.stat().st_mode)
-    return os.access(probe, os.W_OK | os.X_OK) and bool(mode & 0o222)
-
-
-def choose_cache_root(preferred: Path | None, data_dir: Path) -> Path:
-    """First writable of: ``preferred``, ``<data_dir>/.zf_cache``, the user cache, the temp dir."""
-    candidates: list[Path] = []
-    if preferred is not None:
-        candidates.append(preferred)
-    candidates += [
-        data_dir / ".zf_cache",
-        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "zf_lightning",
-        Path(tempfile.gettempdir()) / "zf_lightning_cache",
-    ]
-    for candidate in candidates:
-        if _is_writable_dir(candidate):
-            try:
-                candidate.mkdir(parents=True, exist_ok=True)
-            except OSError:
-                continue
-            if preferred is not None and candidate != preferred:
-                log.warning("cache dir %s is not writable; caching in %s instead", preferred, candidate)
-            return candidate
-    raise OSError(f"no writable cache directory among {[str(c) for c in candidates]}")
-
 
 def _file_signature(path: Path) -> dict[str, Any]:
     st = path.stat()
@@ -497,38 +255,30 @@ class WordDataModule(SequenceDataModule):
         if self._splits is not None:
             return
         settings = self.settings()
-        key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-        root = choose_cache_root(self.cache_dir, self._data_dir())
-        path = root / f"{self.cache_name}-{key}"
+        root = first_writable(fallback_cache_dirs(self.cache_dir, self._data_dir()))
+        path = root / f"{self.cache_name}-{settings_key(settings)}"
         if not (path / "done").exists():
-            self._build_cache(path, settings)
+            log.info("building %s vocabulary and encoded splits in %s", type(self).__name__, path)
+            build_atomically(path, lambda tmp: self._build_cache(tmp, settings),
+                             complete=lambda folder: (folder / "done").exists())
         self._vocab = Vocab.load(path / "vocab.json")
         self._splits = {name: EncodedSplit.load(path, name) for name in SPLITS}
         self._cache_path = path
 
-    def _build_cache(self, path: Path, settings: dict[str, Any]) -> None:
-        log.info("building %s vocabulary and encoded splits in %s", type(self).__name__, path)
+    def _build_cache(self, folder: Path, settings: dict[str, Any]) -> None:
+        """Vocabulary, encoded splits and statistics into ``folder``; ``done`` marks it complete."""
         corpus = {name: self._apply_length_policy(*part) for name, part in self._read_corpus().items()}
         vocab = Vocab.build(corpus["train"][0], self.vocab_size)
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        vocab.save(tmp / "vocab.json")
+        vocab.save(folder / "vocab.json")
         stats: dict[str, Any] = {"vocab": len(vocab)}
         for name in SPLITS:
             sentences, labels = corpus[name]
-            EncodedSplit.from_lists([vocab.encode(s) for s in sentences], labels).save(tmp, name)
+            EncodedSplit.from_lists([vocab.encode(s) for s in sentences], labels).save(folder, name)
             n_words = sum(len(s) for s in sentences)
             n_unk = sum(tok not in vocab for s in sentences for tok in s)
             stats[name] = {"sentences": len(sentences), "words": n_words, "unk_rate": n_unk / max(n_words, 1)}
-        (tmp / "settings.json").write_text(json.dumps({"settings": settings, "stats": stats}, indent=2))
-        (tmp / "done").touch()
-        try:
-            os.replace(tmp, path)
-        except OSError:  # another process finished the same cache first
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not (path / "done").exists():
-                raise
+        atomic_write_json(folder / "settings.json", {"settings": settings, "stats": stats}, indent=2)
+        (folder / "done").touch()
 
 
 def _split_indices(n: int, fractions: Sequence[float], rng: np.random.Generator) -> list[np.ndarray]:

@@ -1,17 +1,12 @@
-"""What one job of a sweep records about itself and how a sweep reacts to failed jobs.
-
-Every job writes ``status.json`` into its folder (running -> completed / failed / interrupted,
-with the error and traceback), so a crash is diagnosable after the fact and the report can
-list failed jobs. ``SweepStatus`` is a Hydra callback: at the end of a multirun it writes the
-report and makes the sweep's exit code nonzero when any job failed.
-"""
+"""What one job records about itself: ``status.json`` in its folder (running -> completed /
+failed / interrupted, with the error and traceback), so a crash is diagnosable after the
+fact and the report can list failed jobs; and how to find a sweep's job folders."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import logging
-import math
 import os
 import socket
 import traceback
@@ -19,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback as HydraCallback
-from omegaconf import DictConfig
+
+from zf_lightning.data.cache import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -28,35 +23,13 @@ STATUS_FILE = "status.json"
 COMPLETED, FAILED, RUNNING, INTERRUPTED = "completed", "failed", "running", "interrupted"
 
 
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name, "")
-    return int(value) if value.isdigit() else None
-
-
-def global_rank() -> int:
-    """This process's rank from the launcher's environment: 0 for the job's main process, a
-    unique positive number for every other DDP process.
-
-    Read before the Trainer exists, so that DDP workers and SLURM tasks know from the start
-    that they must not write the job's files."""
-    for name in ("RANK", "SLURM_PROCID"):
-        rank = _env_int(name)
-        if rank is not None:
-            return rank
-    local, node = _env_int("LOCAL_RANK") or 0, _env_int("NODE_RANK") or 0
-    return local if node == 0 else node * (_env_int("WORLD_SIZE") or 1) + local
-
-
 def _now() -> str:
     return dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON under a temporary name, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
-    tmp.replace(path)
+    """A job's JSON record (status.json, metrics.json), written atomically: a reader never sees half a file."""
+    atomic_write_json(path, payload, indent=2)
 
 
 def job_identity() -> dict[str, Any]:
@@ -125,45 +98,6 @@ def read_status(directory: Path) -> dict[str, Any]:
     return record
 
 
-def failure_value(cfg: DictConfig) -> float:
-    """What a failed job returns to the sweeper: the worst value of the optimized metric, so an
-    Optuna study records a bad trial and goes on (NaN would make it stop)."""
-    direction = "minimize"
-    if HydraConfig.initialized():
-        sweeper_direction = HydraConfig.get().sweeper.get("direction")
-        if sweeper_direction is not None:
-            direction = str(sweeper_direction).rsplit(".", 1)[-1].lower()
-    return math.inf if direction == "minimize" else -math.inf
-
-
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return os.cpu_count() or 1
-
-
-def threads_per_job(cfg: DictConfig) -> int | None:
-    """Torch threads for this job: ``torch_threads`` (or ``ZF_TORCH_THREADS``) when set; otherwise
-    the CPUs divided by the joblib launcher's parallel jobs, or a submitit job's CPUs per task,
-    so parallel jobs do not oversubscribe the machine. None leaves torch's default."""
-    explicit = cfg.get("torch_threads") or os.environ.get("ZF_TORCH_THREADS")
-    if explicit:
-        return max(1, int(explicit))
-    if not HydraConfig.initialized() or str(HydraConfig.get().mode) != "RunMode.MULTIRUN":
-        return None
-    launcher = HydraConfig.get().launcher
-    target = str(launcher.get("_target_", "")).lower()
-    n_jobs = launcher.get("n_jobs")
-    if "joblib" in target and n_jobs:
-        cpus = available_cpus()
-        parallel = int(n_jobs) if int(n_jobs) > 0 else max(1, cpus + 1 + int(n_jobs))  # joblib: -1 = all CPUs
-        return max(1, cpus // parallel)
-    if launcher.get("cpus_per_task"):
-        return int(launcher.cpus_per_task)
-    return None
-
-
 def job_folders(sweep_dir: Path) -> list[Path]:
     """Job folders of a sweep (any depth): folders with Hydra's overrides or our status/metrics."""
     found: set[Path] = set()
@@ -194,30 +128,3 @@ def failed_jobs(sweep_dir: Path) -> list[tuple[Path, str]]:
             continue  # written before status files existed
         failures.append((job, str(status.get("error") or f"status: {state or 'unknown'}, no metrics.json")))
     return failures
-
-
-class SweepStatus(HydraCallback):
-    """Hydra callback (conf/hydra/callbacks/sweep_status.yaml): at the end of a multirun, write
-    the report and exit nonzero when any job failed, naming the failed jobs."""
-
-    def __init__(self, report: bool = True, fail_exit_code: bool = True) -> None:
-        self.report = report
-        self.fail_exit_code = fail_exit_code
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        if self.report:
-            from zf_lightning.report import write_report
-
-            try:
-                write_report(sweep_dir)
-                log.info("sweep report: %s", sweep_dir / "report.md")
-            except Exception as err:  # a broken report must not hide the jobs' own outcome
-                log.warning("could not write the sweep report: %s", err)
-        failures = failed_jobs(sweep_dir)
-        if failures:
-            lines = "\n".join(f"  {job}: {error.splitlines()[0] if error else ''}" for job, error in failures)
-            message = f"{len(failures)} of {len(job_folders(sweep_dir))} jobs failed:\n{lines}"
-            log.error(message)
-            if self.fail_exit_code:
-                raise SystemExit(message)

@@ -3,7 +3,7 @@ wrappers around ``train`` and ``evaluate`` so tests can call them in-process.
 
 One job = one output folder holding the resolved config, status.json, metrics.json, CSV
 metrics, checkpoints (each with the resolved config, RNG state and W&B run id) and the W&B
-run directory. Resuming, failure isolation and DDP are in resume.py, jobs.py, distributed.py.
+run directory. Checkpoint contents, resuming, loggers, job status and DDP have their own modules in this package.
 """
 
 from __future__ import annotations
@@ -16,68 +16,31 @@ from typing import Any
 import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from zf_lightning.data.base import SequenceDataModule
-from zf_lightning.distributed import JobDDPStrategy, distributed_job
-from zf_lightning.jobs import JobStatus, failure_value, global_rank, job_identity, threads_per_job, write_json
 from zf_lightning.lit import SequenceLitModule
-from zf_lightning.resume import (
-    CHOICES_KEY,
-    CONFIG_KEY,
-    WANDB_KEY,
-    ResumePoint,
-    ResumeState,
-    hydra_choices,
-    keep_csv_history,
-    resume_from,
-)
+from zf_lightning.runs.checkpoint import StoreConfig, resolved_config
+from zf_lightning.runs.ddp import JobDDPStrategy, distributed_job
+from zf_lightning.runs.loggers import build_loggers, close_loggers, log_samples
+from zf_lightning.runs.policy import failure_value, global_rank, threads_per_job
+from zf_lightning.runs.resume import ResumePoint, ResumeState, hydra_choices, keep_csv_history, resume_from
+from zf_lightning.runs.status import JobStatus, write_json
+from zf_lightning.types import CanGenerate
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CONFIG_KEY", "build_callbacks", "build_datamodule", "build_loggers", "build_module", "train"]
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
-class StoreConfig(Callback):
-    """Puts the resolved run configuration, its group choices and the W&B run identity into
-    every checkpoint, so eval.py and resumes rebuild exactly the model that was trained and a
-    resumed run continues the same W&B run."""
-
-    def __init__(self, config: dict[str, Any], choices: dict[str, Any] | None = None) -> None:
-        self.config = config
-        self.choices = dict(choices or {})
-
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        checkpoint[CONFIG_KEY] = self.config
-        checkpoint[CHOICES_KEY] = self.choices
-        for lg in trainer.loggers:
-            if isinstance(lg, WandbLogger) and trainer.is_global_zero:
-                run = lg.experiment
-                checkpoint["wandb_run_id"] = run.id
-                checkpoint[WANDB_KEY] = {"id": run.id, "name": run.name, "group": run.group,
-                                         "tags": list(run.tags or [])}
-
-
-def resolved_config(cfg: DictConfig) -> dict[str, Any]:
-    """The run's config with every interpolation resolved (the hydra node excluded)."""
-    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    assert isinstance(container, dict)
-    container.pop("hydra", None)
-    return container
-
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-
-
-def compose_config(name: str, overrides: list[str]) -> DictConfig:
+def compose_config(name: str, overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
     """``conf/<name>.yaml`` with ``overrides``, composed in-process (benchmarks and tests; no Hydra
     run, so interpolations of ``hydra:`` need ``paths.output_dir`` set in the overrides)."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
+        return compose(config_name=name, overrides=overrides, return_hydra_config=return_hydra_config)
 
 
 def build_datamodule(cfg: DictConfig) -> SequenceDataModule:
@@ -97,47 +60,6 @@ def build_module(cfg: DictConfig, dm: SequenceDataModule) -> SequenceLitModule:
         cfg.lit, model=model, spec=spec, optimizer=instantiate(cfg.optim.optimizer), scheduler=scheduler,
         _convert_="object",
     )
-
-
-def _job_identity(cfg: DictConfig) -> dict[str, Any]:
-    """W&B name/group/tags from the job's overrides, so the dashboard can group by them."""
-    if not HydraConfig.initialized():
-        return {}
-    hc = HydraConfig.get()
-    name = hc.job.override_dirname or "default"
-    identity: dict[str, Any] = {"name": name}
-    if str(hc.mode) == "RunMode.MULTIRUN":
-        identity["group"] = Path(hc.sweep.dir).name
-    identity["tags"] = list(cfg.get("tags") or []) + [o for o in hc.overrides.task if "=" in o and len(o) < 64]
-    return identity
-
-
-def build_loggers(cfg: DictConfig, resume: ResumePoint | None = None) -> list[Logger]:
-    """Loggers of the ``logger`` group. W&B: one run per job, named and tagged by the job's
-    overrides, grouped by sweep, with the resolved config; a resumed job continues its run."""
-    loggers: list[Logger] = []
-    identity = _job_identity(cfg)
-    stored = resume.wandb if resume is not None else {}
-    for lg_cfg in (cfg.get("logger") or {}).values():
-        if lg_cfg is None or "_target_" not in lg_cfg:
-            continue
-        extra: dict[str, Any] = {}
-        if "WandbLogger" in lg_cfg._target_:
-            extra = {k: v for k, v in identity.items() if lg_cfg.get(k) in (None, [], ())}
-            if identity.get("tags"):
-                extra["tags"] = identity["tags"]
-            if stored.get("id"):
-                # the same run, its original name/group/tags (a resume command has other overrides)
-                extra |= {k: v for k, v in stored.items() if k in ("name", "group", "tags") and v}
-                extra |= {"id": stored["id"], "resume": "allow"}
-            extra["config"] = resolved_config(cfg) | {"job": job_identity()}
-        # built by hand, not by instantiate(): the W&B `config` kwarg would clash with
-        # instantiate's own argument, and its `_target_` entries must not be instantiated
-        params = OmegaConf.to_container(lg_cfg, resolve=True)
-        assert isinstance(params, dict)
-        logger_cls = get_class(str(params.pop("_target_")))
-        loggers.append(logger_cls(**(params | extra)))
-    return loggers
 
 
 def build_callbacks(cfg: DictConfig) -> list[Callback]:
@@ -189,45 +111,13 @@ def run_analyses(cfg: DictConfig, lit: SequenceLitModule, dm: SequenceDataModule
 def write_samples(cfg: DictConfig, lit: SequenceLitModule, dm: SequenceDataModule, directory: Path) -> list[Path]:
     """Draw ``samples.num`` sequences from the prior and render them in the data's format."""
     n = int(cfg.samples.num)
-    if n <= 0 or not hasattr(lit.model, "generate"):
+    if n <= 0 or not isinstance(lit.model, CanGenerate):
         return []
     L.seed_everything(int(cfg.seed), verbose=False)
     steps = int(cfg.samples.steps or dm.sample_length())
     lit.eval()
     samples = lit.model.generate(n, steps, first_input=dm.sample_first_input(n), use_mean=bool(cfg.samples.use_mean))
     return dm.write_samples(samples.cpu(), directory, prefix="prior")
-
-
-def log_samples(loggers: list[Logger], paths: list[Path], step: int) -> None:
-    """Samples as W&B media: .png -> image, .wav -> audio, .txt -> a table of lines."""
-    runs = [lg.experiment for lg in loggers if isinstance(lg, WandbLogger)]
-    if not runs or not paths:
-        return
-    import wandb
-
-    media: dict[str, Any] = {}
-    images = [wandb.Image(str(p), caption=p.name) for p in paths if p.suffix == ".png"]
-    audio = [wandb.Audio(str(p), caption=p.name) for p in paths if p.suffix == ".wav"]
-    texts = [[p.name, line] for p in paths if p.suffix == ".txt" for line in p.read_text().splitlines() if line]
-    if images:
-        media["samples/images"] = images
-    if audio:
-        media["samples/audio"] = audio
-    if texts:
-        media["samples/text"] = wandb.Table(columns=["file", "sample"], data=texts)
-    if media:
-        for run in runs:
-            run.log(media | {"trainer/global_step": step})
-
-
-def close_loggers(failed: bool) -> None:
-    """Finish the W&B run of this job (failed ones too) so the next multirun job gets its own."""
-    try:
-        import wandb
-    except ImportError:  # pragma: no cover - wandb is a requirement
-        return
-    if wandb.run is not None:
-        wandb.finish(exit_code=1 if failed else 0)
 
 
 def set_threads(cfg: DictConfig) -> None:
@@ -238,7 +128,7 @@ def set_threads(cfg: DictConfig) -> None:
 
 
 def _prepare_workers(trainer: L.Trainer, cfg: DictConfig, out_dir: Path, strategies: list) -> None:
-    """DDP: give the extra processes this job's resolved config (see zf_lightning.distributed)."""
+    """DDP: give the extra processes this job's resolved config (see zf_lightning.runs.ddp)."""
     strategy = trainer.strategy
     if not isinstance(strategy, JobDDPStrategy):
         return

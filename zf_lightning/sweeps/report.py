@@ -21,15 +21,17 @@ import csv
 import json
 import math
 import statistics
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from hydra.utils import get_class
 
-from zf_lightning.jobs import COMPLETED, job_folders, read_status
+from zf_lightning.runs.checkpoint import migrate_target
+from zf_lightning.runs.status import COMPLETED, job_folders, read_status
+from zf_lightning.types import HasAuxCost
 
 SEED_KEYS = ("seed",)
 # overrides that do not make a configuration (paths, resume bookkeeping, Hydra's own)
@@ -112,13 +114,21 @@ def read_curves(csv_path: Path, keys: Iterable[str] = CURVE_KEYS) -> dict[str, l
     return {k: sorted(v.items()) for k, v in curves.items() if v}
 
 
+def _has_aux_cost(target: str) -> bool:
+    """Whether the stored model class declares the auxiliary cost (the ablation rows are its rows)."""
+    try:
+        return issubclass(get_class(migrate_target(target)), HasAuxCost)
+    except (ImportError, ValueError):  # a class that no longer exists names no row
+        return False
+
+
 def _row_name(config: Any, overrides: dict[str, str]) -> str | None:
     """The Table-1 row of a job: its config's ``table_row``, else the row of its Z-Forcing ablation."""
     if isinstance(config, dict) and config.get("table_row"):
         return str(config["table_row"])
     model = str(((config or {}).get("model") or {}).get("_target_", "")) if isinstance(config, dict) else ""
     ablation = overrides.get("ablation")
-    if ablation in ABLATION_ROWS and (not model or model.endswith("ZForcing")):
+    if ablation in ABLATION_ROWS and (not model or _has_aux_cost(model)):
         return ABLATION_ROWS[ablation]
     return None
 
@@ -392,6 +402,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{out / 'report.md'}: {len(rows)} configurations, {failed} failed jobs")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,7 +16,7 @@ W @ x with the long side of W first (faster than x @ W^T for a small batch on a 
 weight gradient is one product over all steps, e.g. dW_h = dY [4H+M, T*B] @ H_prev[H, T*B]^T.
 The pointwise parts of a step and their derivatives are the small functions below, collected
 in ``StepOps`` so that ``compile_step`` can hand them to ``torch.compile``.
-``zf_lightning.models.reference`` computes the same terms step by step with autograd; the
+``zf_lightning.models.zforcing.reference`` computes the same terms step by step with autograd; the
 tests hold the two equal in values and every gradient.
 """
 

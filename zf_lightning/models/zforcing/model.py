@@ -9,50 +9,36 @@ The forward pass is written for speed: everything that does
 not depend on h_{t-1} runs for all steps at once before or after the Python loop, and the
 loop itself does one product from h_{t-1} (to the gates and the posterior) and one from
 z_t. In plain mode the loop is one autograd node with backpropagation through time written
-out (``zf_lightning.models.recurrence``), as fused RNN kernels do; the conditional-layer-norm
+out (``zf_lightning.models.zforcing.recurrence``), as fused RNN kernels do; the conditional-layer-norm
 loop runs under autograd with its in-loop weight gradients formed once after the loop
-(``LoopLinear``). ``zf_lightning.models.reference`` computes the same terms the plain way,
+(``LoopLinear``). ``zf_lightning.models.zforcing.reference`` computes the same terms the plain way,
 step by step, and the tests hold the two equal.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zf_lightning.models.common import InputEmbedding, check_head, mask_terms, reverse_padded, sample_autoregressively
-from zf_lightning.models.distributions import gaussian_kl, gaussian_log_prob, reparameterize
+from zf_lightning.models.common import InputEmbedding, StepSampler, check_head, reverse_padded
+from zf_lightning.models.distributions import gaussian_log_prob, reparameterize
 from zf_lightning.models.heads import HeadFactory
-from zf_lightning.models.layers import ClippedLeakyReLU, GaussianMLP, LoopLinear, ZLSTMCell, lstm_pointwise
-from zf_lightning.models.recurrence import plain_recurrence, step_ops
-from zf_lightning.types import DataSpec, SequenceBatch, StepTerms
+from zf_lightning.models.latent import LatentPath, latent_noise, latent_terms
+from zf_lightning.models.layers import ClippedLeakyReLU, GaussianMLP, ZLSTMCell, lstm_pointwise
+from zf_lightning.models.zforcing.cell import LoopLinear
+from zf_lightning.models.zforcing.recurrence import plain_recurrence, step_ops
+from zf_lightning.types import DataSpec, HasAuxCost, HasPosterior, PosteriorPass, SequenceBatch, StepTerms
 
 AuxInput = Literal["h_z", "z"]
 
 
-@dataclass
-class PosteriorPass:
-    """One pass of the forward recurrence under the posterior, every field [B, T, ...].
-
-    ``h_prev`` is h_{t-1} (what the prior, posterior and aux head read at step t), ``h`` is
-    h_t (what the output head reads), ``b`` the backward states.
-    """
-
-    h_prev: Tensor
-    h: Tensor
-    z: Tensor
-    mean_q: Tensor
-    logvar_q: Tensor
-    b: Tensor
-
 AuxLoss = Literal["gaussian", "l2"]
 
 
-class ZForcing(nn.Module):
+class ZForcing(nn.Module, HasPosterior, HasAuxCost, StepSampler):
     """Z-Forcing with the options of the authors' code.
 
     Args:
@@ -72,8 +58,6 @@ class ZForcing(nn.Module):
             at TIMIT sizes (benchmarks/bench_step.py --compile-step); on a GPU it replaces many
             small kernel launches with a few.
     """
-
-    has_aux_cost = True
 
     def __init__(
         self,
@@ -163,11 +147,7 @@ class ZForcing(nn.Module):
 
         Analyses (active units, probes) read ``mean_q`` and ``h`` from here.
         """
-        B, T = batch.mask.shape
-        if noise is None:
-            noise = torch.randn(B, T, self.z_dim, device=batch.mask.device)
-        elif noise.shape != (B, T, self.z_dim):
-            raise ValueError(f"noise must have shape {(B, T, self.z_dim)}, got {tuple(noise.shape)}")
+        noise = latent_noise(noise, batch.mask, self.z_dim)
 
         # each _loop_* does all that does not depend on h_{t-1} for all steps before its Python
         # loop; the heads, KL and log-densities run on the stacked states in _terms
@@ -263,16 +243,14 @@ class ZForcing(nn.Module):
         logvar_q: Tensor,
         b: Tensor,
     ) -> StepTerms:
-        mean_p, logvar_p = self.prior(h_prev)
-        terms = StepTerms(
-            nll=self.output_head.nll(self.output_head(hs), batch.targets),
-            kl=gaussian_kl(mean_q, logvar_q, mean_p, logvar_p),
+        path = LatentPath(h_prev, z, *self.prior(h_prev), mean_q, logvar_q)
+        return latent_terms(
+            path,
+            self.output_head.nll(self.output_head(hs), batch.targets),
+            batch.mask,
             aux=self.aux_cost(h_prev, z, b),
             bwd=self.backward_head.nll(self.backward_head(b), batch.inputs),
-            log_p_z=gaussian_log_prob(z, mean_p, logvar_p),
-            log_q_z=gaussian_log_prob(z, mean_q, logvar_q),
         )
-        return mask_terms(terms, batch.mask)
 
     # ------------------------------------------------------------------ sampling
     def sample_prior(self, h_prev: Tensor) -> Tensor:
@@ -287,23 +265,16 @@ class ZForcing(nn.Module):
         )
         return lstm_pointwise(gates, c)
 
-    @torch.no_grad()
-    def generate(self, n: int, steps: int, first_input: Tensor | None = None, use_mean: bool = False) -> Tensor:
-        """Sample ``n`` sequences of ``steps`` steps from the prior, feeding samples back as inputs.
+    def initial_state(self, n: int) -> tuple[Tensor, Tensor]:
+        """(h_0, c_0) = 0."""
+        h = self.cell.weight_hh.new_zeros(n, self.rnn_dim)
+        return h, torch.zeros_like(h)
 
-        ``first_input``: the input at t=0 ([n, D] frames or [n] token ids); zeros by default
-        (the zero frame that precedes MNIST images, or token id 0).
-        ``use_mean``: feed back and return the head's mean instead of a sample.
-        Returns [n, steps, D] for frames, [n, steps] for tokens.
-        """
-
-        def step(x: Tensor, state: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-            if state is None:
-                zeros = self.prior.first.weight.new_zeros(n, self.rnn_dim)
-                state = (zeros, zeros)  # h_0 = c_0 = 0
-            h, c = state
-            h, c = self.cell_step(self.embedding(x), self.sample_prior(h), h, c)
-            return self.output_head(h), (h, c)
-
-        device = self.prior.first.weight.device
-        return sample_autoregressively(self.spec, self.output_head, step, n, steps, first_input, use_mean, device)
+    def step(self, x: Tensor, state: tuple[Tensor, Tensor], z: Tensor | None = None) -> tuple[Tensor, Any]:
+        """One forward-LSTM step driven by z_t (``z``, or drawn from p(z_t | h_{t-1})); the head
+        reads the new h_t."""
+        h, c = state
+        if z is None:
+            z = self.sample_prior(h)
+        h, c = self.cell_step(self.embedding(x), z, h, c)
+        return self.output_head(h), (h, c)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from zf_lightning.types import SequenceBatch, StepTerms
+from zf_lightning.types import LatentVariableModel, SequenceBatch, StepTerms
 
 
 def log_weights_from_terms(terms: StepTerms, mask: Tensor) -> Tensor:
@@ -119,10 +119,10 @@ def log_weights(
 
     The batch is repeated (``repeat_interleave``) for at most ``chunk_size`` samples per
     sequence at a time, bounding memory at chunk_size * B sequences per forward pass.
-    Models exposing ``z_dim`` get ``forward(batch, noise=[B', T, z_dim])``, with sample k's
+    Latent-variable models (``LatentVariableModel``) get ``forward(batch, noise=[B', T, z_dim])``, with sample k's
     noise drawn from a generator seeded by (seed, k): chunked and unchunked calls agree, and
     equal seeds give equal weights. Pass a distinct ``seed`` per batch (e.g. ``(seed,
-    batch_idx)``) so different batches do not share noise. Models without ``z_dim``
+    batch_idx)``) so different batches do not share noise. Other models
     (deterministic ones) are called as ``forward(batch)``. The model runs in eval mode
     (no dropout); its previous mode is restored.
     """
@@ -147,7 +147,7 @@ def path_bounds(
     chunk = num_samples if chunk_size is None else chunk_size
     if chunk < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    z_dim = getattr(model, "z_dim", None)
+    z_dim = model.z_dim if isinstance(model, LatentVariableModel) else None
     b, steps = batch.mask.shape
     device = batch.mask.device
     dtype = _noise_dtype(model)

@@ -3,9 +3,9 @@
 Lightning's DDP starts the extra processes by re-running the command line. Under Hydra that
 command makes each process compose its own config and its own (timestamped) output folder,
 and under ``-m`` it even starts the whole sweep again. ``JobDDPStrategy`` starts the extra
-processes from the job's resolved config instead (``python -m zf_lightning.distributed
+processes from the job's resolved config instead (``python -m zf_lightning.runs.ddp_worker
 <config>``), so they train the same job in the same folder. Only rank 0 logs to W&B and
-writes metrics.json, samples and status.json (see ``zf_lightning.pipeline.train``).
+writes metrics.json, samples and status.json (see ``zf_lightning.runs.pipeline.train``).
 
 On SLURM (one task per GPU, e.g. the submitit launcher with ``tasks_per_node`` = GPUs)
 the processes already exist and each runs the Hydra job itself; nothing is launched here.
@@ -52,7 +52,7 @@ class JobScriptLauncher(_SubprocessScriptLauncher):
             "WORLD_SIZE": str(self.num_processes * self.num_nodes),
         })
         # the package must import in the workers even when it is not installed (run from a checkout)
-        source_root = str(Path(__file__).resolve().parents[1])
+        source_root = str(Path(__file__).resolve().parents[2])
         python_path = os.pathsep.join(p for p in (source_root, os.environ.get("PYTHONPATH")) if p)
         self.procs = [
             subprocess.Popen(self.worker_command,
@@ -71,7 +71,7 @@ class JobDDPStrategy(DDPStrategy):
 
     def set_worker_config(self, path: Path) -> None:
         if isinstance(self._launcher, JobScriptLauncher):
-            self._launcher.worker_command = [sys.executable, "-m", "zf_lightning.distributed", str(path)]
+            self._launcher.worker_command = [sys.executable, "-m", "zf_lightning.runs.ddp_worker", str(path)]
 
     @property
     def worker_processes(self) -> list[subprocess.Popen]:
@@ -103,20 +103,3 @@ def distributed_job() -> Iterator[list[JobDDPStrategy]]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-
-
-def main(argv: list[str]) -> int:
-    """Entry of a DDP worker: train the job whose resolved config is at ``argv[0]``."""
-    from omegaconf import OmegaConf
-
-    from zf_lightning.pipeline import train
-
-    if len(argv) != 1:
-        print("usage: python -m zf_lightning.distributed <worker config.yaml>", file=sys.stderr)
-        return 2
-    train(OmegaConf.load(argv[0]))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

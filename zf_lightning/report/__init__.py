@@ -1,0 +1,1 @@
+"""``python -m zf_lightning.report SWEEP_DIR``: the sweep report (``zf_lightning.sweeps.report``)."""

@@ -1,0 +1,5 @@
+import sys
+
+from zf_lightning.sweeps.report import main
+
+sys.exit(main())

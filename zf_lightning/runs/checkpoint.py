@@ -1,0 +1,110 @@
+"""What a checkpoint holds besides Lightning's own entries, and how one is found and loaded.
+
+Every key we add to a checkpoint is a constant here. Checkpoints also store the resolved
+run config, whose ``_target_`` paths name classes and functions; when one of those moves,
+``MOVED_TARGETS`` maps its old path to the new one and ``migrate_config`` rewrites stored
+configs on load, so checkpoints written before the move keep loading and resuming.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_KEY = "zf_config"
+CHOICES_KEY = "zf_choices"
+WANDB_KEY = "wandb_run"  # id, name, group and tags of the job's W&B run
+WANDB_ID_KEY = "wandb_run_id"  # the id alone (checkpoints written before WANDB_KEY existed)
+STATE_DICT_KEY = "state_dict"  # Lightning's: the LightningModule's weights
+LAST = "last"  # ckpt_path=last: the newest last*.ckpt of the run folder
+
+# ``_target_`` paths stored in checkpoints written before a module moved -> where they live now
+MOVED_TARGETS: dict[str, str] = {
+    "zf_lightning.data.text.SentencesDataModule": "zf_lightning.data.text.modules.SentencesDataModule",
+    "zf_lightning.data.text.ImdbDataModule": "zf_lightning.data.text.modules.ImdbDataModule",
+    "zf_lightning.distributed.JobDDPStrategy": "zf_lightning.runs.ddp.JobDDPStrategy",
+    "zf_lightning.jobs.SweepStatus": "zf_lightning.sweeps.callback.SweepStatus",
+    "zf_lightning.text_analysis.latent_probe": "zf_lightning.evaluation.probes.latent_probe",
+    "zf_lightning.text_analysis.resample_words": "zf_lightning.evaluation.text.resample_words",
+}
+
+
+def migrate_target(target: str) -> str:
+    """Where a stored ``_target_`` lives now."""
+    return MOVED_TARGETS.get(target, target)
+
+
+def migrate_config(node: Any) -> Any:
+    """A stored config with every moved ``_target_`` rewritten (a new object; ``node`` is untouched)."""
+    if isinstance(node, dict):
+        return {k: migrate_target(v) if k == "_target_" and isinstance(v, str) else migrate_config(v)
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [migrate_config(v) for v in node]
+    return node
+
+
+def find_checkpoint(output_dir: Path, ckpt_path: str | None) -> Path | None:
+    """``last``: the newest of ``checkpoints/last*.ckpt`` and Lightning's SLURM ``hpc_ckpt_*.ckpt``
+    in the run folder (None when there is none yet); a path: that file."""
+    if ckpt_path is None:
+        return None
+    if str(ckpt_path) != LAST:
+        path = Path(ckpt_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+        return path
+    candidates = [*output_dir.glob("checkpoints/last*.ckpt"), *output_dir.glob("hpc_ckpt_*.ckpt")]
+    return max(candidates, key=lambda p: p.stat().st_mtime_ns, default=None)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint on the CPU, with its non-tensor entries (stored config, choices, W&B identity).
+
+    Checkpoints are data: they are unpickled with ``weights_only=True``, which refuses any
+    object that could run code. The stored config is migrated (``MOVED_TARGETS``)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path} is not a trusted checkpoint: it holds objects other than tensors and plain data, "
+            f"which are refused because loading them could run code ({str(err).splitlines()[0]})"
+        ) from err
+    if isinstance(checkpoint.get(CONFIG_KEY), dict):
+        checkpoint[CONFIG_KEY] = migrate_config(checkpoint[CONFIG_KEY])
+    return checkpoint
+
+
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The run's config with every interpolation resolved (the hydra node excluded)."""
+    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    assert isinstance(container, dict)
+    container.pop("hydra", None)
+    return container
+
+
+class StoreConfig(Callback):
+    """Puts the resolved run configuration, its group choices and the W&B run identity into
+    every checkpoint, so eval.py and resumes rebuild exactly the model that was trained and a
+    resumed run continues the same W&B run."""
+
+    def __init__(self, config: dict[str, Any], choices: dict[str, Any] | None = None) -> None:
+        self.config = config
+        self.choices = dict(choices or {})
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint[CONFIG_KEY] = self.config
+        checkpoint[CHOICES_KEY] = self.choices
+        for lg in trainer.loggers:
+            if isinstance(lg, WandbLogger) and trainer.is_global_zero:
+                run = lg.experiment
+                checkpoint[WANDB_ID_KEY] = run.id
+                checkpoint[WANDB_KEY] = {"id": run.id, "name": run.name, "group": run.group,
+                                         "tags": list(run.tags or [])}

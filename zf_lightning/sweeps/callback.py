@@ -1,0 +1,40 @@
+"""The sweep-end Hydra callback: write the report, and fail the multirun when a job failed."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback as HydraCallback
+from omegaconf import DictConfig
+
+from zf_lightning.runs.status import failed_jobs, job_folders
+from zf_lightning.sweeps.report import write_report
+
+log = logging.getLogger(__name__)
+
+
+class SweepStatus(HydraCallback):
+    """Hydra callback (conf/hydra/callbacks/sweep_status.yaml): at the end of a multirun, write
+    the report and exit nonzero when any job failed, naming the failed jobs."""
+
+    def __init__(self, report: bool = True, fail_exit_code: bool = True) -> None:
+        self.report = report
+        self.fail_exit_code = fail_exit_code
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if self.report:
+            try:
+                write_report(sweep_dir)
+                log.info("sweep report: %s", sweep_dir / "report.md")
+            except Exception as err:  # a broken report must not hide the jobs' own outcome
+                log.warning("could not write the sweep report: %s", err)
+        failures = failed_jobs(sweep_dir)
+        if failures:
+            lines = "\n".join(f"  {job}: {error.splitlines()[0] if error else ''}" for job, error in failures)
+            message = f"{len(failures)} of {len(job_folders(sweep_dir))} jobs failed:\n{lines}"
+            log.error(message)
+            if self.fail_exit_code:
+                raise SystemExit(message)
