@@ -28,7 +28,8 @@ from zf_lightning.runs.ddp import JobDDPStrategy, distributed_job
 from zf_lightning.runs.loggers import build_loggers, close_loggers, log_samples
 from zf_lightning.runs.policy import failure_value, global_rank, threads_per_job
 from zf_lightning.runs.resume import ResumePoint, ResumeState, hydra_choices, keep_csv_history, resume_from
-from zf_lightning.runs.status import JobStatus, write_json
+from zf_lightning.runs.status import JobStatus, completed_metrics, write_json
+from zf_lightning.runs.stopping import checkpoint_step, stop_reason
 from zf_lightning.types import CanGenerate
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,12 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, resume: ResumePoint | None, st
     best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
     if ckpt_cb is not None and ckpt_cb.best_model_score is not None:
         metrics[f"best/{ckpt_cb.monitor}"] = float(ckpt_cb.best_model_score)
+    stopped = {"stop_reason": stop_reason(trainer), "updates": trainer.global_step, "best_step": checkpoint_step(best)}
+    log.info("training stopped: %s after %d updates (best checkpoint at update %s)", *stopped.values())
+    status.update(**stopped)
+    metrics |= {"stop_reason": stopped["stop_reason"], "train/updates": float(trainer.global_step)}  # type: ignore[dict-item]
+    if stopped["best_step"] is not None:
+        metrics["best/step"] = float(stopped["best_step"])
     if cfg.get("test", True):
         metrics.update(split_metrics(trainer, lit, dm, int(cfg.seed), "test", ckpt_path=best))
         metrics["test/checkpoint"] = best or "last weights"  # type: ignore[assignment]
@@ -188,6 +195,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     worst value of the optimized metric instead of raising, so a sweep goes on.
     """
     out_dir = Path(cfg.paths.output_dir)
+    if cfg.get("skip_completed", False) and (done := completed_metrics(out_dir)) is not None:
+        log.info("%s already holds a completed run (skip_completed=true): not run again", out_dir)
+        return done
     out_dir.mkdir(parents=True, exist_ok=True)
     rank = global_rank()
     status = JobStatus(out_dir, rank)

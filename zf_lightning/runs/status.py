@@ -8,7 +8,9 @@ import datetime as dt
 import json
 import logging
 import os
+import platform
 import socket
+import subprocess
 import traceback
 from pathlib import Path
 from typing import Any
@@ -69,7 +71,7 @@ class JobStatus:
         job = job_identity()
         previous = read_status(self.path.parent).get("job") if self.rank == 0 else None
         self.record = {"status": RUNNING, "started": _now(), "host": socket.gethostname(), "pid": os.getpid(),
-                       "job": previous or job}
+                       "job": previous or job, "code": code_version(), "machine": machine()}
         if previous and previous != job:
             self.record["resumed_by"] = job
         self._save(**fields)
@@ -84,6 +86,39 @@ class JobStatus:
         status = FAILED if isinstance(error, Exception) else INTERRUPTED
         self._save(status=status, finished=_now(), error=f"{type(error).__name__}: {error}",
                    traceback="".join(traceback.format_exception(error)))
+
+
+def completed_metrics(directory: Path) -> dict[str, Any] | None:
+    """The metrics of a job folder whose run completed (None when it did not, or never ran)."""
+    metrics = directory / "metrics.json"
+    if read_status(directory).get("status") != COMPLETED or not metrics.is_file():
+        return None
+    return json.loads(metrics.read_text())
+
+
+def code_version() -> dict[str, Any]:
+    """The commit the code was run from and whether the checkout had uncommitted changes
+    (empty when the code is not in a git checkout), so a result can be traced to its code."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"commit": commit, "dirty": bool(dirty)}
+
+
+def machine() -> dict[str, Any]:
+    """What the job ran on: host, CPU model and count, Python version."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return {"host": socket.gethostname(), "cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version()}
 
 
 def read_status(directory: Path) -> dict[str, Any]:

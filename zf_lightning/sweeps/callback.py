@@ -1,4 +1,5 @@
-"""The sweep-end Hydra callback: write the report, and fail the multirun when a job failed."""
+"""The sweep-end Hydra callback: write the report (and a study's committed files), and fail
+the multirun when a job failed."""
 
 from __future__ import annotations
 
@@ -11,24 +12,35 @@ from omegaconf import DictConfig
 
 from zf_lightning.runs.status import failed_jobs, job_folders
 from zf_lightning.sweeps.report import write_report
+from zf_lightning.sweeps.study import write_study_notes
 
 log = logging.getLogger(__name__)
 
 
 class SweepStatus(HydraCallback):
     """Hydra callback (conf/hydra/callbacks/sweep_status.yaml): at the end of a multirun, write
-    the report and exit nonzero when any job failed, naming the failed jobs."""
+    the report and exit nonzero when any job failed, naming the failed jobs.
 
-    def __init__(self, report: bool = True, fail_exit_code: bool = True) -> None:
+    ``results_dir`` (studies): also write the report, jobs.csv, curves.csv and STUDY.md there,
+    the small files that are committed; ``baseline`` adds paired differences against that row."""
+
+    def __init__(self, report: bool = True, fail_exit_code: bool = True, results_dir: str | None = None,
+                 baseline: str | None = None) -> None:
         self.report = report
         self.fail_exit_code = fail_exit_code
+        self.results_dir = Path(results_dir) if results_dir else None
+        self.baseline = baseline
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if self.report:
             try:
-                write_report(sweep_dir)
+                write_report(sweep_dir, baseline=self.baseline)
                 log.info("sweep report: %s", sweep_dir / "report.md")
+                if self.results_dir is not None:
+                    write_report(sweep_dir, self.results_dir, baseline=self.baseline)
+                    write_study_notes(config, sweep_dir, self.results_dir)
+                    log.info("study results: %s", self.results_dir)
             except Exception as err:  # a broken report must not hide the jobs' own outcome
                 log.warning("could not write the sweep report: %s", err)
         failures = failed_jobs(sweep_dir)

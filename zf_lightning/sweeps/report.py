@@ -9,7 +9,13 @@
 * ``report.csv``: the same rows, every test metric as ``<metric> mean`` / ``<metric> std``.
 * ``curves.png``: validation ELBO and KL against the update step, per configuration, the
   mean over seeds with a ±1 standard deviation band (from each job's ``csv/metrics.csv``).
+* ``jobs.csv`` (one line per job: row, seed, why it stopped, updates, every metric) and
+  ``curves.csv`` (every job's validation curves): the report can be rebuilt from these two
+  files alone, e.g. from a study committed under ``results/``.
 
+With ``--baseline ROW`` the report adds each row's paired difference against that row
+(``zf_lightning.sweeps.stats``); jobs that record why they stopped add how the runs ended
+and whether the rows' ordering is stable over the last part of the curves.
 Standard deviations are sample deviations (n - 1 in the denominator), empty for n = 1.
 ``--wandb ENTITY/PROJECT [--group G]`` reads the runs from W&B instead (needs network).
 """
@@ -21,6 +27,7 @@ import csv
 import json
 import math
 import statistics
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,13 +38,18 @@ from hydra.utils import get_class
 
 from zf_lightning.runs.checkpoint import migrate_target
 from zf_lightning.runs.status import COMPLETED, job_folders, read_status
+from zf_lightning.sweeps.stats import higher_is_better, paired_difference
 from zf_lightning.types import HasAuxCost
 
 SEED_KEYS = ("seed",)
 # overrides that do not make a configuration (paths, resume bookkeeping, Hydra's own)
 IGNORED_PREFIXES = ("hydra.", "paths.", "ckpt_path", "auto_resume", "continue_on_failure")
-CURVE_KEYS = ("val/elbo", "val/kl")
+CURVE_KEYS = ("val/elbo", "val/kl")  # plotted
+EXPORT_CURVE_KEYS = (*CURVE_KEYS, "val/aux")  # kept in curves.csv
 HEADLINE = "test/elbo"
+JOBS_CSV, CURVES_CSV = "jobs.csv", "curves.csv"
+# per-job facts that are not metrics: why it stopped, how long it ran, which code ran it
+INFO_KEYS = ("stop_reason", "updates", "best_step", "started", "finished", "commit")
 # Table 1's row names for the ablation sweep on Z-Forcing
 ABLATION_ROWS = {"plain": "Z-Forcing", "kla": "Z-Forcing + kla", "aux": "Z-Forcing + aux",
                  "kla_aux": "Z-Forcing + kla, aux"}
@@ -54,10 +66,15 @@ class Job:
     metrics: dict[str, float] = field(default_factory=dict)
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     row_name: str | None = None  # e.g. Table 1's "Z-Forcing + aux", from the job's config
+    info: dict[str, str] = field(default_factory=dict)  # INFO_KEYS, as strings
 
     @property
     def ok(self) -> bool:
         return self.status == COMPLETED and bool(self.metrics)
+
+    @property
+    def seed(self) -> str:
+        return next((self.overrides[k] for k in SEED_KEYS if k in self.overrides), "default")
 
 
 @dataclass
@@ -150,13 +167,62 @@ def read_job(job_dir: Path, sweep_dir: Path) -> Job:
         error = str(status.get("error") or "")
     config_file = job_dir / "config_resolved.yaml"
     config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
+    info = {k: str(status[k]) for k in INFO_KEYS if status.get(k) is not None}
+    if (status.get("code") or {}).get("commit"):
+        info["commit"] = status["code"]["commit"] + ("+dirty" if status["code"].get("dirty") else "")
     return Job(name=str(job_dir.relative_to(sweep_dir)), overrides=overrides, status=state, error=error,
-               metrics=metrics, curves=read_curves(job_dir / "csv" / "metrics.csv"),
-               row_name=_row_name(config, overrides))
+               metrics=metrics, curves=read_curves(job_dir / "csv" / "metrics.csv", EXPORT_CURVE_KEYS),
+               row_name=_row_name(config, overrides), info=info)
 
 
 def read_sweep(sweep_dir: Path) -> list[Job]:
     return [read_job(job, sweep_dir) for job in job_folders(sweep_dir)]
+
+
+def write_jobs_csv(path: Path, jobs: list[Job]) -> None:
+    """One line per job: its row, seed, outcome, why it stopped, every metric and its overrides,
+    enough to rebuild the report without the job folders (``read_jobs_csv``)."""
+    metrics = sorted({k for j in jobs for k in j.metrics})
+    header = ["job", "row", "seed", "status", *INFO_KEYS, *metrics, "overrides", "error"]
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        for job in jobs:
+            info = [job.info.get(k, "") for k in INFO_KEYS]
+            writer.writerow([job.name, job.row_name or "", job.seed, job.status, *info,
+                             *[repr(job.metrics[m]) if m in job.metrics else "" for m in metrics],
+                             " ".join(f"{k}={v}" for k, v in job.overrides.items()),
+                             (job.error or "").splitlines()[0] if job.error else ""])
+
+
+def write_curves_csv(path: Path, jobs: list[Job]) -> None:
+    """Every job's validation curves as long-format rows: job, metric, step, value."""
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["job", "metric", "step", "value"])
+        for job in jobs:
+            for key, points in job.curves.items():
+                writer.writerows([job.name, key, step, repr(value)] for step, value in points)
+
+
+def read_jobs_csv(directory: Path) -> list[Job]:
+    """Jobs from a committed study folder (``jobs.csv`` and ``curves.csv``), without job folders."""
+    curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    if (directory / CURVES_CSV).is_file():
+        with (directory / CURVES_CSV).open(newline="") as fh:
+            for row in csv.DictReader(fh):
+                curves.setdefault(row["job"], {}).setdefault(row["metric"], []).append(
+                    (int(row["step"]), float(row["value"])))
+    jobs = []
+    with (directory / JOBS_CSV).open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            fixed = {"job", "row", "seed", "status", *INFO_KEYS, "overrides", "error"}
+            metrics = {k: float(v) for k, v in row.items() if k not in fixed and v not in ("", None)}
+            overrides = dict(p for p in (parse_override(o) for o in row["overrides"].split()) if p is not None)
+            jobs.append(Job(name=row["job"], overrides=overrides, status=row["status"], error=row["error"],
+                            metrics=metrics, curves={k: sorted(v) for k, v in curves.get(row["job"], {}).items()},
+                            row_name=row["row"] or None, info={k: row[k] for k in INFO_KEYS if row.get(k)}))
+    return jobs
 
 
 # ---------------------------------------------------------------------------- grouping
@@ -250,8 +316,81 @@ def headline_table(rows: list[Row], keys: list[str], metric: str) -> list[str]:
     return _md_table(["model", "overrides", f"{metric} (mean ± std)", "n", "failed"], body)
 
 
+def _curve_value(points: list[tuple[int, float]], step: float) -> float:
+    """The curve's value at the last validation at or before ``step`` (nan before the first)."""
+    before = [v for s, v in points if s <= step]
+    return before[-1] if before else math.nan
+
+
+def late_improvement(job: Job, key: str = "val/elbo", fraction: float = 0.2) -> float:
+    """How much ``key`` changed over the last ``fraction`` of the job's updates (nan without a curve)."""
+    points = job.curves.get(key) or []
+    if len(points) < 2:
+        return math.nan
+    last = points[-1][0]
+    return points[-1][1] - _curve_value(points, last * (1 - fraction))
+
+
+def runs_table(rows: list[Row]) -> list[str]:
+    """How each row's runs ended: converged or capped, updates, best update, late improvement."""
+    body = []
+    for row, name in zip(rows, display_names(rows), strict=True):
+        done = row.done
+        reasons = Counter(job.info.get("stop_reason", "unknown") for job in done)
+        updates = [float(j.info["updates"]) for j in done if j.info.get("updates")]
+        best = [float(j.info["best_step"]) for j in done if j.info.get("best_step") not in (None, "", "None")]
+        late = [v for v in (late_improvement(j) for j in done) if math.isfinite(v)]
+        body.append([
+            name, str(len(done)), ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "–",
+            (f"{statistics.fmean(updates):.0f} [{min(updates):.0f}–{max(updates):.0f}]" if updates else "–"),
+            f"{statistics.fmean(best):.0f}" if best else "–",
+            fmt(statistics.fmean(late), statistics.stdev(late) if len(late) > 1 else math.nan) if late else "–",
+        ])
+    return _md_table(["row", "runs", "stopped by", "updates (mean [min–max])", "best checkpoint at update (mean)",
+                      "val/elbo gain over the last 20 % of updates"], body)
+
+
+def paired_table(rows: list[Row], baseline: str, metric: str) -> list[str]:
+    """Each row against the baseline row, paired by seed (see ``zf_lightning.sweeps.stats``)."""
+    names = display_names(rows)
+    if baseline not in names:
+        raise ValueError(f"baseline row {baseline!r} is not among the rows: {names}")
+    base = rows[names.index(baseline)]
+    by_seed = {j.seed: j.metrics[metric] for j in base.done if metric in j.metrics}
+    better = higher_is_better(metric)
+    body = []
+    for row, name in zip(rows, names, strict=True):
+        if row is base:
+            continue
+        diff = paired_difference(by_seed, {j.seed: j.metrics[metric] for j in row.done if metric in j.metrics}, better)
+        interval = "–" if math.isnan(diff.low) else f"[{diff.low:.2f}, {diff.high:.2f}]"
+        se = "–" if math.isnan(diff.se) else f"{diff.se:.2f}"
+        body.append([name, str(diff.n), f"{diff.mean:+.2f}", se, interval, diff.verdict])
+    return _md_table(["row", "paired seeds", f"mean difference in {metric}", "standard error",
+                      "95 % t-interval", "verdict"], body)
+
+
+def ordering_table(rows: list[Row], key: str = "val/elbo", fractions: tuple[float, ...] = (0.6, 0.8, 1.0)) -> list[str]:
+    """Row means of a validation curve at fractions of the shortest run: is the ordering stable late on?"""
+    ends = [j.curves[key][-1][0] for r in rows for j in r.done if j.curves.get(key)]
+    if not ends:
+        return []
+    budget = min(ends)
+    header = ["row", *[f"{key} at update {int(budget * f)}" for f in fractions]]
+    body = []
+    for row, name in zip(rows, display_names(rows), strict=True):
+        cells = []
+        for f in fractions:
+            values = [v for j in row.done if j.curves.get(key)
+                      if math.isfinite(v := _curve_value(j.curves[key], budget * f))]
+            cells.append(fmt(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan)
+                         if values else "–")
+        body.append([name, *cells])
+    return _md_table(header, body)
+
+
 def write_markdown(path: Path, sweep: str, jobs: list[Job], rows: list[Row], keys: list[str],
-                   metrics: list[str], headline: str) -> None:
+                   metrics: list[str], headline: str, baseline: str | None = None) -> None:
     failed = [j for j in jobs if not j.ok]
     lines = [f"# Sweep report: {sweep}", "",
              f"{len(jobs)} jobs, {len(jobs) - len(failed)} completed, {len(failed)} failed. "
@@ -259,6 +398,19 @@ def write_markdown(path: Path, sweep: str, jobs: list[Job], rows: list[Row], key
              "mean ± sample standard deviation over seeds.", ""]
     if headline in metrics:
         lines += [f"## {headline}", "", *headline_table(rows, keys, headline), ""]
+    if baseline is not None and headline in metrics:
+        lines += [f"## Paired differences against {baseline}", "",
+                  f"Per seed, {headline} of the row minus that of {baseline}; mean, standard error and a 95 % "
+                  "Student-t interval on the paired differences (n - 1 degrees of freedom). The verdict says "
+                  "better or worse only when the interval excludes zero.", "",
+                  *paired_table(rows, baseline, headline), ""]
+    if any(j.info.get("stop_reason") for j in jobs):
+        lines += ["## How the runs ended", "", *runs_table(rows), ""]
+        ordering = ordering_table(rows)
+        if ordering:
+            lines += ["### Is the ordering stable over the last part of the curves?", "",
+                      "Mean validation bound of each row at fractions of the shortest run's updates.", "",
+                      *ordering, ""]
     if metrics:
         lines += ["## All test metrics", ""]
         body = [[row.label, *[fmt(*row.stats(m)[:2]) for m in metrics], str(len(row.done)), str(len(row.failed))]
@@ -331,25 +483,37 @@ def write_curves(path: Path, rows: list[Row], keys: Iterable[str] = CURVE_KEYS) 
     plt.close(fig)
 
 
-def build_report(jobs: list[Job], out_dir: Path, title: str, headline: str = HEADLINE) -> list[Row]:
-    """Write report.md, report.csv and curves.png for these jobs; returns the rows."""
+def build_report(jobs: list[Job], out_dir: Path, title: str, headline: str = HEADLINE,
+                 baseline: str | None = None) -> list[Row]:
+    """Write report.md, report.csv, curves.png, jobs.csv and curves.csv for these jobs; returns the rows."""
     out_dir.mkdir(parents=True, exist_ok=True)
     keys = varying_keys(jobs)
     rows = group_rows(jobs, keys)
     metrics = metric_names(jobs)
-    write_markdown(out_dir / "report.md", title, jobs, rows, keys, metrics, headline)
+    write_markdown(out_dir / "report.md", title, jobs, rows, keys, metrics, headline, baseline)
     write_csv(out_dir / "report.csv", rows, keys, metrics)
     write_curves(out_dir / "curves.png", rows)
+    write_jobs_csv(out_dir / JOBS_CSV, jobs)
+    write_curves_csv(out_dir / CURVES_CSV, jobs)
     return rows
 
 
-def write_report(sweep_dir: Path, out_dir: Path | None = None, headline: str = HEADLINE) -> list[Row]:
-    """Report of a sweep folder (written into it unless ``out_dir`` is given)."""
-    sweep_dir = Path(sweep_dir)
-    jobs = read_sweep(sweep_dir)
+def read_jobs(directory: Path) -> list[Job]:
+    """The jobs of a sweep folder, or of a committed study folder that holds only jobs.csv."""
+    directory = Path(directory)
+    jobs = read_sweep(directory)
+    if not jobs and (directory / JOBS_CSV).is_file():
+        jobs = read_jobs_csv(directory)
     if not jobs:
-        raise FileNotFoundError(f"{sweep_dir} holds no job folders (.hydra/overrides.yaml, status.json, metrics.json)")
-    return build_report(jobs, out_dir or sweep_dir, str(sweep_dir), headline)
+        raise FileNotFoundError(f"{directory} holds no job folders (.hydra/overrides.yaml, status.json, "
+                                f"metrics.json) and no {JOBS_CSV}")
+    return jobs
+
+
+def write_report(sweep_dir: Path, out_dir: Path | None = None, headline: str = HEADLINE,
+                 baseline: str | None = None) -> list[Row]:
+    """Report of a sweep folder or a committed study folder (written into it unless ``out_dir`` is given)."""
+    return build_report(read_jobs(sweep_dir), out_dir or Path(sweep_dir), str(sweep_dir), headline, baseline)
 
 
 # ---------------------------------------------------------------------------- W&B
@@ -386,16 +550,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metric", default=HEADLINE, help=f"headline metric (default {HEADLINE})")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from W&B instead (online)")
     parser.add_argument("--group", help="with --wandb: only this group (one sweep)")
+    parser.add_argument("--baseline", help="a row name (e.g. 'Z-Forcing + kla'): paired differences against it")
     args = parser.parse_args(argv)
     if args.wandb:
         out = args.out or Path(f"report-{args.wandb.replace('/', '_')}" + (f"-{args.group}" if args.group else ""))
         jobs = read_wandb(args.wandb, args.group)
         if not jobs:
             parser.error(f"no runs in W&B project {args.wandb}" + (f" group {args.group}" if args.group else ""))
-        rows = build_report(jobs, out, f"W&B {args.wandb}" + (f" / {args.group}" if args.group else ""), args.metric)
+        rows = build_report(jobs, out, f"W&B {args.wandb}" + (f" / {args.group}" if args.group else ""), args.metric,
+                            args.baseline)
     elif args.sweep_dir is not None:
         out = args.out or args.sweep_dir
-        rows = write_report(args.sweep_dir, out, args.metric)
+        rows = write_report(args.sweep_dir, out, args.metric, args.baseline)
     else:
         parser.error("give a sweep folder or --wandb ENTITY/PROJECT")
     failed = sum(len(r.failed) for r in rows)

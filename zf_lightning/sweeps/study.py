@@ -1,0 +1,86 @@
+"""``STUDY.md``: how a committed study was run, written next to its report when it ends.
+
+A study (conf/study/) is a sweep with a purpose; its committed folder must tell a reader how
+to rerun it and what the numbers rest on: the command, the commit, the machine, the
+schedules and budget that ran, the wall time and which runs stopped early. Notes written
+by hand below the ``NOTES`` marker survive a rewrite.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from zf_lightning.runs.status import job_folders, read_status
+
+NOTES = "<!-- notes: everything below this line is kept when STUDY.md is rewritten -->"
+
+
+def _when(text: str | None) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+
+
+def _yaml(node: object) -> str:
+    return OmegaConf.to_yaml(node).strip() if node is not None else "null"
+
+
+def study_notes(config: DictConfig, sweep_dir: Path) -> list[str]:
+    """The generated part of STUDY.md for the multirun whose Hydra config is ``config``."""
+    statuses = [read_status(job) for job in job_folders(sweep_dir)]
+    starts = [t for t in (_when(s.get("started")) for s in statuses) if t]
+    ends = [t for t in (_when(s.get("finished")) for s in statuses) if t]
+    job_seconds = sum((e - s).total_seconds() for s, e in
+                      ((_when(st.get("started")), _when(st.get("finished"))) for st in statuses) if s and e)
+    commits = Counter(f"{c['commit']}{' (uncommitted changes)' if c.get('dirty') else ''}"
+                      for c in (s.get("code") or {} for s in statuses) if c.get("commit"))
+    machines = Counter(f"{m.get('cpu')}, {m.get('cpus')} CPUs ({m.get('host')})"
+                       for m in (s.get("machine") or {} for s in statuses) if m)
+    reasons = Counter(str(s.get("stop_reason", s.get("status", "unknown"))) for s in statuses)
+    extra = [o for o in config.hydra.overrides.task if not o.startswith("study=")]
+    name = str(config.study.name)
+    baseline = config.study.get("baseline")
+    wall = f"{(max(ends) - min(starts)).total_seconds() / 60:.0f} min" if starts and ends else "unknown"
+    lines = [
+        f"# Study: {name}", "",
+        "## Command", "", "```bash", " ".join(["python train.py -m", f"study={name}", *extra]), "```", "",
+        "Rerunning the same command continues the study: completed jobs are skipped, interrupted ones "
+        "resume from their last checkpoint. The report is rebuilt from this folder's files alone with",
+        "", "```bash",
+        f"python -m zf_lightning.report {config.study.results_dir}" + (f" --baseline '{baseline}'" if baseline else ""),
+        "```", "",
+        "## What ran", "",
+        f"- jobs: {len(statuses)}; stopped by: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())),
+        f"- wall time: {wall} from the first job's start to the last job's end; {job_seconds / 3600:.2f} job-hours",
+        f"- parallel jobs: {config.hydra.launcher.get('n_jobs', 1)}, "
+        f"torch threads per job: {config.get('torch_threads')}",
+        "- commit: " + (", ".join(f"{c} ({n} jobs)" for c, n in commits.items()) or "unknown"),
+        "- machine: " + (", ".join(f"{m} ({n} jobs)" for m, n in machines.items()) or "unknown"),
+        "", "## Settings that every row shares", "",
+        "Data, model sizes, budget and stopping rule, and the loss-weight schedules (the ablation rows choose "
+        "which of the schedules apply):", "",
+        "```yaml",
+        _yaml({"data": config.data, "model": config.model, "trainer": {k: config.trainer.get(k) for k in (
+            "max_steps", "min_steps", "max_time", "val_check_interval", "gradient_clip_val")},
+               "early_stopping": config.callbacks.get("early_stopping"), "optim": config.optim,
+               "schedule": config.get("schedule")}),
+        "```", "",
+        "## Rows", "", "```yaml", _yaml(config.hydra.sweeper.params), "```", "",
+    ]
+    return lines
+
+
+def write_study_notes(config: DictConfig, sweep_dir: Path, results_dir: Path) -> Path:
+    """Write ``results_dir/STUDY.md``, keeping any hand-written notes below ``NOTES``."""
+    path = results_dir / "STUDY.md"
+    kept = ""
+    if path.is_file() and NOTES in (old := path.read_text()):
+        kept = old.split(NOTES, 1)[1]
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join([*study_notes(config, sweep_dir), NOTES]) + (kept or "\n"))
+    return path
