@@ -1,5 +1,6 @@
 """The deterministic baseline (Table 1's RNN-Gauss / RNN-GMM): a fused LSTM over the embedded
-inputs and an output head, so its ``nll`` is the exact log-likelihood.
+inputs and an output head, so its ``nll`` is the exact log-likelihood. Also the LSTM of the
+capacity tasks (sequence classification).
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from zf_lightning.models.common import InputEmbedding, check_head, mask_terms, sample_autoregressively
+from zf_lightning.models.common import InputEmbedding, check_head, sample_autoregressively
+from zf_lightning.models.deterministic import DeterministicModel
 from zf_lightning.models.heads import HeadFactory
-from zf_lightning.types import DataSpec, SequenceBatch, StepTerms
+from zf_lightning.types import DataSpec
 
 
 def make_rnn(kind: str, input_size: int, hidden_size: int) -> nn.RNNBase:
@@ -22,7 +24,7 @@ def make_rnn(kind: str, input_size: int, hidden_size: int) -> nn.RNNBase:
     return rnn_cls(input_size, hidden_size, batch_first=True)
 
 
-class RNN(nn.Module):
+class RNN(DeterministicModel):
     """Deterministic LSTM baseline: h_t = LSTM(emb(x_t), h_{t-1}), p(y_t | h_t) from the head.
 
     Args:
@@ -41,13 +43,11 @@ class RNN(nn.Module):
         self.rnn_dim = rnn_dim
         self.embedding = InputEmbedding(spec, emb_dim, dropout)
         self.rnn = make_rnn("lstm", emb_dim, rnn_dim)
-        self.output_head = head(rnn_dim, spec.dim)
+        self.output_head = head(rnn_dim, spec.output_dim)
         check_head(self.output_head, spec)
 
-    def forward(self, batch: SequenceBatch) -> StepTerms:
-        hs, _ = self.rnn(self.embedding(batch.inputs))
-        nll = self.output_head.nll(self.output_head(hs), batch.targets)
-        return mask_terms(StepTerms.with_zeros(nll), batch.mask)
+    def states(self, inputs: Tensor) -> Tensor:
+        return self.rnn(self.embedding(inputs))[0]
 
     @torch.no_grad()
     def generate(self, n: int, steps: int, first_input: Tensor | None = None, use_mean: bool = False) -> Tensor:
