@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from zf_lightning.jobs import COMPLETED, job_folders, read_status
+from zf_lightning.sweeps.heatmap import add_capacity_heatmaps, capacity_headline
 
 SEED_KEYS = ("seed",)
 # overrides that do not make a configuration (paths, resume bookkeeping, Hydra's own)
@@ -327,9 +328,11 @@ def build_report(jobs: list[Job], out_dir: Path, title: str, headline: str = HEA
     keys = varying_keys(jobs)
     rows = group_rows(jobs, keys)
     metrics = metric_names(jobs)
+    headline = capacity_headline(jobs, headline, HEADLINE)
     write_markdown(out_dir / "report.md", title, jobs, rows, keys, metrics, headline)
     write_csv(out_dir / "report.csv", rows, keys, metrics)
     write_curves(out_dir / "curves.png", rows)
+    add_capacity_heatmaps(jobs, out_dir, out_dir / "report.md")  # sweeps over width and data.length
     return rows
 
 

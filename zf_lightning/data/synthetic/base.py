@@ -64,8 +64,11 @@ class ClassificationTask(ABC):
 
 def draw_unique(task: ClassificationTask, sizes: Sequence[int], count: int, rng: np.random.Generator,
                 exclude: set[bytes], what: str) -> list[Example]:
-    """``count`` distinct examples (sizes drawn uniformly from ``sizes``) none of which is in
-    ``exclude``; their keys are added to ``exclude`` so later sets stay disjoint."""
+    """``count`` distinct examples (sizes drawn uniformly from ``sizes``), none of them in
+    ``exclude``, with the classes as balanced as ``count`` allows (uniqueness alone would skew
+    small sizes towards the class with more distinct sequences). Their keys are added to
+    ``exclude`` so later sets stay disjoint."""
+    quota = [count // task.classes + (c < count % task.classes) for c in range(task.classes)]
     out: list[Example] = []
     for _ in range(_ATTEMPTS_PER_EXAMPLE * count + 100):
         if len(out) == count:
@@ -73,13 +76,14 @@ def draw_unique(task: ClassificationTask, sizes: Sequence[int], count: int, rng:
         size = int(rng.choice(sizes))
         tokens, label = task.sample(size, rng)
         key = tokens.tobytes()
-        if key not in exclude:
+        if quota[label] > 0 and key not in exclude:
             exclude.add(key)
+            quota[label] -= 1
             out.append((tokens, label, size))
     if len(out) == count:
         return out
     raise ValueError(
-        f"could not draw {count} distinct {what} sequences of size {sorted(set(sizes))} for "
+        f"could not draw {count} distinct, class-balanced {what} sequences of size {sorted(set(sizes))} for "
         f"{type(task).__name__} (found {len(out)}): there are too few distinct sequences of that size; "
         "lower data.num_val / data.num_test or raise data.length / data.test_lengths"
     )

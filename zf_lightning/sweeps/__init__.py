@@ -1,0 +1,1 @@
+"""What reads many jobs of a sweep: reports, tables and pictures."""
