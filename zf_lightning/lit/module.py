@@ -240,11 +240,14 @@ class SequenceLitModule(L.LightningModule):
             return
         for k, v in self.epoch_metrics(split).items():
             self.log(k, v, prog_bar=k in ("val/neg_elbo", "train/loss"))
+        self.reset_epoch_metrics(split)
+
+    def reset_epoch_metrics(self, split: str) -> None:
+        """Start a split's sums afresh (after they were logged)."""
         for m in self._totals(split).values():
             m.reset()
-        if f"{split}_sizes" in self.size_series:
-            for m in self.size_series[f"{split}_sizes"].values():
-                m.reset()
+        for m in (self.size_series[f"{split}_sizes"].values() if f"{split}_sizes" in self.size_series else ()):
+            m.reset()
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
