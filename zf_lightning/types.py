@@ -121,8 +121,9 @@ class DataSpec:
     kind: ``real`` (speech frames), ``binary`` (binarized pixels) or ``tokens`` (words).
     dim: features per step for real/binary data; vocabulary size for tokens.
     unit: the literature's reporting unit, e.g. ``image``, ``utterance``, ``sequence``,
-        ``word``, ``label``. Sums over a sequence are reported per ``unit``; for ``word``
-        the metric is per token (perplexity), for ``label`` per labelled step.
+        ``word``, ``label``. Sums over a sequence are reported per ``unit``; for ``word`` the
+        metric is per token (perplexity). ``label``: a classification sequence carries one
+        label, so per sequence is per labelled step.
     dims_per_step: scalar dimensions scored per step, for bits per dimension
         (``dim`` for real/binary, 1 for tokens).
     classes: set for sequence classification: the targets are class ids in ``[0, classes)``
@@ -146,9 +147,8 @@ class DataSpec:
 
     @property
     def per_token(self) -> bool:
-        """True when metrics are normalized per scored step (text: per word; classification: per
-        labelled step), not per sequence."""
-        return self.unit in ("word", "label")
+        """True when the headline metric is normalized per token (text), not per sequence."""
+        return self.unit == "word"
 
     @property
     def output_kind(self) -> InputKind:

@@ -215,7 +215,7 @@ class SequenceLitModule(L.LightningModule):
         out["elbo"] = -bound
         out["nats_per_step"] = (s["nll"] + s["kl"]) / n_steps
         out["bpd"] = out["nats_per_step"] / (self.spec.dims_per_step * math.log(2.0))
-        if self.spec.unit == "word":
+        if self.spec.per_token:
             out["ppl"] = torch.exp(bound)
         if self.spec.classes is not None:
             out["acc"] = s["correct"] / n_steps
