@@ -18,6 +18,10 @@ import torch
 from torch import Tensor
 
 InputKind = Literal["real", "binary", "tokens"]
+# A token target that is not scored (PyTorch's ``ignore_index``): the steps of a classification
+# sequence that carry no label. Its nll is exactly 0 (cross-entropy ignores it), so every sum
+# over real steps (the loss, bounds, importance weights) counts only the labelled steps.
+IGNORE_TARGET = -100
 
 
 @dataclass
@@ -31,12 +35,18 @@ class SequenceBatch:
     Shapes: ``inputs``/``targets`` are ``[B, T, D]`` floats for real or binary data and
     ``[B, T]`` int64 token ids for text; ``mask`` is ``[B, T]`` float; ``labels`` is an
     optional ``[B]`` tensor (e.g. digit class, sentiment) that models never see.
+
+    Sequence classification: ``targets`` hold the class id at the labelled steps and
+    ``IGNORE_TARGET`` at the others; ``mask`` still marks every real step (latent models
+    count their KL there). ``sizes`` is an optional ``[B]`` int64 task size per sequence
+    (e.g. the N of index lookup), for metrics per test size; models never see it.
     """
 
     inputs: Tensor
     targets: Tensor
     mask: Tensor
     labels: Tensor | None = None
+    sizes: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.inputs.shape[:2] != self.targets.shape[:2]:
@@ -53,6 +63,14 @@ class SequenceBatch:
     @property
     def batch_size(self) -> int:
         return int(self.inputs.shape[0])
+
+    @property
+    def scored(self) -> Tensor:
+        """``[B, T]`` float: the real steps whose target counts (for classification, the labelled
+        steps; otherwise ``mask``)."""
+        if self.targets.dtype.is_floating_point:
+            return self.mask
+        return self.mask * (self.targets != IGNORE_TARGET)
 
     @property
     def lengths(self) -> Tensor:
@@ -108,27 +126,44 @@ class DataSpec:
     kind: ``real`` (speech frames), ``binary`` (binarized pixels) or ``tokens`` (words).
     dim: features per step for real/binary data; vocabulary size for tokens.
     unit: the literature's reporting unit, e.g. ``image``, ``utterance``, ``sequence``,
-        ``word``. Sums over a sequence are reported per ``unit``; for ``word`` the
-        metric is per token (perplexity).
+        ``word``, ``label``. Sums over a sequence are reported per ``unit``; for ``word`` the
+        metric is per token (perplexity). ``label``: a classification sequence carries one
+        label, so per sequence is per labelled step.
     dims_per_step: scalar dimensions scored per step, for bits per dimension
         (``dim`` for real/binary, 1 for tokens).
+    classes: set for sequence classification: the targets are class ids in ``[0, classes)``
+        at the labelled steps, so the output side (a softmax over the classes) differs from
+        the input side (``kind``, ``dim``). None: the targets are the next inputs.
     """
 
     kind: InputKind
     dim: int
     unit: str
     dims_per_step: int
+    classes: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("real", "binary", "tokens"):
             raise ValueError(f"DataSpec.kind must be real, binary or tokens, got {self.kind!r}")
         if self.dim < 1 or self.dims_per_step < 1:
             raise ValueError(f"DataSpec dims must be positive, got {self}")
+        if self.classes is not None and self.classes < 2:
+            raise ValueError(f"DataSpec.classes must be at least 2 (or None), got {self.classes}")
 
     @property
     def per_token(self) -> bool:
         """True when the headline metric is normalized per token (text), not per sequence."""
         return self.unit == "word"
+
+    @property
+    def output_kind(self) -> InputKind:
+        """Kind of the targets: class ids are ``tokens``; otherwise the targets are inputs."""
+        return "tokens" if self.classes is not None else self.kind
+
+    @property
+    def output_dim(self) -> int:
+        """Size the output head predicts: the classes, or the input's ``dim``."""
+        return self.classes if self.classes is not None else self.dim
 
 
 # ---------------------------------------------------------------------------- capabilities
@@ -195,3 +230,14 @@ class HasStepFunction(ABC):
     def step(self, x: Tensor, state: Any, z: Tensor | None = None) -> tuple[Tensor, Any]:
         """Read the input ``x`` of one step; return the output head's parameters for that step's
         target and the new state. ``z`` fixes a latent model's z_t (None: drawn from the prior)."""
+
+
+class PredictsClasses(ABC):
+    """A model that gives class probabilities ``[B, T, C]`` at every step without reading
+    ``batch.targets``: what accuracy is computed from. A model whose objective reads the
+    future (Z-Forcing's posterior reads the label) predicts from ``samples`` prior draws
+    and averages the probabilities; deterministic models ignore ``samples``."""
+
+    @abstractmethod
+    def predict_proba(self, batch: SequenceBatch, samples: int = 1) -> Tensor:
+        """Class probabilities ``[B, T, C]`` at every step."""

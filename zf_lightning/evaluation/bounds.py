@@ -84,7 +84,7 @@ def sequence_bounds(
         elbos.append(elbo[:, 0].double().cpu())
         for k in sample_counts:
             iwae[k].append(iwae_bound(log_w[:, :k]).cpu())
-        steps.append(batch.mask.sum(dim=1).double().cpu())
+        steps.append(batch.scored.sum(dim=1).double().cpu())  # labelled steps only for classification
     return SequenceBounds(
         elbo=torch.cat(elbos), iwae={k: torch.cat(v) for k, v in iwae.items()}, steps=torch.cat(steps)
     )

@@ -5,6 +5,11 @@ loss = mean over sequences of  sum_t mask_t (nll + w_kl kl + w_aux aux + w_bwd b
 Metrics are accumulated as exact sums over an epoch (torchmetrics, so they also
 reduce across DDP processes) and reported in the data's own units: per sequence
 (utterance, image) or per word, plus nats per step and bits per dimension.
+
+Sequence classification (``DataSpec.classes``): the loss counts the labelled steps only (the
+others have no target), and ``acc`` / ``pred_nll`` per labelled step come from the model's
+``predict_proba``, which never reads the targets (Z-Forcing: prior samples), also per test
+size (``acc_len<size>``) when the batches carry sizes.
 """
 
 from __future__ import annotations
@@ -16,16 +21,18 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor, nn
-from torchmetrics import SumMetric
+from torchmetrics import CatMetric, SumMetric
 
 from zf_lightning.lit.schedules import Constant, WeightSchedule
-from zf_lightning.types import DataSpec, HasAuxCost, SequenceBatch, StepTerms
+from zf_lightning.types import DataSpec, HasAuxCost, PredictsClasses, SequenceBatch, StepTerms
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 _TERMS = ("nll", "kl", "aux", "bwd")
-_SUMS = (*_TERMS, "loss", "sequences", "steps")
+_SUMS = (*_TERMS, "loss", "sequences", "steps")  # steps: the scored ones (labelled steps for classification)
+_CLASS_SUMS = ("correct", "pred_nll")
+_SIZE_SERIES = ("sizes", "size_correct", "size_steps")  # per sequence, for accuracy per test size
 _SPLITS = ("train", "val", "test")
 # Validation and test score the bound itself (KL weight 1, no aux/bwd), independent of the
 # update count, so val/test loss = negative ELBO and evaluation needs no training state.
@@ -52,6 +59,8 @@ class SequenceLitModule(L.LightningModule):
         scheduler: optional factory taking the optimizer (e.g. halve on plateau).
         scheduler_monitor: the metric a plateau scheduler watches.
         max_consecutive_nonfinite: stop after this many skipped updates in a row.
+        class_samples: classification only: prior samples whose class probabilities are
+            averaged for validation/test accuracy (models with latents; training uses one).
     """
 
     def __init__(
@@ -65,8 +74,16 @@ class SequenceLitModule(L.LightningModule):
         scheduler: SchedulerFactory | None = None,
         scheduler_monitor: str = "val/neg_elbo",
         max_consecutive_nonfinite: int = 20,
+        class_samples: int = 16,
     ) -> None:
         super().__init__()
+        if spec.classes is not None and not isinstance(model, PredictsClasses):
+            raise ValueError(
+                f"{type(model).__name__} cannot predict classes without reading the targets (no predict_proba), "
+                "so it cannot be scored on classification data; use model=rnn, transformer, lru or zforcing"
+            )
+        if class_samples < 1:
+            raise ValueError(f"lit.class_samples must be >= 1, got {class_samples}")
         if schedule_can_be_positive(aux_weight) and not isinstance(model, HasAuxCost):
             raise ValueError(
                 f"the auxiliary cost only exists for Z-Forcing, but {type(model).__name__} was given a "
@@ -81,11 +98,18 @@ class SequenceLitModule(L.LightningModule):
         self.aux_weight = aux_weight
         self.bwd_weight = bwd_weight
         self.max_consecutive_nonfinite = max_consecutive_nonfinite
+        self.class_samples = class_samples
         self.nonfinite_total = 0
         self.nonfinite_streak = 0
         # keyed "<split>_totals": a ModuleDict key may not shadow Module.train
+        sums = _SUMS + (_CLASS_SUMS if spec.classes is not None else ())
         self.totals = nn.ModuleDict(
-            {f"{split}_totals": nn.ModuleDict({k: SumMetric() for k in _SUMS}) for split in _SPLITS}
+            {f"{split}_totals": nn.ModuleDict({k: SumMetric() for k in sums}) for split in _SPLITS}
+        )
+        # accuracy per task size (validation and test): per-sequence series, gathered at epoch end
+        self.size_series = nn.ModuleDict(
+            {f"{split}_sizes": nn.ModuleDict({k: CatMetric() for k in _SIZE_SERIES}) for split in ("val", "test")}
+            if spec.classes is not None else {}
         )
 
     # ------------------------------------------------------------------ objective
@@ -117,7 +141,27 @@ class SequenceLitModule(L.LightningModule):
         for k in (*_TERMS, "loss"):
             metrics[k].update(sums[k].detach().sum())
         metrics["sequences"].update(float(batch.batch_size))
-        metrics["steps"].update(batch.mask.sum())
+        metrics["steps"].update(batch.scored.sum())
+        if self.spec.classes is not None:
+            self._accumulate_classes(split, batch, 1 if split == "train" else self.class_samples)
+
+    @torch.no_grad()
+    def _accumulate_classes(self, split: str, batch: SequenceBatch, samples: int) -> None:
+        """Accuracy and -log p(label) at the labelled steps, from probabilities that never read the targets."""
+        assert isinstance(self.model, PredictsClasses)
+        probs = self.model.predict_proba(batch, samples)
+        scored = batch.scored
+        target = torch.where(scored > 0, batch.targets, 0)
+        p_label = probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        hits = (probs.argmax(-1) == target).float() * scored
+        metrics = self._totals(split)
+        metrics["correct"].update(hits.sum())
+        metrics["pred_nll"].update(-(torch.log(p_label.clamp_min(1e-30)) * scored).sum())
+        if batch.sizes is not None and split in ("val", "test"):
+            series = self.size_series[f"{split}_sizes"]
+            series["sizes"].update(batch.sizes.float())
+            series["size_correct"].update(hits.sum(1))
+            series["size_steps"].update(scored.sum(1))
 
     def training_step(self, batch: SequenceBatch, batch_idx: int) -> Tensor | None:
         weights = self.weights()
@@ -129,7 +173,7 @@ class SequenceLitModule(L.LightningModule):
         n = batch.batch_size
         self.log("train/loss_step", loss.detach(), prog_bar=True, batch_size=n)
         for k in _TERMS:
-            self.log(f"train/{k}_step", self._per_unit(sums[k].detach().sum(), n, batch.mask.sum()), batch_size=n)
+            self.log(f"train/{k}_step", self._per_unit(sums[k].detach().sum(), n, batch.scored.sum()), batch_size=n)
         self.log("train/w_kl", weights["kl"], batch_size=n)
         self.log("train/w_aux", weights["aux"], batch_size=n)
         self.log("train/w_bwd", weights["bwd"], batch_size=n)
@@ -173,14 +217,36 @@ class SequenceLitModule(L.LightningModule):
         out["bpd"] = out["nats_per_step"] / (self.spec.dims_per_step * math.log(2.0))
         if self.spec.per_token:
             out["ppl"] = torch.exp(bound)
+        if self.spec.classes is not None:
+            out["acc"] = s["correct"] / n_steps
+            out["pred_nll"] = s["pred_nll"] / n_steps
+            out.update(self._accuracy_per_size(split))
         return {f"{split}/{k}": float(v) for k, v in out.items()}
+
+    def _accuracy_per_size(self, split: str) -> dict[str, Tensor]:
+        """``acc_len<size>`` for every task size seen in this epoch's batches."""
+        key = f"{split}_sizes"
+        if key not in self.size_series or not self.size_series[key]["sizes"].update_called:
+            return {}
+        sizes, correct, steps = (torch.atleast_1d(self.size_series[key][k].compute()) for k in _SIZE_SERIES)
+        out = {}
+        for size in sorted(set(sizes.long().tolist())):
+            pick = sizes.long() == size
+            out[f"acc_len{size}"] = correct[pick].sum() / steps[pick].sum()
+        return out
 
     def _log_epoch(self, split: str) -> None:
         if int(self._totals(split)["sequences"].compute()) == 0:
             return
         for k, v in self.epoch_metrics(split).items():
             self.log(k, v, prog_bar=k in ("val/neg_elbo", "train/loss"))
+        self.reset_epoch_metrics(split)
+
+    def reset_epoch_metrics(self, split: str) -> None:
+        """Start a split's sums afresh (after they were logged)."""
         for m in self._totals(split).values():
+            m.reset()
+        for m in (self.size_series[f"{split}_sizes"].values() if f"{split}_sizes" in self.size_series else ()):
             m.reset()
 
     def on_train_epoch_end(self) -> None:

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from zf_lightning.models.heads import OutputHead
-from zf_lightning.types import CanGenerate, DataSpec, HasStepFunction, StepTerms
+from zf_lightning.types import IGNORE_TARGET, CanGenerate, DataSpec, HasStepFunction, StepTerms
 
 
 class InputEmbedding(nn.Module):
@@ -27,6 +27,20 @@ class InputEmbedding(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.proj(x))
+
+
+class LabelEmbedding(nn.Module):
+    """Lookup table for class-id targets, with one extra row for steps that carry no label
+    (``IGNORE_TARGET``): how a model that reads the targets (Z-Forcing's backward RNN) sees
+    the future of a classification sequence."""
+
+    def __init__(self, classes: int, emb_dim: int) -> None:
+        super().__init__()
+        self.classes = classes
+        self.table = nn.Embedding(classes + 1, emb_dim)
+
+    def forward(self, targets: Tensor) -> Tensor:
+        return self.table(torch.where(targets == IGNORE_TARGET, self.classes, targets))
 
 
 def reverse_padded(x: Tensor, lengths: Tensor) -> Tensor:
@@ -55,14 +69,22 @@ def mask_terms(terms: StepTerms, mask: Tensor) -> StepTerms:
 
 
 def check_head(head: nn.Module, spec: DataSpec) -> None:
-    """Fail early, with the fix, when the output head cannot score this data."""
+    """Fail early, with the fix, when the output head cannot score this data's targets."""
     accepts = getattr(head, "accepts", ())
-    if spec.kind not in accepts:
+    if spec.output_kind not in accepts:
         raise ValueError(
             f"output head {type(head).__name__} models {', '.join(accepts) or 'nothing'} data, but the data "
-            f"module yields {spec.kind!r} data; choose a matching head (e.g. output=gaussian for real frames, "
-            "output=bernoulli for binary pixels, output=categorical for tokens), or leave output unset to get "
-            "the data's natural head"
+            f"module yields {spec.output_kind!r} targets; choose a matching head (e.g. output=gaussian for real "
+            "frames, output=bernoulli for binary pixels, output=categorical for tokens or classes), or leave "
+            "output unset to get the data's natural head"
+        )
+    size = head.dim if isinstance(head, OutputHead) else spec.output_dim
+    if size != spec.output_dim:
+        what = f"{spec.classes} classes" if spec.classes is not None else f"{spec.output_dim} values"
+        raise ValueError(
+            f"output head {type(head).__name__} predicts {size} values per step, but the data's targets are "
+            f"{what}; a model that sizes its head for the inputs cannot be trained on classification data "
+            "(use model=rnn, transformer, lru or zforcing there)"
         )
 
 

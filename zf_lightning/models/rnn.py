@@ -1,5 +1,6 @@
 """The deterministic baseline (Table 1's RNN-Gauss / RNN-GMM): a fused LSTM over the embedded
-inputs and an output head, so its ``nll`` is the exact log-likelihood.
+inputs and an output head, so its ``nll`` is the exact log-likelihood. Also the LSTM of the
+capacity tasks (sequence classification).
 """
 
 from __future__ import annotations
@@ -8,9 +9,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from zf_lightning.models.common import InputEmbedding, StepSampler, check_head, mask_terms
+from zf_lightning.models.common import InputEmbedding, StepSampler, check_head
+from zf_lightning.models.deterministic import DeterministicModel
 from zf_lightning.models.heads import HeadFactory
-from zf_lightning.types import DataSpec, SequenceBatch, StepTerms
+from zf_lightning.types import DataSpec
 
 
 def make_rnn(kind: str, input_size: int, hidden_size: int) -> nn.RNNBase:
@@ -21,7 +23,7 @@ def make_rnn(kind: str, input_size: int, hidden_size: int) -> nn.RNNBase:
     return rnn_cls(input_size, hidden_size, batch_first=True)
 
 
-class RNN(nn.Module, StepSampler):
+class RNN(DeterministicModel, StepSampler):
     """Deterministic LSTM baseline: h_t = LSTM(emb(x_t), h_{t-1}), p(y_t | h_t) from the head.
 
     Args:
@@ -40,13 +42,11 @@ class RNN(nn.Module, StepSampler):
         self.rnn_dim = rnn_dim
         self.embedding = InputEmbedding(spec, emb_dim, dropout)
         self.rnn = make_rnn("lstm", emb_dim, rnn_dim)
-        self.output_head = head(rnn_dim, spec.dim)
+        self.output_head = head(rnn_dim, spec.output_dim)
         check_head(self.output_head, spec)
 
-    def forward(self, batch: SequenceBatch) -> StepTerms:
-        hs, _ = self.rnn(self.embedding(batch.inputs))
-        nll = self.output_head.nll(self.output_head(hs), batch.targets)
-        return mask_terms(StepTerms.with_zeros(nll), batch.mask)
+    def states(self, inputs: Tensor) -> Tensor:
+        return self.rnn(self.embedding(inputs))[0]
 
     def initial_state(self, n: int) -> Any:
         return None  # the LSTM's zero state

@@ -32,7 +32,10 @@ _EARLY_STOPPING = {
 
 
 def stop_reason(trainer: L.Trainer) -> str:
-    """Why ``trainer.fit`` returned: early stopping first, then the time budget, then the caps."""
+    """Why ``trainer.fit`` returned: the update cap when it was reached (early stopping held back by
+    ``min_steps`` up to the cap did not end the run), else early stopping, the time budget, the epochs."""
+    if 0 < trainer.max_steps <= trainer.global_step:
+        return MAX_STEPS
     for callback in trainer.callbacks:
         if isinstance(callback, EarlyStopping) and callback.stopping_reason in _EARLY_STOPPING:
             return _EARLY_STOPPING[callback.stopping_reason]
@@ -40,8 +43,6 @@ def stop_reason(trainer: L.Trainer) -> str:
         remaining = callback.time_remaining("train") if isinstance(callback, Timer) else None
         if remaining is not None and remaining <= 0:
             return TIME_LIMIT
-    if 0 < trainer.max_steps <= trainer.global_step:
-        return MAX_STEPS
     if trainer.max_epochs is not None and 0 < trainer.max_epochs <= trainer.current_epoch:
         return MAX_EPOCHS
     return STOPPED

@@ -1,2 +1,3 @@
-"""What reads many jobs at once: the report (``report``: tables, paired statistics, curves)
-and the Hydra callback that writes it when a multirun ends (``callback``)."""
+"""What reads many jobs at once: the report (``report``: tables, paired statistics, curves),
+capacity heatmaps (``heatmap``), study notes (``study``) and the Hydra callback that writes
+them when a multirun ends (``callback``)."""

@@ -38,6 +38,7 @@ from hydra.utils import get_class
 
 from zf_lightning.runs.checkpoint import migrate_target
 from zf_lightning.runs.status import COMPLETED, job_folders, read_status
+from zf_lightning.sweeps.heatmap import add_capacity_heatmaps, capacity_headline
 from zf_lightning.sweeps.stats import higher_is_better, paired_difference
 from zf_lightning.types import HasAuxCost
 
@@ -490,11 +491,13 @@ def build_report(jobs: list[Job], out_dir: Path, title: str, headline: str = HEA
     keys = varying_keys(jobs)
     rows = group_rows(jobs, keys)
     metrics = metric_names(jobs)
+    headline = capacity_headline(jobs, headline, HEADLINE)
     write_markdown(out_dir / "report.md", title, jobs, rows, keys, metrics, headline, baseline)
     write_csv(out_dir / "report.csv", rows, keys, metrics)
     write_curves(out_dir / "curves.png", rows)
     write_jobs_csv(out_dir / JOBS_CSV, jobs)
     write_curves_csv(out_dir / CURVES_CSV, jobs)
+    add_capacity_heatmaps(jobs, out_dir, out_dir / "report.md")  # sweeps over width and data.length
     return rows
 
 

@@ -23,14 +23,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zf_lightning.models.common import InputEmbedding, StepSampler, check_head, reverse_padded
+from zf_lightning.models.common import InputEmbedding, LabelEmbedding, StepSampler, check_head, reverse_padded
 from zf_lightning.models.distributions import gaussian_log_prob, reparameterize
 from zf_lightning.models.heads import HeadFactory
 from zf_lightning.models.latent import LatentPath, latent_noise, latent_terms
 from zf_lightning.models.layers import ClippedLeakyReLU, GaussianMLP, ZLSTMCell, lstm_pointwise
 from zf_lightning.models.zforcing.cell import LoopLinear
 from zf_lightning.models.zforcing.recurrence import plain_recurrence, step_ops
-from zf_lightning.types import DataSpec, HasAuxCost, HasPosterior, PosteriorPass, SequenceBatch, StepTerms
+from zf_lightning.types import (
+    DataSpec,
+    HasAuxCost,
+    HasPosterior,
+    PosteriorPass,
+    PredictsClasses,
+    SequenceBatch,
+    StepTerms,
+)
 
 AuxInput = Literal["h_z", "z"]
 
@@ -38,7 +46,7 @@ AuxInput = Literal["h_z", "z"]
 AuxLoss = Literal["gaussian", "l2"]
 
 
-class ZForcing(nn.Module, HasPosterior, HasAuxCost, StepSampler):
+class ZForcing(nn.Module, HasPosterior, HasAuxCost, PredictsClasses, StepSampler):
     """Z-Forcing with the options of the authors' code.
 
     Args:
@@ -88,14 +96,16 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, StepSampler):
         self._ops = step_ops(compile_step)
 
         self.embedding = InputEmbedding(spec, emb_dim, dropout)
+        # classification: the targets the backward LSTM reads are labels, embedded on their own
+        self.label_embedding = LabelEmbedding(spec.classes, emb_dim) if spec.classes is not None else None
         # inference
         self.backward_rnn = nn.LSTM(emb_dim, rnn_dim, batch_first=True)
         nn.init.orthogonal_(self.backward_rnn.weight_hh_l0)
         self.posterior = GaussianMLP(2 * rnn_dim, mlp_dim, z_dim)  # input [h_{t-1}; b_t]
         # generation
         self.prior = GaussianMLP(rnn_dim, mlp_dim, z_dim)
-        self.output_head = head(rnn_dim, spec.dim)
-        self.backward_head = head(rnn_dim, spec.dim)
+        self.output_head = head(rnn_dim, spec.output_dim)
+        self.backward_head = head(rnn_dim, spec.dim)  # predicts the inputs
         check_head(self.output_head, spec)
         # recurrence: z enters through a linear map (plain) or an MLP to 8H LN gains/biases
         if cond_layer_norm:
@@ -113,7 +123,7 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, StepSampler):
     def backward_states(self, batch: SequenceBatch) -> Tensor:
         """b_t for every step: the backward LSTM's state after reading targets T..t."""
         lengths = batch.lengths
-        emb = self.embedding(batch.targets)
+        emb = self.embedding(batch.targets) if self.label_embedding is None else self.label_embedding(batch.targets)
         states, _ = self.backward_rnn(reverse_padded(emb, lengths))
         return reverse_padded(states, lengths)
 
@@ -269,6 +279,32 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, StepSampler):
         """(h_0, c_0) = 0."""
         h = self.cell.weight_hh.new_zeros(n, self.rnn_dim)
         return h, torch.zeros_like(h)
+
+    def prior_states(self, inputs: Tensor) -> Tensor:
+        """h_t ``[B, T, H]`` of the forward LSTM reading ``inputs`` with every z_t drawn from the
+        prior p(z_t | h_{t-1}): what the model predicts from the past alone (no backward LSTM)."""
+        emb = self.embedding(inputs)
+        h, c = self.initial_state(emb.shape[0])
+        states = []
+        for emb_t in emb.unbind(1):
+            h, c = self.cell_step(emb_t, self.sample_prior(h), h, c)
+            states.append(h)
+        return torch.stack(states, 1)
+
+    def predict_proba(self, batch: SequenceBatch, samples: int = 1) -> Tensor:
+        """Class probabilities ``[B, T, C]``, the average over ``samples`` prior paths.
+
+        The posterior reads the targets (the label included), so accuracy must never come from
+        ``forward``; this path reads only ``batch.inputs``.
+        """
+        if self.spec.classes is None:
+            raise ValueError("ZForcing.predict_proba needs classification data (DataSpec.classes)")
+        if samples < 1:
+            raise ValueError(f"samples must be >= 1, got {samples}")
+        B, T = batch.mask.shape
+        states = self.prior_states(batch.inputs.repeat_interleave(samples, dim=0))
+        probs = torch.softmax(self.output_head(states), dim=-1)
+        return probs.view(B, samples, T, -1).mean(dim=1)
 
     def step(self, x: Tensor, state: tuple[Tensor, Tensor], z: Tensor | None = None) -> tuple[Tensor, Any]:
         """One forward-LSTM step driven by z_t (``z``, or drawn from p(z_t | h_{t-1})); the head

@@ -1,0 +1,202 @@
+"""The synthetic capacity tasks: labels against brute-force oracles, near-miss negatives, disjoint
+splits, the batch format of sequence classification, and clear errors for impossible sizes."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from zf_lightning.data.synthetic import (
+    BoundedDyck,
+    ClassificationDataModule,
+    ClassificationTask,
+    IndexLookup,
+    NearestNeighbor,
+    StringEquality,
+)
+from zf_lightning.data.synthetic.dyck import END, completions, is_member
+from zf_lightning.types import IGNORE_TARGET
+
+TASKS: dict[str, ClassificationTask] = {
+    "index_lookup": IndexLookup(symbols=3),
+    "nearest_neighbor": NearestNeighbor(dim=4, labels=3, flips=1),
+    "dyck_substitute": BoundedDyck("substitute"),
+    "dyck_swap": BoundedDyck("swap"),
+    "string_equality": StringEquality(max_differences=2),
+}
+
+
+def brute_force_dyck(brackets: list[int], max_depth: int = 2) -> bool:
+    """Membership by rewriting: delete adjacent matched pairs until nothing changes; depth checked
+    separately as the running count of open brackets (an independent recogniser)."""
+    depth = 0
+    for token in brackets:
+        depth += 1 if token in (0, 2) else -1
+        if depth > max_depth or depth < 0:
+            return False
+    word = list(brackets)
+    while True:
+        for i in range(len(word) - 1):
+            if (word[i], word[i + 1]) in ((0, 1), (2, 3)):
+                del word[i:i + 2]
+                break
+        else:
+            return not word
+
+
+def oracle(name: str, task: ClassificationTask, tokens: np.ndarray) -> int:
+    """Each task's label from its definition, written independently of the generators."""
+    t = tokens.tolist()
+    if name == "index_lookup":
+        return t[t[-1] - 3]
+    if name == "nearest_neighbor":
+        dim, split = 4, len(t) - 5
+        query = t[split + 1:]
+        pairs = [t[i:i + dim + 1] for i in range(0, split, dim + 1)]
+        distances = [sum(a != b for a, b in zip(p[:dim], query, strict=True)) for p in pairs]
+        best = min(distances)
+        assert distances.count(best) == 1, "the nearest stored vector must be unique"
+        return pairs[distances.index(best)][dim] - 2
+    if name.startswith("dyck"):
+        assert t[-1] == END
+        return int(brute_force_dyck(t[:-1]))
+    n = (len(t) - 2) // 2
+    assert t[n] == 2 and t[-1] == 3  # SEP, END
+    return int(t[:n] == t[n + 1:2 * n + 1])
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_labels_match_a_brute_force_oracle_and_the_format(name: str) -> None:
+    task = TASKS[name]
+    rng = np.random.default_rng(0)
+    labels = []
+    for size in (2, 4, 6):
+        for _ in range(150):
+            tokens, label = task.sample(size, rng)
+            assert tokens.dtype == np.int64 and tokens.min() >= 0 and tokens.max() < task.vocab_size(6)
+            expected_steps = {"index_lookup": size + 1, "nearest_neighbor": size * 5 + 5,
+                              "string_equality": 2 * size + 2}.get(name, size + 1)
+            assert len(tokens) == expected_steps
+            assert label == oracle(name, task, tokens) == task.label(tokens)
+            labels.append(label)
+    counts = np.bincount(labels, minlength=task.classes)
+    assert (counts > 0.15 * len(labels) / task.classes).all(), counts  # every class occurs, none dominates
+
+
+def test_dyck_recogniser_agrees_with_brute_force_on_every_short_string() -> None:
+    members = 0
+    for n in (2, 4, 6):
+        for word in itertools.product(range(4), repeat=n):
+            member = is_member(word)
+            assert member == brute_force_dyck(list(word)), word
+            members += member
+    assert members == 2 + 8 + 32  # depth <= 2: 2, 8, 32 words of lengths 2, 4, 6
+    assert [completions(6, 2)[n][0] for n in (2, 4, 6)] == [2, 8, 32]
+    assert not is_member([0, 2, 0, 1, 3, 1])  # depth 3 is out of Dyck-(2, 2)
+
+
+@pytest.mark.parametrize("negative", ["substitute", "swap"])
+def test_dyck_negatives_are_same_length_near_misses_outside_the_language(negative: str) -> None:
+    task = BoundedDyck(negative)
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        word = task.positive(10, rng)
+        assert is_member(word)
+        miss = task.near_miss(word, rng)
+        assert len(miss) == len(word) and not brute_force_dyck(miss.tolist())
+        changed = int((miss != word).sum())
+        if negative == "substitute":
+            assert changed == 1
+        else:  # two symbols exchanged: the same multiset of brackets
+            assert changed == 2 and sorted(miss.tolist()) == sorted(word.tolist())
+
+
+def test_dyck_positives_are_uniform_over_the_words() -> None:
+    rng = np.random.default_rng(2)
+    draws = [tuple(BoundedDyck().positive(4, rng).tolist()) for _ in range(4000)]
+    counts = np.array(list({w: draws.count(w) for w in set(draws)}.values()))
+    assert len(counts) == 8 and counts.min() > 400 and counts.max() < 600  # 500 expected each
+
+
+def test_string_equality_negatives_differ_in_few_positions() -> None:
+    task = StringEquality(max_differences=2)
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        tokens, label = task.sample(12, rng)
+        first, second = tokens[:12], tokens[13:25]
+        differences = int((first != second).sum())
+        assert (differences == 0) == bool(label) and differences <= 2
+
+
+def _keys(dataset) -> list[bytes]:
+    return [dataset[i][0].numpy().tobytes() for i in range(len(dataset))]
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_splits_are_disjoint_and_training_draws_are_fresh_or_fixed(fresh: bool) -> None:
+    # Dyck of length 6 has only 32 members: collisions between splits are certain unless avoided
+    dm = ClassificationDataModule(BoundedDyck(), length=6, min_length=4, test_lengths=[6, 8], num_train=200,
+                                  fresh_train=fresh, num_val=20, num_test=20, seed=5, batch_size=10)
+    dm.setup()
+    val, test = _keys(dm.val_set), _keys(dm.test_set)
+    assert len(set(val)) == 20 and len(set(test)) == 40 and not set(val) & set(test)
+    loader = dm.train_dataloader()
+    epochs = []
+    for epoch in range(2):
+        loader.sampler.set_epoch(epoch)  # what Lightning does before every epoch
+        keys = []
+        for batch in loader:
+            for row, length in zip(batch.inputs, batch.lengths.tolist(), strict=True):
+                keys.append(row[:length].numpy().tobytes())
+        epochs.append(keys)
+    for keys in epochs:
+        assert len(keys) == 200 and not set(keys) & (set(val) | set(test))
+    if fresh:  # new draws: the two epochs are different sequences of examples
+        assert epochs[0] != epochs[1]
+    else:  # the same examples, reshuffled
+        assert sorted(epochs[0]) == sorted(epochs[1]) and epochs[0] != epochs[1]
+
+
+def test_batches_score_only_the_last_step_and_carry_sizes() -> None:
+    dm = ClassificationDataModule(IndexLookup(symbols=4), length=5, min_length=3, test_lengths=[5, 9],
+                                  num_train=32, num_val=16, num_test=16, batch_size=8, eval_batch_size=32)
+    assert dm.spec.classes == 4 and dm.spec.dim == 4 + 9 and dm.spec.output_dim == 4
+    dm.setup()
+    batch = next(iter(dm.test_dataloader()))
+    assert batch.sizes.tolist() == [5] * 16 + [9] * 16
+    assert batch.lengths.tolist() == [6] * 16 + [10] * 16
+    last = batch.lengths - 1
+    rows = torch.arange(32)
+    assert torch.equal(batch.targets[rows, last], batch.labels)
+    scored = batch.scored
+    assert scored.sum().item() == 32 and torch.equal(scored[rows, last], torch.ones(32))
+    unlabelled = batch.mask.bool() & ~scored.bool()
+    assert (batch.targets[unlabelled] == IGNORE_TARGET).all()
+    # the label is the symbol at the queried position
+    query = batch.inputs[rows, last] - 4
+    assert torch.equal(batch.inputs[rows, query], batch.labels)
+
+
+def test_same_seed_same_sets_other_seed_other_sets() -> None:
+    def sets(seed: int) -> tuple[list[bytes], list[bytes]]:
+        dm = ClassificationDataModule(StringEquality(), length=8, num_train=4, num_val=10, num_test=10, seed=seed)
+        dm.setup()
+        return _keys(dm.val_set), _keys(dm.train_set)
+
+    assert sets(0) == sets(0)
+    assert sets(0)[0] != sets(1)[0] and sets(0)[1] != sets(1)[1]
+
+
+def test_impossible_sizes_and_too_small_tasks_are_clear_errors() -> None:
+    with pytest.raises(ValueError, match=r"data\.length / data\.min_length: size 5 .* even length"):
+        ClassificationDataModule(BoundedDyck(), length=5)
+    with pytest.raises(ValueError, match=r"data\.test_lengths: size 9"):
+        ClassificationDataModule(NearestNeighbor(dim=4), length=4, test_lengths=[9])
+    with pytest.raises(ValueError, match=r"data\.min_length"):
+        ClassificationDataModule(IndexLookup(), length=4, min_length=6)
+    dm = ClassificationDataModule(BoundedDyck(), length=4, num_val=20, num_test=20)
+    with pytest.raises(ValueError, match="too few distinct sequences"):
+        dm.setup()

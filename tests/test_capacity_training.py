@@ -1,0 +1,117 @@
+"""Capacity experiments end to end: tiny models learn an easy instance, train.py writes the
+accuracy per test length, sweep=capacity composes, and the report draws the heatmaps."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from zf_lightning.data.synthetic import ClassificationDataModule, IndexLookup
+from zf_lightning.lit import SequenceLitModule
+from zf_lightning.lit.module import EVAL_WEIGHTS
+from zf_lightning.models import LRU, RNN, CategoricalHead, Transformer
+from zf_lightning.runs.pipeline import CONF_DIR
+from zf_lightning.sweeps.heatmap import capacity_grid, capacity_headline, heatmap_tables
+from zf_lightning.sweeps.report import HEADLINE, Job, build_report
+
+BUILDERS = {
+    "rnn": lambda spec: RNN(spec, CategoricalHead, emb_dim=16, rnn_dim=32),
+    "transformer": lambda spec: Transformer(spec, CategoricalHead, d_model=32, layers=1, heads=2),
+    "lru": lambda spec: LRU(spec, CategoricalHead, d_model=32, layers=1),
+}
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_tiny_models_learn_a_short_index_lookup(name: str) -> None:
+    """4 symbols, N = 4: chance is 0.25; 400 updates (about a second) reach at least 0.95 on test
+    sequences none of which was trained on."""
+    torch.manual_seed(0)
+    dm = ClassificationDataModule(IndexLookup(symbols=4), length=4, num_train=32 * 400, num_val=100, num_test=100,
+                                  batch_size=32, eval_batch_size=100)
+    dm.setup()
+    lit = SequenceLitModule(BUILDERS[name](dm.spec), dm.spec, optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
+    optimizer = lit.configure_optimizers()
+    lit.eval()
+    lit.test_step(next(iter(dm.test_dataloader())), 0)
+    before = lit.epoch_metrics("test")["test/acc"]
+    lit.reset_epoch_metrics("test")
+    lit.train()
+    for batch in dm.train_dataloader():
+        loss, _ = lit.objective(batch, EVAL_WEIGHTS)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    lit.eval()
+    with torch.no_grad():
+        lit.test_step(next(iter(dm.test_dataloader())), 0)
+    after = lit.epoch_metrics("test")
+    assert before < 0.5
+    assert after["test/acc"] >= 0.95 and after["test/acc_len4"] == after["test/acc"]
+    assert after["test/pred_nll"] < 0.3
+
+
+@pytest.mark.parametrize("model", ["rnn", "transformer", "lru", "zforcing"])
+def test_train_writes_accuracy_per_test_length(compose_train: Callable[..., DictConfig], tmp_path: Path,
+                                              model: str) -> None:
+    from zf_lightning.runs.pipeline import train
+
+    cfg = compose_train(
+        "data=index_lookup", f"model={model}", "+width=16", "logger=csv", "trainer.max_steps=4",
+        "trainer.enable_progress_bar=false", "data.length=4", "data.test_lengths=[4,7]", "data.num_train=64",
+        "data.num_val=32", "data.num_test=32", "data.batch_size=16", "lit.class_samples=3", tiny=False,
+    )
+    assert cfg.model.get("rnn_dim", cfg.model.get("d_model")) == 16  # `width` sets every model's width
+    train(cfg)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    assert metrics["test/acc"] == pytest.approx((metrics["test/acc_len4"] + metrics["test/acc_len7"]) / 2)
+    assert metrics["test/pred_nll"] > 0 and "val/acc" in metrics
+
+
+def test_capacity_sweep_composes_and_the_data_can_be_chosen(compose_train: Callable[..., DictConfig]) -> None:
+    cfg = compose_train("sweep=capacity", tiny=False)
+    assert cfg.data.task._target_.endswith("IndexLookup") and cfg.width == 32 and cfg.model.rnn_dim == 32
+    params = OmegaConf.load(CONF_DIR / "sweep" / "capacity.yaml").hydra.sweeper.params
+    assert set(params) == {"model", "width", "data.length"}
+    assert params.model.split(",") == ["rnn", "lru", "transformer", "zforcing"]
+    cfg = compose_train("sweep=capacity", "data=dyck", "model=lru", "width=24", tiny=False)
+    assert cfg.data.task._target_.endswith("BoundedDyck") and cfg.model.d_model == 24
+
+
+def _job(model: str, width: int, length: int, acc: float, seed: int = 1, ok: bool = True) -> Job:
+    overrides = {"model": model, "width": str(width), "data.length": str(length), "seed": str(seed)}
+    metrics = {"test/acc": acc, "test/elbo": -1.0} if ok else {}
+    return Job(name=f"{model}-{width}-{length}-{seed}", overrides=overrides, status="completed" if ok else "failed",
+               metrics=metrics)
+
+
+def test_report_draws_accuracy_heatmaps_per_model(tmp_path: Path) -> None:
+    jobs = [_job("rnn", w, n, acc=min(1.0, w / n / 2)) for w in (8, 16) for n in (8, 32)]
+    jobs += [_job("transformer", w, n, acc=0.9) for w in (8, 16) for n in (8, 32)]
+    jobs += [_job("transformer", 8, 8, acc=0.7, seed=2), _job("rnn", 8, 32, acc=0.0, seed=2, ok=False)]
+    grid = capacity_grid(jobs)
+    assert set(grid) == {"rnn", "transformer"}
+    assert grid["rnn"][(8, 32)] == [0.125]  # the failed seed is left out
+    assert grid["transformer"][(8, 8)] == [0.9, 0.7]
+    table = "\n".join(heatmap_tables(grid))
+    assert "| 8 | 0.800 (n=2) | 0.900 |" in table and "| 16 | 1.000 | 0.250 |" in table
+    build_report(jobs, tmp_path, "capacity")
+    report = (tmp_path / "report.md").read_text()
+    assert (tmp_path / "heatmap.png").stat().st_size > 1000
+    assert "## Capacity heatmaps" in report and "![test/acc" in report
+    assert "## test/acc" in report  # classification sweeps lead with accuracy
+    assert capacity_headline(jobs, "test/elbo", HEADLINE) == "test/acc"
+    assert capacity_headline(jobs, "test/nll", HEADLINE) == "test/nll"  # an explicit choice wins
+
+
+def test_sweeps_without_width_and_length_get_no_heatmap(tmp_path: Path) -> None:
+    jobs = [Job(name=str(s), overrides={"ablation": a, "seed": str(s)}, status="completed",
+                metrics={"test/elbo": -float(s)}) for a in ("plain", "kla") for s in (1, 2)]
+    build_report(jobs, tmp_path, "ablation")
+    assert not (tmp_path / "heatmap.png").exists()
+    assert "heatmap" not in (tmp_path / "report.md").read_text()

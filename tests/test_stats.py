@@ -1,0 +1,118 @@
+"""Paired statistics of a study (issue 14): t-intervals with known values, verdicts that follow the
+interval, the report's paired section on made-up job folders with known answers (a difference
+that must come out significant, one that must not, a missing seed, a failed job), and a
+report rebuilt from jobs.csv / curves.csv alone."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from tests.test_report import make_job
+from zf_lightning.sweeps.report import main, read_jobs_csv, write_report
+from zf_lightning.sweeps.stats import (
+    BETTER,
+    NO_DIFFERENCE,
+    WORSE,
+    higher_is_better,
+    paired_difference,
+    t_interval,
+)
+
+
+def test_t_interval_matches_the_textbook_values() -> None:
+    mean, se, low, high = t_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and se == pytest.approx(1 / math.sqrt(3))
+    # t(0.975, 2 dof) = 4.302653
+    assert (low, high) == pytest.approx((2 - 4.302653 / math.sqrt(3), 2 + 4.302653 / math.sqrt(3)), abs=1e-5)
+    assert all(math.isnan(v) for v in t_interval([5.0])[1:])
+
+
+def test_a_consistent_difference_is_significant_and_a_noisy_one_is_not() -> None:
+    base = {"1": 10.0, "2": 20.0, "3": 30.0}
+    shifted = {"1": 12.0, "2": 22.1, "3": 31.9}  # +2 on every seed despite large seed effects
+    diff = paired_difference(base, shifted, higher_is_better=True)
+    assert diff.n == 3 and diff.mean == pytest.approx(2.0) and diff.low > 0 and diff.verdict == BETTER
+    assert paired_difference(base, shifted, higher_is_better=False).verdict == WORSE
+    noisy = {"1": 15.0, "2": 16.0, "3": 33.0}  # +5, -4, +3
+    assert paired_difference(base, noisy, higher_is_better=True).verdict == NO_DIFFERENCE
+
+
+def test_only_shared_seeds_are_paired_and_one_pair_cannot_tell() -> None:
+    diff = paired_difference({"1": 1.0, "2": 2.0, "3": 3.0}, {"2": 5.0, "4": 9.0}, higher_is_better=True)
+    assert diff.seeds == ("2",) and diff.mean == 3.0 and math.isnan(diff.low)
+    assert diff.verdict.startswith("cannot tell")
+
+
+def test_which_metrics_grow_with_quality() -> None:
+    assert higher_is_better("test/elbo") and higher_is_better("test/iwae_100") and higher_is_better("test/acc")
+    assert not higher_is_better("test/neg_elbo") and not higher_is_better("test/ppl")
+    assert not higher_is_better("test/bpd")
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> Path:
+    """Rows with known answers against the baseline 'Z-Forcing + kla' (seeds 1-4):
+    aux is better by 3 nats on every seed (significant), plain differs by noise (not
+    significant), kla_aux lacks seed 4 and its seed-3 job failed."""
+    sweep = tmp_path / "sweep"
+    base = {1: -100.0, 2: -90.0, 3: -110.0, 4: -95.0}
+    offsets = {"kla": {s: 0.0 for s in base}, "aux": {1: 3.0, 2: 3.1, 3: 2.9, 4: 3.0},
+               "plain": {1: 4.0, 2: -5.0, 3: 1.0, 4: -1.0}, "kla_aux": {1: 1.0, 2: 1.2, 3: 0.0}}
+    num = 0
+    for ablation, by_seed in offsets.items():
+        for seed, offset in by_seed.items():
+            overrides = [f"ablation={ablation}", f"seed={seed}"]
+            if ablation == "kla_aux" and seed == 3:
+                make_job(sweep, num, overrides, None, status="failed", error="RuntimeError: boom")
+            else:
+                elbo = base[seed] + offset
+                job = make_job(sweep, num, overrides, {"test/elbo": elbo, "test/kl": 2.0},
+                               curve=[(100, elbo - 10, 1.0), (200, elbo - 1, 1.0), (300, elbo, 1.0)],
+                               config={"model": {"_target_": "zf_lightning.models.ZForcing"}})
+                status = (job / "status.json").read_text().replace('"completed"', '"completed", "stop_reason": '
+                                                                    '"converged", "updates": 300, "best_step": 300')
+                (job / "status.json").write_text(status)
+            num += 1
+    return sweep
+
+
+def paired_rows(report: str) -> dict[str, list[str]]:
+    section = report.split("## Paired differences", 1)[1].split("\n## ", 1)[0]
+    return {cells[0]: cells for line in section.splitlines() if line.startswith("| Z-Forcing")
+            for cells in [[c.strip() for c in line.strip("|").split("|")]]}
+
+
+def test_the_report_gives_paired_differences_with_known_answers(study: Path) -> None:
+    write_report(study, baseline="Z-Forcing + kla")
+    rows = paired_rows((study / "report.md").read_text())
+    assert set(rows) == {"Z-Forcing + aux", "Z-Forcing", "Z-Forcing + kla, aux"}
+    assert rows["Z-Forcing + aux"][1:3] == ["4", "+3.00"] and rows["Z-Forcing + aux"][-1] == BETTER
+    assert rows["Z-Forcing"][1] == "4" and rows["Z-Forcing"][-1] == NO_DIFFERENCE
+    # seed 4 never ran and seed 3 failed: two pairs are left
+    assert rows["Z-Forcing + kla, aux"][1:3] == ["2", "+1.10"]
+    text = (study / "report.md").read_text()
+    assert "| Z-Forcing + aux | 4 | converged: 4 | 300 [300–300] | 300 |" in text
+
+
+def test_an_unknown_baseline_is_a_clear_error(study: Path) -> None:
+    with pytest.raises(ValueError, match="baseline row 'VRNN' is not among the rows"):
+        write_report(study, baseline="VRNN")
+
+
+def test_the_report_rebuilds_from_jobs_csv_and_curves_csv_alone(study: Path, tmp_path: Path) -> None:
+    committed = tmp_path / "results"
+    write_report(study, committed, baseline="Z-Forcing + kla")
+    rebuilt = tmp_path / "rebuilt"
+    rebuilt.mkdir()
+    for name in ("jobs.csv", "curves.csv"):
+        (rebuilt / name).write_bytes((committed / name).read_bytes())
+    assert main([str(rebuilt), "--baseline", "Z-Forcing + kla"]) == 0
+    original = (committed / "report.md").read_text().split("\n", 1)[1]
+    assert (rebuilt / "report.md").read_text().split("\n", 1)[1] == original
+    jobs = read_jobs_csv(rebuilt)
+    assert len(jobs) == 15 and sum(not j.ok for j in jobs) == 1
+    assert jobs[0].curves["val/elbo"] == [(100, -110.0), (200, -101.0), (300, -100.0)]
+    assert jobs[0].info["stop_reason"] == "converged" and jobs[0].seed == "1"

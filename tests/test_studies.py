@@ -1,0 +1,80 @@
+"""Runs that end when they have learned (issue 14): early stopping records why a run stopped
+and where its best checkpoint was; completed jobs of a study are not run again; every study
+config composes and its first updates run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SHARED_DATA, TINY
+from zf_lightning.runs.pipeline import CONF_DIR, compose_config, train
+from zf_lightning.runs.stopping import CONVERGED, MAX_STEPS
+
+STUDIES = sorted(p.stem for p in (CONF_DIR / "study").glob("*.yaml"))
+VALIDATE_EVERY_5 = ["trainer.val_check_interval=5", "trainer.check_val_every_n_epoch=null", "trainer.max_epochs=-1"]
+
+
+def run(tmp_path: Path, *overrides: str) -> tuple[dict, dict]:
+    cfg = compose_config("train", [f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}",
+                                   *TINY, "samples.num=0", *overrides])
+    metrics = train(cfg)
+    return metrics, json.loads((tmp_path / "status.json").read_text())
+
+
+@pytest.mark.slow
+def test_early_stopping_ends_a_flat_run_and_says_so(tmp_path: Path) -> None:
+    # lr 0: the validation bound moves only by posterior-sampling noise, far below min_delta, so
+    # patience 2 ends the run at the third validation
+    metrics, status = run(tmp_path, "callbacks=early_stopping", "callbacks.early_stopping.patience=2",
+                          "callbacks.early_stopping.min_delta=1000", "optim.optimizer.lr=0.0", "trainer.max_steps=200",
+                          *VALIDATE_EVERY_5)
+    assert status["stop_reason"] == metrics["stop_reason"] == CONVERGED
+    assert status["updates"] == metrics["train/updates"] == 15
+    # the best checkpoint is one of the validated updates (noise decides which)
+    assert status["best_step"] == metrics["best/step"] and status["best_step"] in (5, 10, 15)
+    assert status["code"]["commit"] and status["machine"]["cpus"] >= 1
+
+
+@pytest.mark.slow
+def test_min_steps_holds_early_stopping_back_and_the_cap_is_recorded(tmp_path: Path) -> None:
+    _, status = run(tmp_path, "callbacks=early_stopping", "callbacks.early_stopping.patience=1",
+                    "callbacks.early_stopping.min_delta=1000", "optim.optimizer.lr=0.0", "trainer.max_steps=20",
+                    "trainer.min_steps=20", *VALIDATE_EVERY_5)
+    # early stopping wanted to stop at update 10; the cap it ran into is what ended the run
+    assert status["stop_reason"] == MAX_STEPS and status["updates"] == 20
+
+
+@pytest.mark.slow
+def test_a_completed_job_is_not_run_again_with_skip_completed(tmp_path: Path) -> None:
+    first, _ = run(tmp_path, "trainer.max_steps=5")
+    stamp = (tmp_path / "metrics.json").stat().st_mtime_ns
+    again, status = run(tmp_path, "trainer.max_steps=10", "skip_completed=true")
+    assert again == json.loads((tmp_path / "metrics.json").read_text())
+    assert again["test/elbo"] == first["test/elbo"] and status["updates"] == 5
+    assert (tmp_path / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_there_are_studies() -> None:
+    assert "fsdd_ablation" in STUDIES
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("study", STUDIES)
+def test_each_study_composes_and_its_first_updates_run(study: str, tmp_path: Path) -> None:
+    cfg = compose_config("train", [f"study={study}", f"paths.output_dir={tmp_path}"], return_hydra_config=True)
+    assert cfg.hydra.sweep.dir.endswith(f"studies/{study}") and cfg.study.results_dir == f"results/{study}"
+    assert cfg.skip_completed and cfg.continue_on_failure and cfg.torch_threads == 1
+    assert cfg.trainer.max_steps > 0 and cfg.callbacks.early_stopping.patience > 0
+    root = cfg.data.get("root")
+    if root is not None and str(root).startswith("../shared") and not SHARED_DATA.is_dir():
+        pytest.skip(f"{study} reads {root}, which is not on this machine")
+    tiny = ["model.emb_dim=8", "model.rnn_dim=8", "model.z_dim=2", "model.mlp_dim=8", "trainer.max_steps=2",
+            "trainer.min_steps=null", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
+            "trainer.val_check_interval=1", "logger=csv", "analysis=none", "samples.num=0"]
+    cfg = compose_config("train", [f"study={study}", f"paths.output_dir={tmp_path}",
+                                   f"paths.cache_dir={tmp_path / 'cache'}", *tiny])
+    metrics = train(cfg)
+    assert metrics["train/updates"] == 2 and metrics["stop_reason"] == MAX_STEPS

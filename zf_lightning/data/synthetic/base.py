@@ -1,0 +1,267 @@
+"""What every synthetic classification task shares: the task interface, the seeded and
+disjoint train / validation / test sets, and the data module.
+
+An example is a token sequence whose label is the target of its last step; every other step's
+target is ``IGNORE_TARGET`` (scores nothing). Each example has a *size* (the task's length
+knob, e.g. the N of index lookup), reported per test size as ``test/acc_len<size>``.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from zf_lightning.data.base import SequenceDataModule, pad_collate
+from zf_lightning.types import IGNORE_TARGET, DataSpec, SequenceBatch
+
+log = logging.getLogger(__name__)
+
+# numpy SeedSequence entropy [seed, stream, ...]: the splits never share a random stream
+_TRAIN_STREAM, _VAL_STREAM, _TEST_STREAM = 1, 2, 3
+# draws allowed per wanted example before a set is declared impossible (too few distinct sequences)
+_ATTEMPTS_PER_EXAMPLE = 50
+
+# (tokens [T] int64, label, size)
+Example = tuple[np.ndarray, int, int]
+# (inputs [T], targets [T], label, size)
+ClassificationItem = tuple[Tensor, Tensor, int, int]
+
+
+class ClassificationTask(ABC):
+    """A family of labelled token sequences indexed by a size.
+
+    ``sample`` builds an example so that its label is known by construction; ``label`` is an
+    independent brute-force oracle that recomputes it from the tokens (the tests hold the two
+    equal).
+    """
+
+    classes: int
+
+    @abstractmethod
+    def vocab_size(self, max_size: int) -> int:
+        """Input tokens needed for sizes up to ``max_size``."""
+
+    @abstractmethod
+    def sample(self, size: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        """One example of this size: int64 tokens ``[T]`` and its label in ``[0, classes)``."""
+
+    @abstractmethod
+    def label(self, tokens: np.ndarray) -> int:
+        """The label of a token sequence, recomputed by brute force from its definition."""
+
+    def check_size(self, size: int) -> str | None:
+        """Why a size is impossible for this task, or None when it is fine."""
+        return None if size >= 1 else "sizes must be >= 1"
+
+
+def draw_unique(task: ClassificationTask, sizes: Sequence[int], count: int, rng: np.random.Generator,
+                exclude: set[bytes], what: str) -> list[Example]:
+    """``count`` distinct examples (sizes drawn uniformly from ``sizes``), none of them in
+    ``exclude``, with the classes as balanced as ``count`` allows (uniqueness alone would skew
+    small sizes towards the class with more distinct sequences). Their keys are added to
+    ``exclude`` so later sets stay disjoint."""
+    quota = [count // task.classes + (c < count % task.classes) for c in range(task.classes)]
+    out: list[Example] = []
+    for _ in range(_ATTEMPTS_PER_EXAMPLE * count + 100):
+        if len(out) == count:
+            return out
+        size = int(rng.choice(sizes))
+        tokens, label = task.sample(size, rng)
+        key = tokens.tobytes()
+        if quota[label] > 0 and key not in exclude:
+            exclude.add(key)
+            quota[label] -= 1
+            out.append((tokens, label, size))
+    if len(out) == count:
+        return out
+    raise ValueError(
+        f"could not draw {count} distinct, class-balanced {what} sequences of size {sorted(set(sizes))} for "
+        f"{type(task).__name__} (found {len(out)}): there are too few distinct sequences of that size; "
+        "lower data.num_val / data.num_test or raise data.length / data.test_lengths"
+    )
+
+
+def as_item(example: Example) -> ClassificationItem:
+    """Tokens as inputs; the label is the last step's target, every other step scores nothing."""
+    tokens, label, size = example
+    inputs = torch.from_numpy(tokens.astype(np.int64))
+    targets = torch.full_like(inputs, IGNORE_TARGET)
+    targets[-1] = label
+    return inputs, targets, label, size
+
+
+def classification_collate(items: Sequence[ClassificationItem]) -> SequenceBatch:
+    """Pad like every other data module, and carry each sequence's size."""
+    batch = pad_collate([(x, y, label) for x, y, label, _ in items])
+    return replace(batch, sizes=torch.as_tensor([size for *_, size in items], dtype=torch.long))
+
+
+class FixedSet(Dataset):
+    """A list of examples drawn once (validation, test, a fixed training set)."""
+
+    def __init__(self, examples: list[Example]) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> ClassificationItem:
+        return as_item(self.examples[index])
+
+
+class DrawnSet(Dataset):
+    """Training examples generated on demand: draw ``k`` comes from its own random stream
+    ``[seed, train, k]``, so any draw is reproducible without storing it. Draws that hit a
+    validation or test sequence are redrawn from the same stream (the splits stay disjoint).
+    ``len`` is the number of draws per epoch; ``DrawSampler`` says which draws an epoch uses."""
+
+    def __init__(self, task: ClassificationTask, sizes: Sequence[int], draws_per_epoch: int, seed: int,
+                 exclude: set[bytes]) -> None:
+        self.task = task
+        self.sizes = list(sizes)
+        self.draws_per_epoch = draws_per_epoch
+        self.seed = seed
+        self.exclude = exclude
+
+    def __len__(self) -> int:
+        return self.draws_per_epoch
+
+    def example(self, draw: int) -> Example:
+        rng = np.random.default_rng([self.seed, _TRAIN_STREAM, draw])
+        for _ in range(_ATTEMPTS_PER_EXAMPLE):
+            size = int(rng.choice(self.sizes))
+            tokens, label = self.task.sample(size, rng)
+            if tokens.tobytes() not in self.exclude:
+                return tokens, label, size
+        raise ValueError(
+            f"{type(self.task).__name__}: training draws keep hitting validation/test sequences; the task has "
+            "too few distinct sequences of these sizes (lower data.num_val / data.num_test or raise data.length)"
+        )
+
+    def __getitem__(self, draw: int) -> ClassificationItem:
+        return as_item(self.example(draw))
+
+
+class DrawSampler(Sampler[int]):
+    """Which training draws an epoch reads: ``fresh`` gives epoch e the new draws
+    ``[e n, (e + 1) n)``; otherwise the same ``n`` draws every epoch, shuffled per epoch.
+    Lightning calls ``set_epoch`` before every epoch, so a resumed run continues the sequence."""
+
+    def __init__(self, draws_per_epoch: int, fresh: bool, seed: int) -> None:
+        self.n = draws_per_epoch
+        self.fresh = fresh
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        if self.fresh:
+            return iter(range(self.epoch * self.n, (self.epoch + 1) * self.n))
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        return iter(order.tolist())
+
+
+class ClassificationDataModule(SequenceDataModule):
+    """Sequence classification on a synthetic task, generated from ``seed``.
+
+    Args:
+        task: the task (its own config node: format, alphabet, ...).
+        length: the largest training size (e.g. N symbols for index lookup).
+        min_length: the smallest training size (default ``length``: a fixed size); training and
+            validation sizes are uniform in ``[min_length, length]``.
+        test_lengths: one test set per size (default ``[length]``), reported as
+            ``test/acc_len<size>``; ``test/acc`` pools them. Sizes beyond ``length`` test
+            length generalization.
+        num_train: training draws per epoch.
+        fresh_train: true: every epoch draws new examples; false: the same ``num_train``
+            examples every epoch (a fixed training set).
+        num_val, num_test: validation examples, and test examples per test size (distinct,
+            and disjoint from each other and from every training draw).
+        seed: the data seed (not the training seed: keep the sets fixed across runs).
+    """
+
+    collate_fn = staticmethod(classification_collate)
+
+    def __init__(self, task: ClassificationTask, length: int = 16, min_length: int | None = None,
+                 test_lengths: Sequence[int] | None = None, num_train: int = 10_000, fresh_train: bool = True,
+                 num_val: int = 500, num_test: int = 500, seed: int = 0, batch_size: int = 64,
+                 eval_batch_size: int | None = None, num_workers: int = 0, pin_memory: bool = False) -> None:
+        super().__init__(batch_size, eval_batch_size, num_workers, pin_memory)
+        if not isinstance(task, ClassificationTask):
+            raise TypeError(f"data.task must build a ClassificationTask, got {type(task).__name__}")
+        min_length = length if min_length is None else min_length
+        if min_length > length:
+            raise ValueError(f"data.min_length ({min_length}) must be <= data.length ({length})")
+        self.test_sizes = [int(n) for n in (test_lengths if test_lengths is not None else [length])]
+        if not self.test_sizes:
+            raise ValueError("data.test_lengths must name at least one size (or be null for [data.length])")
+        for key, sizes in (("data.length / data.min_length", [min_length, length]),
+                           ("data.test_lengths", self.test_sizes)):
+            for size in sizes:
+                problem = task.check_size(int(size))
+                if problem is not None:
+                    raise ValueError(f"{key}: size {size} is impossible for {type(task).__name__}: {problem}")
+        if min(num_train, num_val, num_test) < 1:
+            raise ValueError("data.num_train, data.num_val and data.num_test must be >= 1")
+        self.task = task
+        self.train_sizes = [n for n in range(min_length, length + 1) if task.check_size(n) is None]
+        self.num_train, self.num_val, self.num_test = num_train, num_val, num_test
+        self.fresh_train = fresh_train
+        self.seed = seed
+        self.max_size = max([length, *self.test_sizes])
+        self._eval_sets: dict[str, list[Example]] | None = None
+        self._eval_keys: set[bytes] = set()
+
+    @property
+    def spec(self) -> DataSpec:
+        return DataSpec(kind="tokens", dim=self.task.vocab_size(self.max_size), unit="label", dims_per_step=1,
+                        classes=self.task.classes)
+
+    def eval_sets(self) -> dict[str, list[Example]]:
+        """Validation and test examples (drawn once; test sets per size after validation)."""
+        if self._eval_sets is None:
+            keys: set[bytes] = set()
+            sets = {"val": draw_unique(self.task, self.train_sizes, self.num_val,
+                                       np.random.default_rng([self.seed, _VAL_STREAM]), keys, "validation")}
+            test: list[Example] = []
+            for size in self.test_sizes:
+                rng = np.random.default_rng([self.seed, _TEST_STREAM, size])
+                test += draw_unique(self.task, [size], self.num_test, rng, keys, f"test (size {size})")
+            sets["test"] = test
+            self._eval_sets, self._eval_keys = sets, keys
+        return self._eval_sets
+
+    def setup(self, stage: str | None = None) -> None:
+        sets = self.eval_sets()
+        self.val_set = FixedSet(sets["val"])
+        self.test_set = FixedSet(sets["test"])
+        self.train_set = DrawnSet(self.task, self.train_sizes, self.num_train, self.seed, self._eval_keys)
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_set is None:
+            raise RuntimeError(f"{type(self).__name__}: the train split is not set up; call setup() first")
+        return DataLoader(self.train_set, batch_size=self.batch_size,
+                          sampler=DrawSampler(self.num_train, self.fresh_train, self.seed),
+                          num_workers=self.num_workers, pin_memory=self.pin_memory, collate_fn=self.collate_fn,
+                          persistent_workers=self.num_workers > 0)
+
+    def sample_length(self) -> int:
+        return 1  # nothing worth generating: see write_samples
+
+    def write_samples(self, samples: Tensor, directory: Path, prefix: str = "samples") -> list[Path]:
+        """Nothing: a generative sampler would feed class ids back as input tokens, which means nothing."""
+        log.info("classification data: prior samples are not written")
+        return []

@@ -1,0 +1,37 @@
+"""What the models without latent variables share (LSTM, Transformer, LRU): each computes one
+state per step from the inputs seen so far, and the output head reads it. So their ``nll`` is
+the exact log-likelihood, ``kl`` is 0, and class probabilities need no sampling."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from zf_lightning.models.common import mask_terms
+from zf_lightning.models.heads import OutputHead
+from zf_lightning.types import DataSpec, PredictsClasses, SequenceBatch, StepTerms
+
+
+class DeterministicModel(nn.Module, PredictsClasses):
+    """Base class: subclasses build ``spec``, ``output_head`` and ``states(inputs)``.
+
+    ``states(inputs)[:, t]`` may read ``inputs[:, :t + 1]`` only (causal), so padding at the
+    end of a sequence never changes its real steps and no packing or key mask is needed.
+    """
+
+    spec: DataSpec
+    output_head: OutputHead
+
+    def states(self, inputs: Tensor) -> Tensor:
+        """``[B, T, H]`` states, step t computed from inputs up to t."""
+        raise NotImplementedError
+
+    def forward(self, batch: SequenceBatch) -> StepTerms:
+        nll = self.output_head.nll(self.output_head(self.states(batch.inputs)), batch.targets)
+        return mask_terms(StepTerms.with_zeros(nll), batch.mask)
+
+    def predict_proba(self, batch: SequenceBatch, samples: int = 1) -> Tensor:
+        """Class probabilities ``[B, T, C]`` from the inputs alone (``samples`` is unused: no latents)."""
+        if self.spec.classes is None:
+            raise ValueError(f"{type(self).__name__}.predict_proba needs classification data (DataSpec.classes)")
+        return torch.softmax(self.output_head(self.states(batch.inputs)), dim=-1)

@@ -1,0 +1,128 @@
+"""Accuracy heatmaps of a capacity sweep (``sweep=capacity``): one panel per model, width on
+one axis and task length on the other, each cell the mean test accuracy over seeds; plus the
+same numbers as markdown tables. Jobs are read by the report; this module only needs their
+overrides and metrics, so any sweep over these keys gets the picture.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Protocol
+
+PANEL_KEY = "model"
+WIDTH_KEY = "width"
+LENGTH_KEY = "data.length"
+ACCURACY = "test/acc"
+
+# panel -> (width, length) -> accuracies of the jobs (one per seed)
+Grid = dict[str, dict[tuple[int, int], list[float]]]
+
+
+class SweepJob(Protocol):
+    """What a heatmap reads from a job (the report's ``Job``)."""
+
+    overrides: dict[str, str]
+    metrics: dict[str, float]
+
+    @property
+    def ok(self) -> bool: ...
+
+
+def _as_int(value: str | None) -> int | None:
+    try:
+        return int(float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def capacity_grid(jobs: Iterable[SweepJob], metric: str = ACCURACY) -> Grid:
+    """Group finished jobs that set both a width and a length by model; empty when none does."""
+    grid: Grid = {}
+    for job in jobs:
+        width, length = _as_int(job.overrides.get(WIDTH_KEY)), _as_int(job.overrides.get(LENGTH_KEY))
+        value = job.metrics.get(metric, math.nan)
+        if not job.ok or width is None or length is None or not math.isfinite(value):
+            continue
+        panel = job.overrides.get(PANEL_KEY, "model")
+        grid.setdefault(panel, {}).setdefault((width, length), []).append(value)
+    return grid
+
+
+def _axes(cells: Mapping[tuple[int, int], list[float]]) -> tuple[list[int], list[int]]:
+    return sorted({w for w, _ in cells}), sorted({n for _, n in cells})
+
+
+def heatmap_tables(grid: Grid, metric: str = ACCURACY) -> list[str]:
+    """Markdown: per model, rows = widths, columns = lengths, cells = mean metric (n seeds when > 1)."""
+    lines: list[str] = []
+    for panel, cells in grid.items():
+        widths, lengths = _axes(cells)
+        lines += [f"### {PANEL_KEY}={panel}: {metric}", "",
+                  "| width \\ length | " + " | ".join(str(n) for n in lengths) + " |",
+                  "|---" * (len(lengths) + 1) + "|"]
+        for width in widths:
+            entries = []
+            for length in lengths:
+                values = cells.get((width, length), [])
+                text = f"{statistics.fmean(values):.3f}" if values else "–"
+                entries.append(text + (f" (n={len(values)})" if len(values) > 1 else ""))
+            lines.append(f"| {width} | " + " | ".join(entries) + " |")
+        lines.append("")
+    return lines
+
+
+def write_heatmaps(path: Path, grid: Grid, metric: str = ACCURACY) -> None:
+    """One panel per model: width (rows) x length (columns), colour = mean metric in [0, 1]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = list(grid)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False, layout="constrained")
+    image = None
+    for ax, panel in zip(axes[0], panels, strict=True):
+        cells = grid[panel]
+        widths, lengths = _axes(cells)
+        values = [[statistics.fmean(cells[(w, n)]) if (w, n) in cells else math.nan for n in lengths]
+                  for w in widths]
+        image = ax.imshow(values, vmin=0.0, vmax=1.0, cmap="viridis", origin="lower", aspect="auto")
+        for i, row in enumerate(values):
+            for j, value in enumerate(row):
+                if math.isfinite(value):
+                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                            color="black" if value > 0.6 else "white")
+        ax.set_xticks(range(len(lengths)), [str(n) for n in lengths])
+        ax.set_yticks(range(len(widths)), [str(w) for w in widths])
+        ax.set_xlabel("length")
+        ax.set_ylabel("width")
+        ax.set_title(f"{PANEL_KEY}={panel}")
+    if image is not None:
+        fig.colorbar(image, ax=axes[0].tolist(), label=metric, shrink=0.9)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def capacity_headline(jobs: Iterable[SweepJob], headline: str, default: str) -> str:
+    """Classification sweeps lead with accuracy unless another headline was asked for."""
+    done = [j for j in jobs if j.ok]
+    if headline == default and done and all(ACCURACY in j.metrics for j in done):
+        return ACCURACY
+    return headline
+
+
+def add_capacity_heatmaps(jobs: Iterable[SweepJob], out_dir: Path, report: Path, metric: str = ACCURACY) -> bool:
+    """Write ``heatmap.png`` and append the heatmap section to ``report`` when the sweep varies
+    width and length; returns whether it did."""
+    grid = capacity_grid(jobs, metric)
+    if not grid:
+        return False
+    write_heatmaps(out_dir / "heatmap.png", grid, metric)
+    section = ["## Capacity heatmaps", "", f"![{metric} by width and length, one panel per model](heatmap.png)", "",
+               *heatmap_tables(grid, metric)]
+    with report.open("a") as fh:
+        fh.write("\n" + "\n".join(section))
+    return True
