@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +49,7 @@ from zf_lightning.evaluation.estimators import log_weights  # noqa: E402
 from zf_lightning.models.heads import BernoulliHead, GaussianHead, OutputHead  # noqa: E402
 from zf_lightning.models.zforcing.model import ZForcing  # noqa: E402
 from zf_lightning.models.zforcing.reference import reference_forward  # noqa: E402
+from zf_lightning.runs.pipeline import compose_config  # noqa: E402
 from zf_lightning.types import DataSpec, SequenceBatch, StepTerms  # noqa: E402
 
 
@@ -72,9 +72,9 @@ TIMIT = Sizes("timit", emb_dim=512, rnn_dim=1024, z_dim=256, mlp_dim=512, batch=
 
 
 def mnist_sizes() -> Sizes:
-    """The repo's default MNIST run: model sizes from conf/model, data shape from conf/data."""
-    model = yaml.safe_load((ROOT / "conf/model/zforcing.yaml").read_text())
-    data = yaml.safe_load((ROOT / "conf/data/mnist.yaml").read_text())
+    """The repo's default MNIST run: model sizes and data shape from the composed default config."""
+    cfg = compose_config("train", ["paths.output_dir=unused"])
+    model, data = cfg.model, cfg.data
     side = data["downsample"] or 28
     per_step = data["pixels_per_step"]
     return Sizes(

@@ -49,6 +49,7 @@ class SequenceDataModule(L.LightningDataModule):
 
     def __init__(
         self,
+        *,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 0,

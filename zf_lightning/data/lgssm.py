@@ -195,7 +195,8 @@ class LgssmDataModule(SequenceDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
     ) -> None:
-        super().__init__(batch_size, eval_batch_size, num_workers, pin_memory)
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
+                         pin_memory=pin_memory)
         if min(state_dim, obs_dim, seq_len) < 1:
             raise ValueError("state_dim, obs_dim and seq_len must be >= 1")
         if min(num_train, num_val, num_test) < 1:

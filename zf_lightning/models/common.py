@@ -70,7 +70,7 @@ def mask_terms(terms: StepTerms, mask: Tensor) -> StepTerms:
 
 def check_head(head: nn.Module, spec: DataSpec) -> None:
     """Fail early, with the fix, when the output head cannot score this data's targets."""
-    accepts = getattr(head, "accepts", ())
+    accepts = head.accepts if isinstance(head, OutputHead) else ()
     if spec.output_kind not in accepts:
         raise ValueError(
             f"output head {type(head).__name__} models {', '.join(accepts) or 'nothing'} data, but the data "

@@ -30,11 +30,14 @@ class AudioDataModule(SequenceDataModule):
     once (rank 0 under Lightning); ``setup`` opens it, building it if nobody did.
     """
 
+    seq_frames: int = 40  # frames per training row; subclasses that cut rows set their own
+
     unit = "sequence"
 
     def __init__(
         self,
         root: str | os.PathLike[str],
+        *,
         sample_rate: int | None,
         frame_size: int = 200,
         downmix: bool = True,
@@ -45,7 +48,8 @@ class AudioDataModule(SequenceDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
     ) -> None:
-        super().__init__(batch_size, eval_batch_size, num_workers, pin_memory)
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
+                         pin_memory=pin_memory)
         if frame_size < 1:
             raise ValueError(f"frame_size must be positive, got {frame_size}")
         if sample_rate is not None and sample_rate < 1:
@@ -132,7 +136,7 @@ class AudioDataModule(SequenceDataModule):
             return max(1, int(np.median(self.train_set.steps())))
         if isinstance(self.train_set, StreamChunks):
             return self.train_set.seq_frames
-        return int(getattr(self, "seq_frames", 40))
+        return self.seq_frames
 
     def write_samples(self, samples: Tensor, directory: Path, prefix: str = "samples") -> list[Path]:
         """Write ``[N, T, frame_size]`` normalised frames as N WAV files plus one log-mel PNG.

@@ -83,8 +83,9 @@ class AudioFolderDataModule(AudioDataModule):
         pin_memory: bool = False,
     ) -> None:
         super().__init__(
-            root, sample_rate, frame_size, downmix, cache_dir, cache_next_to_data,
-            batch_size, eval_batch_size, num_workers, pin_memory,
+            root, sample_rate=sample_rate, frame_size=frame_size, downmix=downmix, cache_dir=cache_dir,
+            cache_next_to_data=cache_next_to_data, batch_size=batch_size, eval_batch_size=eval_batch_size,
+            num_workers=num_workers, pin_memory=pin_memory,
         )
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")

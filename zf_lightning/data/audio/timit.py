@@ -116,8 +116,9 @@ class TimitDataModule(AudioDataModule):
         pin_memory: bool = False,
     ) -> None:
         super().__init__(
-            root, sample_rate, frame_size, downmix, cache_dir, cache_next_to_data,
-            batch_size, eval_batch_size, num_workers, pin_memory,
+            root, sample_rate=sample_rate, frame_size=frame_size, downmix=downmix, cache_dir=cache_dir,
+            cache_next_to_data=cache_next_to_data, batch_size=batch_size, eval_batch_size=eval_batch_size,
+            num_workers=num_workers, pin_memory=pin_memory,
         )
         self.seq_frames = seq_frames
         self.val_fraction = val_fraction

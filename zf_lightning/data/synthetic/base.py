@@ -199,7 +199,8 @@ class ClassificationDataModule(SequenceDataModule):
                  test_lengths: Sequence[int] | None = None, num_train: int = 10_000, fresh_train: bool = True,
                  num_val: int = 500, num_test: int = 500, seed: int = 0, batch_size: int = 64,
                  eval_batch_size: int | None = None, num_workers: int = 0, pin_memory: bool = False) -> None:
-        super().__init__(batch_size, eval_batch_size, num_workers, pin_memory)
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
+                         pin_memory=pin_memory)
         if not isinstance(task, ClassificationTask):
             raise TypeError(f"data.task must build a ClassificationTask, got {type(task).__name__}")
         min_length = length if min_length is None else min_length
