@@ -55,7 +55,7 @@ def test_generated_labels_equal_brute_force(name: str) -> None:
         assert len(tokens) == size and 0 <= label < task.classes
         assert label == oracle(tokens.tolist()) == task.label(tokens)
         labels.add(label)
-    assert len(labels) > 2 or name == "parity" and labels == {0, 1}  # the labels really vary
+    assert len(labels) > 2 or (name == "parity" and labels == {0, 1})  # the labels really vary
 
 
 def test_known_labels() -> None:
@@ -182,5 +182,5 @@ def test_step_functions_match_the_parallel_states() -> None:
 
 
 def test_set_tasks_need_two_values() -> None:
-    with pytest.raises(ValueError, match="data.task.values"):
+    with pytest.raises(ValueError, match=r"data\.task\.values"):
         SetTask.__init__(SetMax.__new__(SetMax), 1)
