@@ -25,6 +25,7 @@ from zf_lightning.types import IGNORE_TARGET, DataSpec, PredictsClasses, Sequenc
 ORACLES = {  # each label from its definition, independently of the generators
     "sum": (SetSum(values=7, max_size=30), lambda t: sum(t)),
     "parity": (SetParity(), lambda t: t.count(1) % 2),
+    "sum_mod": (SetSum(values=7, modulus=5), lambda t: sum(t) % 5),
     "max": (SetMax(values=9), lambda t: max(t)),
     "unique": (SetUniqueCount(values=6), lambda t: len(set(t)) - 1),
 }
@@ -61,6 +62,7 @@ def test_generated_labels_equal_brute_force(name: str) -> None:
 def test_known_labels() -> None:
     assert SetSum(values=10, max_size=5).label(np.array([3, 4, 5])) == 12
     assert SetSum(values=10, max_size=5).classes == 46
+    assert SetSum(values=10, modulus=7).label(np.array([3, 4, 5, 9])) == 0 and SetSum(modulus=7).classes == 7
     assert SetParity().label(np.array([1, 1, 0, 1])) == 1
     assert SetMax(values=10).label(np.array([2, 9, 4])) == 9
     assert SetUniqueCount(values=10).label(np.array([2, 2, 5])) == 1
@@ -104,6 +106,16 @@ def test_mnist_sum_test_images_are_never_seen_in_training(mnist_sum: MnistSumDat
     test_ids = {int(i) for tokens, _, _ in mnist_sum.eval_sets()["test"] for i in tokens}
     assert train_ids <= pools["train"] and test_ids <= pools["test"]
     assert len(train_ids) > 100 and len(test_ids) > 100  # the pools are really drawn from
+
+
+def test_mnist_sum_modulo_labels() -> None:
+    task = MnistSumDataModule(length=2, test_lengths=[4], max_size=4, modulus=3, num_train=10, num_val=5,
+                              num_test=5).task
+    rng = np.random.default_rng(0)
+    for size in (1, 4) * 20:
+        tokens, label = task.for_split("test").sample(size, rng)
+        assert label == sum(int(task.digits[i]) for i in tokens) % 3 == task.label(tokens)
+    assert task.classes == 3
 
 
 def test_mnist_sum_batches_are_pixels_labelled_with_the_digit_sum(mnist_sum: MnistSumDataModule) -> None:

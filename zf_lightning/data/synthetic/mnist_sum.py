@@ -31,13 +31,15 @@ class MnistSum(ClassificationTask):
     """Sets of image ids drawn (with replacement) from one split's pool; label = sum of the digits.
 
     Args: digits: the digit of every image ``[N]``; pools: image ids per split (disjoint);
-    max_size: the largest set (fixes the classes ``0 .. 9 max_size``); split: the pool drawn.
+    max_size: the largest set (fixes the classes ``0 .. 9 max_size``); split: the pool drawn;
+    modulus: label the sum modulo it instead (``modulus`` classes, all occurring at every size).
     """
 
     balanced = False
     sets = True
 
-    def __init__(self, digits: np.ndarray, pools: dict[str, np.ndarray], max_size: int, split: str = "train") -> None:
+    def __init__(self, digits: np.ndarray, pools: dict[str, np.ndarray], max_size: int, split: str = "train",
+                 modulus: int | None = None) -> None:
         if split not in pools:
             raise ValueError(f"split must be one of {sorted(pools)}, got {split!r}")
         if max_size < 1:
@@ -45,28 +47,34 @@ class MnistSum(ClassificationTask):
         self.digits = digits
         self.pools = pools
         self.max_size = max_size
+        if modulus is not None and modulus < 2:
+            raise ValueError(f"data.modulus must be >= 2 (or null for the plain sum), got {modulus}")
         self.split = split
-        self.classes = 9 * max_size + 1
+        self.modulus = modulus
+        self.classes = modulus if modulus is not None else 9 * max_size + 1
 
     def vocab_size(self, max_size: int) -> int:
         return int(self.digits.shape[0])
 
     def check_size(self, size: int) -> str | None:
-        if size > self.max_size:
+        if self.modulus is None and size > self.max_size:
             return f"larger than data.max_size={self.max_size}, which fixes the classes (the possible sums)"
         return super().check_size(size)
 
     def for_split(self, split: str) -> MnistSum:
-        return MnistSum(self.digits, self.pools, self.max_size, split)
+        return MnistSum(self.digits, self.pools, self.max_size, split, self.modulus)
 
     def sample(self, size: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
         tokens = rng.choice(self.pools[self.split], size=size).astype(np.int64)
-        return tokens, int(self.digits[tokens].sum())
+        total = int(self.digits[tokens].sum())
+        return tokens, total % self.modulus if self.modulus is not None else total
 
     def label(self, tokens: np.ndarray) -> int:
         total = 0
         for image in tokens:
             total += int(self.digits[int(image)])
+            while self.modulus is not None and total >= self.modulus:
+                total -= self.modulus
         return total
 
 
@@ -78,12 +86,13 @@ class MnistSumDataModule(ClassificationDataModule):
         side: images are area-averaged to ``side`` x ``side`` pixels (28: full size).
         val_fraction, test_fraction: shares of the 5,000 images in the validation and test pools.
         max_size: the largest set of any split (fixes the classes; must cover ``test_lengths``).
+        modulus: null: the label is the digit sum; m: the sum modulo m.
         split_seed: the seed of the image split (the pools stay fixed across runs).
     """
 
     def __init__(self, length: int = 10, min_length: int | None = 1, test_lengths: Sequence[int] | None = None,
                  side: int = 14, val_fraction: float = 0.1, test_fraction: float = 0.2, max_size: int = 100,
-                 split_seed: int = 0, **kwargs: Any) -> None:
+                 modulus: int | None = None, split_seed: int = 0, **kwargs: Any) -> None:
         if not 0 < side <= 28:
             raise ValueError(f"data.side must be in 1..28, got {side}")
         if not (0 < val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):
@@ -97,7 +106,7 @@ class MnistSumDataModule(ClassificationDataModule):
                  "test": order[n - n_test :]}
         self.side = side
         self.pixels = downsample_images(images, side).flatten(1).contiguous()
-        task = MnistSum(digits.numpy(), pools, max_size)
+        task = MnistSum(digits.numpy(), pools, max_size, modulus=modulus)
         super().__init__(task, length=length, min_length=min_length, test_lengths=test_lengths, **kwargs)
 
     @property

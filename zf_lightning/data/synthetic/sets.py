@@ -38,32 +38,41 @@ class SetTask(ClassificationTask):
 
 
 class SetSum(SetTask):
-    """The label is the sum of the elements, one class per possible sum ``0 .. (values-1) max_size``.
+    """The label is the sum of the elements: one class per possible sum ``0 .. (values-1) max_size``,
+    or, with ``modulus``, the sum modulo it (``modulus`` classes; parity is values=2, modulus=2).
 
     Args: values: element alphabet (0 .. values-1); max_size: the largest set any split may hold
-    (it fixes the number of classes, so it must cover ``data.test_lengths``).
+    (it fixes the number of classes, so it must cover ``data.test_lengths``; unused with a
+    modulus); modulus: None for the plain sum. A plain sum larger than every training sum is a
+    class never trained on, which a modulus avoids (every class occurs at every size).
     """
 
-    def __init__(self, values: int = 10, max_size: int = 100) -> None:
+    def __init__(self, values: int = 10, max_size: int = 100, modulus: int | None = None) -> None:
         super().__init__(values)
         if max_size < 1:
             raise ValueError(f"data.task.max_size must be >= 1, got {max_size}")
+        if modulus is not None and modulus < 2:
+            raise ValueError(f"data.task.modulus must be >= 2 (or null for the plain sum), got {modulus}")
         self.max_size = max_size
-        self.classes = (values - 1) * max_size + 1
+        self.modulus = modulus
+        self.classes = modulus if modulus is not None else (values - 1) * max_size + 1
 
     def check_size(self, size: int) -> str | None:
-        if size > self.max_size:
+        if self.modulus is None and size > self.max_size:
             return f"larger than data.task.max_size={self.max_size}, which fixes the classes (the possible sums)"
         return super().check_size(size)
 
     def sample(self, size: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
         tokens = self.elements(size, rng)
-        return tokens, int(tokens.sum())
+        total = int(tokens.sum())
+        return tokens, total % self.modulus if self.modulus is not None else total
 
     def label(self, tokens: np.ndarray) -> int:
         total = 0
         for t in tokens:
             total += int(t)
+            while self.modulus is not None and total >= self.modulus:
+                total -= self.modulus
         return total
 
 
