@@ -17,8 +17,8 @@ def options(group: str) -> list[str]:
 
 
 def test_the_tree_has_the_agreed_groups() -> None:
-    for group in ("data", "model", "output", "ablation", "optim", "trainer", "logger", "callbacks", "paths",
-                  "hydra", "debug"):
+    for group in ("data", "model", "output", "ablation", "regularizer", "optim", "trainer", "logger", "callbacks",
+                  "paths", "hydra", "debug"):
         assert options(group), f"conf/{group}/ is empty"
     assert {"plain", "kla", "aux", "kla_aux"} <= set(options("ablation"))
 
@@ -47,6 +47,14 @@ def test_model_options_build_on_the_default_data(compose_train: Callable[..., Di
     cfg = compose_train(*overrides, tiny=False)
     lit = build_module(cfg, build_datamodule(cfg))
     assert type(lit.model).__name__.lower().startswith(model.replace("_", "")[:3])
+
+
+@pytest.mark.parametrize("regularizer", options("regularizer"))
+def test_regularizer_options_build_a_module(compose_train: Callable[..., DictConfig], regularizer: str) -> None:
+    cfg = compose_train(f"regularizer={regularizer}", "data=set_parity", "model=rnn", tiny=False)
+    lit = build_module(cfg, build_datamodule(cfg))
+    assert (lit.regularizer is None) == (regularizer == "none")
+    assert lit.regularizer is None or lit.regularizer.name == regularizer
 
 
 @pytest.mark.parametrize("output", options("output"))

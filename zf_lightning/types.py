@@ -134,6 +134,9 @@ class DataSpec:
     classes: set for sequence classification: the targets are class ids in ``[0, classes)``
         at the labelled steps, so the output side (a softmax over the classes) differs from
         the input side (``kind``, ``dim``). None: the targets are the next inputs.
+    sets: the real steps of a sequence are the elements of a set, so their order carries no
+        information (the set tasks): permuting them must not change the label, which is
+        what the permutation flip rate measures.
     """
 
     kind: InputKind
@@ -141,6 +144,7 @@ class DataSpec:
     unit: str
     dims_per_step: int
     classes: int | None = None
+    sets: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in ("real", "binary", "tokens"):
@@ -230,6 +234,16 @@ class HasStepFunction(ABC):
     def step(self, x: Tensor, state: Any, z: Tensor | None = None) -> tuple[Tensor, Any]:
         """Read the input ``x`` of one step; return the output head's parameters for that step's
         target and the new state. ``z`` fixes a latent model's z_t (None: drawn from the prior)."""
+
+
+class DeterministicStep(HasStepFunction):
+    """A model whose ``step`` is a deterministic function of (input, state) and whose state can
+    be read as one vector per sequence: what SIRE compares (the states after reading a, b and
+    b, a). Latent models are excluded: their step samples z_t, so two orders differ by noise."""
+
+    @abstractmethod
+    def state_vector(self, state: Any) -> Tensor:
+        """The whole recurrent state as ``[n, S]`` (e.g. an LSTM's h and c side by side)."""
 
 
 class PredictsClasses(ABC):

@@ -1,6 +1,7 @@
-"""The LightningModule that owns the objective, and the weight schedules it uses."""
+"""The LightningModule that owns the objective, its weight schedules and its regularizers."""
 
 from zf_lightning.lit.module import SequenceLitModule
+from zf_lightning.lit.regularizers import SIRE, Regularizer
 from zf_lightning.lit.schedules import Constant, LinearRamp, WeightSchedule
 
-__all__ = ["Constant", "LinearRamp", "SequenceLitModule", "WeightSchedule"]
+__all__ = ["SIRE", "Constant", "LinearRamp", "Regularizer", "SequenceLitModule", "WeightSchedule"]

@@ -1,6 +1,9 @@
 """The LightningModule: owns the objective, its schedules, metrics and optimization.
 
-loss = mean over sequences of  sum_t mask_t (nll + w_kl kl + w_aux aux + w_bwd bwd)
+loss = mean over sequences of  sum_t mask_t (nll + w_kl kl + w_aux aux + w_bwd bwd)  +  w_reg penalty
+
+where the optional regularizer (``regularizer`` config group, e.g. SIRE) gives one penalty per
+batch, logged as ``train/<name>`` with its weight ``train/w_<name>``.
 
 Metrics are accumulated as exact sums over an epoch (torchmetrics, so they also
 reduce across DDP processes) and reported in the data's own units: per sequence
@@ -9,7 +12,9 @@ reduce across DDP processes) and reported in the data's own units: per sequence
 Sequence classification (``DataSpec.classes``): the loss counts the labelled steps only (the
 others have no target), and ``acc`` / ``pred_nll`` per labelled step come from the model's
 ``predict_proba``, which never reads the targets (Z-Forcing: prior samples), also per test
-size (``acc_len<size>``) when the batches carry sizes.
+size (``acc_len<size>``) when the batches carry sizes. On set data (``DataSpec.sets``) the test
+epoch also reports ``perm_flip_rate``: how often a random order of a set's elements changes the
+predicted label (seeded, on the first ``flip_sequences`` sequences of every test batch).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import CatMetric, SumMetric
 
+from zf_lightning.lit.invariance import permutation_flips
+from zf_lightning.lit.regularizers import Regularizer
 from zf_lightning.lit.schedules import Constant, WeightSchedule
 from zf_lightning.types import DataSpec, HasAuxCost, PredictsClasses, SequenceBatch, StepTerms
 
@@ -32,12 +39,15 @@ SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 _TERMS = ("nll", "kl", "aux", "bwd")
 _SUMS = (*_TERMS, "loss", "sequences", "steps")  # steps: the scored ones (labelled steps for classification)
 _CLASS_SUMS = ("correct", "pred_nll")
+_FLIP_SUMS = ("flips", "flip_trials")  # test on set data: changed predictions over permutations tried
+_FLIP_SEED = 20_200_612  # permutations are seeded per test batch, independent of the training seed
 _SIZE_SERIES = ("sizes", "size_correct", "size_steps")  # per sequence, for accuracy per test size
 _SPLITS = ("train", "val", "test")
 # Validation and test score the bound itself (KL weight 1, no aux/bwd), independent of the
 # update count, so val/test loss = negative ELBO and evaluation needs no training state.
 EVAL_WEIGHTS = {"kl": 1.0, "aux": 0.0, "bwd": 0.0}
 FULL_KL = Constant(1.0)
+FULL_REGULARIZER = Constant(1.0)
 NO_AUX = Constant(0.0)
 
 
@@ -61,6 +71,10 @@ class SequenceLitModule(L.LightningModule):
         max_consecutive_nonfinite: stop after this many skipped updates in a row.
         class_samples: classification only: prior samples whose class probabilities are
             averaged for validation/test accuracy (models with latents; training uses one).
+        regularizer: an extra training penalty (e.g. SIRE), checked against the model here.
+        regularizer_weight: its weight schedule (of the update count).
+        flip_permutations, flip_sequences: set data only: random orders tried per sequence, and
+            sequences per test batch, for ``test/perm_flip_rate`` (bounded: the test sets are large).
     """
 
     def __init__(
@@ -75,6 +89,10 @@ class SequenceLitModule(L.LightningModule):
         scheduler_monitor: str = "val/neg_elbo",
         max_consecutive_nonfinite: int = 20,
         class_samples: int = 16,
+        regularizer: Regularizer | None = None,
+        regularizer_weight: WeightSchedule = FULL_REGULARIZER,
+        flip_permutations: int = 4,
+        flip_sequences: int = 16,
     ) -> None:
         super().__init__()
         if spec.classes is not None and not isinstance(model, PredictsClasses):
@@ -89,8 +107,17 @@ class SequenceLitModule(L.LightningModule):
                 f"the auxiliary cost only exists for Z-Forcing, but {type(model).__name__} was given a "
                 f"non-zero aux weight ({aux_weight}); use ablation=plain or ablation=kla with this model"
             )
+        if regularizer is not None:
+            regularizer.check(model)
+        if flip_permutations < 1 or flip_sequences < 1:
+            raise ValueError(f"lit.flip_permutations and lit.flip_sequences must be >= 1, got {flip_permutations}, "
+                             f"{flip_sequences}")
         self.model = model
         self.spec = spec
+        self.regularizer = regularizer
+        self.regularizer_weight = regularizer_weight
+        self.flip_permutations = flip_permutations
+        self.flip_sequences = flip_sequences
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.scheduler_monitor = scheduler_monitor
@@ -106,11 +133,17 @@ class SequenceLitModule(L.LightningModule):
         self.totals = nn.ModuleDict(
             {f"{split}_totals": nn.ModuleDict({k: SumMetric() for k in sums}) for split in _SPLITS}
         )
+        self.flip_totals = nn.ModuleDict({k: SumMetric() for k in _FLIP_SUMS} if self.measures_flips else {})
         # accuracy per task size (validation and test): per-sequence series, gathered at epoch end
         self.size_series = nn.ModuleDict(
             {f"{split}_sizes": nn.ModuleDict({k: CatMetric() for k in _SIZE_SERIES}) for split in ("val", "test")}
             if spec.classes is not None else {}
         )
+
+    @property
+    def measures_flips(self) -> bool:
+        """Whether the test epoch reports ``perm_flip_rate`` (class labels of sets)."""
+        return self.spec.sets and self.spec.classes is not None
 
     # ------------------------------------------------------------------ objective
     def weights(self, step: int | None = None) -> dict[str, float]:
@@ -166,6 +199,8 @@ class SequenceLitModule(L.LightningModule):
     def training_step(self, batch: SequenceBatch, batch_idx: int) -> Tensor | None:
         weights = self.weights()
         loss, sums = self.objective(batch, weights)
+        if self.regularizer is not None:
+            loss = self._regularize(loss, batch)
         if not torch.isfinite(loss):
             return self._skip_nonfinite(sums)
         self.nonfinite_streak = 0
@@ -178,6 +213,17 @@ class SequenceLitModule(L.LightningModule):
         self.log("train/w_aux", weights["aux"], batch_size=n)
         self.log("train/w_bwd", weights["bwd"], batch_size=n)
         return loss
+
+    def _regularize(self, loss: Tensor, batch: SequenceBatch) -> Tensor:
+        """Add the weighted penalty (not computed while its weight is 0) and log both."""
+        assert self.regularizer is not None
+        name, weight = self.regularizer.name, self.regularizer_weight(self.global_step)
+        self.log(f"train/w_{name}", weight, batch_size=batch.batch_size)
+        if weight == 0.0:
+            return loss
+        penalty = self.regularizer(self.model, batch)
+        self.log(f"train/{name}", penalty.detach(), prog_bar=True, batch_size=batch.batch_size)
+        return loss + weight * penalty
 
     def _skip_nonfinite(self, sums: dict[str, Tensor]) -> None:
         self.nonfinite_total += 1
@@ -199,6 +245,18 @@ class SequenceLitModule(L.LightningModule):
     def test_step(self, batch: SequenceBatch, batch_idx: int) -> None:
         _, sums = self.objective(batch, EVAL_WEIGHTS)
         self._accumulate("test", batch, sums)
+        if self.measures_flips:
+            self._accumulate_flips(batch, batch_idx)
+
+    def _accumulate_flips(self, batch: SequenceBatch, batch_idx: int) -> None:
+        """Permutation flips on the batch's first ``flip_sequences`` sequences, seeded by the batch index."""
+        assert isinstance(self.model, PredictsClasses)
+        n = min(self.flip_sequences, batch.batch_size)
+        head = SequenceBatch(inputs=batch.inputs[:n], targets=batch.targets[:n], mask=batch.mask[:n])
+        generator = torch.Generator().manual_seed(_FLIP_SEED + batch_idx)
+        flips, trials = permutation_flips(self.model, head, self.flip_permutations, generator, self.class_samples)
+        self.flip_totals["flips"].update(flips)
+        self.flip_totals["flip_trials"].update(trials)
 
     # ------------------------------------------------------------------ epoch metrics
     def _per_unit(self, total: Tensor, sequences: float, steps: Tensor) -> Tensor:
@@ -221,6 +279,8 @@ class SequenceLitModule(L.LightningModule):
             out["acc"] = s["correct"] / n_steps
             out["pred_nll"] = s["pred_nll"] / n_steps
             out.update(self._accuracy_per_size(split))
+        if split == "test" and self.measures_flips and self.flip_totals["flip_trials"].update_called:
+            out["perm_flip_rate"] = self.flip_totals["flips"].compute() / self.flip_totals["flip_trials"].compute()
         return {f"{split}/{k}": float(v) for k, v in out.items()}
 
     def _accuracy_per_size(self, split: str) -> dict[str, Tensor]:
@@ -248,6 +308,9 @@ class SequenceLitModule(L.LightningModule):
             m.reset()
         for m in (self.size_series[f"{split}_sizes"].values() if f"{split}_sizes" in self.size_series else ()):
             m.reset()
+        if split == "test":
+            for m in self.flip_totals.values():
+                m.reset()
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")

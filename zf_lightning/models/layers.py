@@ -4,6 +4,7 @@ LSTM cell (plain or conditional layer norm) whose weights the fast loop slices."
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -122,3 +123,15 @@ class ZLSTMCell(nn.Module):
             gain, bias = cond.chunk(2, dim=-1)
             return F.layer_norm(gh, (gh.shape[-1],)) * (1.0 + gain) + bias
         return gh + F.linear(cond, self.weight_iz)
+
+
+def relu_mlp(in_features: int, hidden: int, out_features: int, layers: int) -> nn.Sequential:
+    """``layers`` Linear layers with ReLU between and after them (the last layer's ReLU makes the
+    output a feature vector, as DeepSets' phi and rho hidden layers); ``layers >= 1``."""
+    if layers < 1:
+        raise ValueError(f"an MLP needs at least one layer, got {layers}")
+    sizes = [in_features] + [hidden] * (layers - 1) + [out_features]
+    modules: list[nn.Module] = []
+    for a, b in itertools.pairwise(sizes):
+        modules += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*modules)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from zf_lightning.models.common import InputEmbedding, check_head
 from zf_lightning.models.deterministic import DeterministicModel
 from zf_lightning.models.heads import HeadFactory
-from zf_lightning.types import DataSpec
+from zf_lightning.types import DataSpec, DeterministicStep
 
 
 def diagonal_scan(lam: Tensor, inputs: Tensor) -> Tensor:
@@ -77,12 +77,24 @@ class LRULayer(nn.Module):
         """lambda ``[N]`` (complex), modulus exp(-exp(nu)) < 1."""
         return torch.exp(torch.complex(-torch.exp(self.nu_log), torch.exp(self.theta_log)))
 
+    def drive(self, u: Tensor) -> Tensor:
+        """gamma * (B u), complex, for inputs ``[..., width]``."""
+        scale = torch.exp(self.gamma_log)
+        return torch.complex(F.linear(u, self.B_re * scale[:, None]), F.linear(u, self.B_im * scale[:, None]))
+
+    def readout(self, states: Tensor, u: Tensor) -> Tensor:
+        """Re(C x) + D u."""
+        return F.linear(states.real, self.C_re) - F.linear(states.imag, self.C_im) + self.D * u
+
     def forward(self, u: Tensor, parallel: bool = True) -> Tensor:
         """``u`` ``[B, T, width]`` -> ``[B, T, width]``; ``parallel=False`` runs the step-by-step loop."""
-        scale = torch.exp(self.gamma_log)
-        drive = torch.complex(F.linear(u, self.B_re * scale[:, None]), F.linear(u, self.B_im * scale[:, None]))
-        states = (diagonal_scan if parallel else diagonal_recurrence)(self.eigenvalues(), drive)
-        return F.linear(states.real, self.C_re) - F.linear(states.imag, self.C_im) + self.D * u
+        states = (diagonal_scan if parallel else diagonal_recurrence)(self.eigenvalues(), self.drive(u))
+        return self.readout(states, u)
+
+    def step(self, u: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """One step: ``u`` ``[n, width]``, complex state ``x`` ``[n, N]`` -> (output, new state)."""
+        x = self.eigenvalues() * x + self.drive(u)
+        return self.readout(x, u), x
 
 
 class LRUBlock(nn.Module):
@@ -97,12 +109,23 @@ class LRUBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, u: Tensor, parallel: bool = True) -> Tensor:
-        y = F.gelu(self.lru(self.norm(u), parallel))
-        return u + self.dropout(F.glu(self.out(y), dim=-1))
+        return self.finish(u, self.lru(self.norm(u), parallel))
+
+    def finish(self, u: Tensor, y: Tensor) -> Tensor:
+        """The residual branch after the recurrence: u + dropout(GLU(W GELU(y)))."""
+        return u + self.dropout(F.glu(self.out(F.gelu(y)), dim=-1))
+
+    def step(self, u: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """One step of the block: ``u`` ``[n, width]``, this layer's complex state ``x``."""
+        y, x = self.lru.step(self.norm(u), x)
+        return self.finish(u, y), x
 
 
-class LRU(DeterministicModel):
+class LRU(DeterministicModel, DeterministicStep):
     """Stack of LRU blocks over the embedded inputs; the output head reads every step.
+
+    The state for ``step`` is one complex vector per layer; the update is deterministic (with
+    dropout 0 or in eval mode), so SIRE applies.
 
     Args:
         spec: the data's kind and size (from the data module).
@@ -135,3 +158,23 @@ class LRU(DeterministicModel):
         for block in self.blocks:
             x = block(x, parallel)
         return self.norm(x)
+
+    def initial_state(self, n: int) -> list[Tensor]:
+        """Zero complex states, one ``[n, state_dim]`` per layer."""
+        device = self.norm.weight.device
+        return [torch.zeros(n, block.lru.nu_log.shape[0], dtype=torch.complex64, device=device)
+                for block in self.blocks]
+
+    def step(self, x: Tensor, state: list[Tensor], z: Tensor | None = None) -> tuple[Tensor, list[Tensor]]:
+        """One step of the whole stack (``z`` is ignored: no latents); the same arithmetic as
+        ``states`` with the recurrence unrolled by one."""
+        u = self.embedding(x)
+        new_state = []
+        for block, layer_state in zip(self.blocks, state, strict=True):
+            u, layer_state = block.step(u, layer_state)
+            new_state.append(layer_state)
+        return self.output_head(self.norm(u)), new_state
+
+    def state_vector(self, state: list[Tensor]) -> Tensor:
+        """Every layer's complex state as real and imaginary parts, ``[n, 2 * layers * state_dim]``."""
+        return torch.cat([torch.view_as_real(x).flatten(1) for x in state], dim=-1)

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from zf_lightning.models.common import InputEmbedding, StepSampler, check_head
 from zf_lightning.models.deterministic import DeterministicModel
 from zf_lightning.models.heads import HeadFactory
-from zf_lightning.types import DataSpec
+from zf_lightning.types import DataSpec, DeterministicStep
 
 
 def make_rnn(kind: str, input_size: int, hidden_size: int) -> nn.RNNBase:
@@ -23,7 +24,7 @@ def make_rnn(kind: str, input_size: int, hidden_size: int) -> nn.RNNBase:
     return rnn_cls(input_size, hidden_size, batch_first=True)
 
 
-class RNN(DeterministicModel, StepSampler):
+class RNN(DeterministicModel, StepSampler, DeterministicStep):
     """Deterministic LSTM baseline: h_t = LSTM(emb(x_t), h_{t-1}), p(y_t | h_t) from the head.
 
     Args:
@@ -33,6 +34,8 @@ class RNN(DeterministicModel, StepSampler):
         dropout: on the input embedding.
 
     Padding needs no packing: masks are prefixes, so real steps never read padded ones.
+    The step is deterministic (``DeterministicStep``, what SIRE needs) when ``dropout`` is 0
+    or the model is in eval mode.
     """
 
     def __init__(self, spec: DataSpec, head: HeadFactory, emb_dim: int = 64, rnn_dim: int = 128,
@@ -55,3 +58,10 @@ class RNN(DeterministicModel, StepSampler):
         """One LSTM step (``z`` is ignored: the model has no latents)."""
         h, state = self.rnn(self.embedding(x).unsqueeze(1), state)
         return self.output_head(h.squeeze(1)), state
+
+    def state_vector(self, state: Any) -> Tensor:
+        """The LSTM state (h, c) as ``[n, 2 H]``: SIRE compares both, since c carries what h forgets."""
+        if state is None:
+            raise ValueError("the LSTM's initial state is implicit (None); read a state after at least one step")
+        h, c = state
+        return torch.cat([h[-1], c[-1]], dim=-1)

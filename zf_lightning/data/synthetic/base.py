@@ -41,9 +41,16 @@ class ClassificationTask(ABC):
     ``sample`` builds an example so that its label is known by construction; ``label`` is an
     independent brute-force oracle that recomputes it from the tokens (the tests hold the two
     equal).
+
+    ``balanced``: validation and test sets get as many examples of every class as they can
+    (off for tasks whose labels are naturally skewed or outnumber the examples, e.g. sums).
+    ``sets``: every step is one element of a set, so the order carries no information
+    (``DataSpec.sets``: the permutation flip rate is measured).
     """
 
     classes: int
+    balanced: bool = True
+    sets: bool = False
 
     @abstractmethod
     def vocab_size(self, max_size: int) -> int:
@@ -61,6 +68,12 @@ class ClassificationTask(ABC):
         """Why a size is impossible for this task, or None when it is fine."""
         return None if size >= 1 else "sizes must be >= 1"
 
+    def for_split(self, split: str) -> ClassificationTask:
+        """The task as the ``train``, ``val`` or ``test`` split draws it: the same task by default;
+        a task over a finite pool of elements (the MNIST digits of ``mnist_sum``) returns a view
+        on that split's own pool, so test elements are never seen in training."""
+        return self
+
 
 def draw_unique(task: ClassificationTask, sizes: Sequence[int], count: int, rng: np.random.Generator,
                 exclude: set[bytes], what: str) -> list[Example]:
@@ -68,7 +81,10 @@ def draw_unique(task: ClassificationTask, sizes: Sequence[int], count: int, rng:
     ``exclude``, with the classes as balanced as ``count`` allows (uniqueness alone would skew
     small sizes towards the class with more distinct sequences). Their keys are added to
     ``exclude`` so later sets stay disjoint."""
-    quota = [count // task.classes + (c < count % task.classes) for c in range(task.classes)]
+    if task.balanced:
+        quota = [count // task.classes + (c < count % task.classes) for c in range(task.classes)]
+    else:
+        quota = [count] * task.classes
     out: list[Example] = []
     for _ in range(_ATTEMPTS_PER_EXAMPLE * count + 100):
         if len(out) == count:
@@ -229,18 +245,19 @@ class ClassificationDataModule(SequenceDataModule):
     @property
     def spec(self) -> DataSpec:
         return DataSpec(kind="tokens", dim=self.task.vocab_size(self.max_size), unit="label", dims_per_step=1,
-                        classes=self.task.classes)
+                        classes=self.task.classes, sets=self.task.sets)
 
     def eval_sets(self) -> dict[str, list[Example]]:
         """Validation and test examples (drawn once; test sets per size after validation)."""
         if self._eval_sets is None:
             keys: set[bytes] = set()
-            sets = {"val": draw_unique(self.task, self.train_sizes, self.num_val,
+            sets = {"val": draw_unique(self.task.for_split("val"), self.train_sizes, self.num_val,
                                        np.random.default_rng([self.seed, _VAL_STREAM]), keys, "validation")}
             test: list[Example] = []
+            test_task = self.task.for_split("test")
             for size in self.test_sizes:
                 rng = np.random.default_rng([self.seed, _TEST_STREAM, size])
-                test += draw_unique(self.task, [size], self.num_test, rng, keys, f"test (size {size})")
+                test += draw_unique(test_task, [size], self.num_test, rng, keys, f"test (size {size})")
             sets["test"] = test
             self._eval_sets, self._eval_keys = sets, keys
         return self._eval_sets
@@ -249,7 +266,8 @@ class ClassificationDataModule(SequenceDataModule):
         sets = self.eval_sets()
         self.val_set = FixedSet(sets["val"])
         self.test_set = FixedSet(sets["test"])
-        self.train_set = DrawnSet(self.task, self.train_sizes, self.num_train, self.seed, self._eval_keys)
+        self.train_set = DrawnSet(self.task.for_split("train"), self.train_sizes, self.num_train, self.seed,
+                                  self._eval_keys)
 
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:

@@ -1,0 +1,131 @@
+"""Set tasks (Cohen-Karlik, Ben David and Globerson, NeurIPS 2020; Zaheer et al., 2017): a set of
+size n is n steps, one element per step, in a random order; the label, a function of the set
+alone, is the target of the last step. Training sizes are small, test sizes larger, so the tasks
+measure length generalization (``test/acc_len<n>``) and, since order carries no information,
+how invariant a model is (``test/perm_flip_rate``). Formats: docs/sets.md.
+
+Labels are classes. Sums are classified over every sum the largest allowed set can have, so a
+sum larger than any seen in training is a class the model never saw: see docs/sets.md.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from zf_lightning.data.synthetic.base import ClassificationTask
+
+
+class SetTask(ClassificationTask):
+    """Elements are the tokens ``0 .. values-1``, drawn uniformly and independently (a multiset).
+
+    Labels are skewed (large sets have large sums and maxima), so validation and test sets are
+    not class-balanced (``balanced = False``): they follow the task's own distribution.
+    """
+
+    balanced = False
+    sets = True
+
+    def __init__(self, values: int) -> None:
+        if values < 2:
+            raise ValueError(f"data.task.values must be >= 2, got {values}")
+        self.values = values
+
+    def vocab_size(self, max_size: int) -> int:
+        return self.values
+
+    def elements(self, size: int, rng: np.random.Generator) -> np.ndarray:
+        return rng.integers(0, self.values, size=size).astype(np.int64)
+
+
+class SetSum(SetTask):
+    """The label is the sum of the elements: one class per possible sum ``0 .. (values-1) max_size``,
+    or, with ``modulus``, the sum modulo it (``modulus`` classes; parity is values=2, modulus=2).
+
+    Args: values: element alphabet (0 .. values-1); max_size: the largest set any split may hold
+    (it fixes the number of classes, so it must cover ``data.test_lengths``; unused with a
+    modulus); modulus: None for the plain sum. A plain sum larger than every training sum is a
+    class never trained on, which a modulus avoids (every class occurs at every size).
+    """
+
+    def __init__(self, values: int = 10, max_size: int = 100, modulus: int | None = None) -> None:
+        super().__init__(values)
+        if max_size < 1:
+            raise ValueError(f"data.task.max_size must be >= 1, got {max_size}")
+        if modulus is not None and modulus < 2:
+            raise ValueError(f"data.task.modulus must be >= 2 (or null for the plain sum), got {modulus}")
+        self.max_size = max_size
+        self.modulus = modulus
+        self.classes = modulus if modulus is not None else (values - 1) * max_size + 1
+
+    def check_size(self, size: int) -> str | None:
+        if self.modulus is None and size > self.max_size:
+            return f"larger than data.task.max_size={self.max_size}, which fixes the classes (the possible sums)"
+        return super().check_size(size)
+
+    def sample(self, size: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        tokens = self.elements(size, rng)
+        total = int(tokens.sum())
+        return tokens, total % self.modulus if self.modulus is not None else total
+
+    def label(self, tokens: np.ndarray) -> int:
+        total = 0
+        for t in tokens:
+            total += int(t)
+            while self.modulus is not None and total >= self.modulus:
+                total -= self.modulus
+        return total
+
+
+class SetParity(SetTask):
+    """Bits; the label is the parity of the number of ones. Class-balanced (two classes)."""
+
+    balanced = True
+    classes = 2
+
+    def __init__(self) -> None:
+        super().__init__(values=2)
+
+    def sample(self, size: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        tokens = self.elements(size, rng)
+        return tokens, int(np.bitwise_xor.reduce(tokens))
+
+    def label(self, tokens: np.ndarray) -> int:
+        ones = sum(1 for t in tokens if int(t) == 1)
+        return ones % 2
+
+
+class SetMax(SetTask):
+    """The label is the largest element (``values`` classes)."""
+
+    def __init__(self, values: int = 50) -> None:
+        super().__init__(values)
+        self.classes = values
+
+    def sample(self, size: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        tokens = self.elements(size, rng)
+        return tokens, int(tokens.max())
+
+    def label(self, tokens: np.ndarray) -> int:
+        best = int(tokens[0])
+        for t in tokens[1:]:
+            best = int(t) if int(t) > best else best
+        return best
+
+
+class SetUniqueCount(SetTask):
+    """The label is the number of distinct elements minus one (``values`` classes: 1 .. values)."""
+
+    def __init__(self, values: int = 20) -> None:
+        super().__init__(values)
+        self.classes = values
+
+    def sample(self, size: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        tokens = self.elements(size, rng)
+        return tokens, int(np.unique(tokens).size) - 1
+
+    def label(self, tokens: np.ndarray) -> int:
+        seen: list[int] = []
+        for t in tokens:
+            if int(t) not in seen:
+                seen.append(int(t))
+        return len(seen) - 1

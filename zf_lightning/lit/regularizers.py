@@ -1,0 +1,117 @@
+"""Regularizers: extra training penalties the objective adds, each weighted by a schedule.
+
+A regularizer is built from the ``regularizer`` config group (``_target_``), checks at start-up
+that the model can be regularized this way, and maps (model, batch) to one scalar penalty.
+
+SIRE (Cohen-Karlik, Ben David and Globerson, NeurIPS 2020, "Regularizing Towards Permutation
+Invariance in Recurrent Models"): for a state s reached on a prefix of a training sequence and
+two elements a, b, penalize ||f(f(s, a), b) - f(f(s, b), a)||^2 where f is the model's step.
+Adjacent swaps generate every permutation, so driving this to 0 on the states the data reaches
+makes the recurrence order-free where it matters. Details and choices: docs/sets.md.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from zf_lightning.types import DeterministicStep, HasStepFunction, LatentVariableModel, SequenceBatch
+
+PairSource = Literal["same_set", "batch"]
+
+
+class Regularizer(ABC):
+    """A penalty ``(model, batch) -> scalar`` logged as ``train/<name>``, weighted by ``w_<name>``."""
+
+    name: str
+
+    @abstractmethod
+    def check(self, model: nn.Module) -> None:
+        """Raise one clear error at start-up when ``model`` cannot be regularized this way."""
+
+    @abstractmethod
+    def __call__(self, model: nn.Module, batch: SequenceBatch) -> Tensor:
+        """The penalty for one training batch (a scalar with gradients to the model)."""
+
+
+class SIRE(Regularizer):
+    """The state-order penalty, averaged over sampled (state, pair) triples.
+
+    Args:
+        states_per_batch: prefix lengths k sampled per batch (distinct, uniform in
+            ``0 .. longest sequence``); every sequence at least k long contributes its state
+            after reading its first k elements (k = 0: the initial state).
+        pairs_per_state: element pairs (a, b) per state.
+        pair_source: ``same_set``: a and b are two different elements of the sequence the state
+            came from; ``batch``: any two real steps of the batch (the training distribution).
+    """
+
+    name = "sire"
+
+    def __init__(self, states_per_batch: int = 2, pairs_per_state: int = 2,
+                 pair_source: PairSource = "same_set") -> None:
+        if states_per_batch < 1:
+            raise ValueError(f"regularizer.states_per_batch must be >= 1, got {states_per_batch}")
+        if pairs_per_state < 1:
+            raise ValueError(f"regularizer.pairs_per_state must be >= 1, got {pairs_per_state}")
+        if pair_source not in ("same_set", "batch"):
+            raise ValueError(f"regularizer.pair_source must be 'same_set' or 'batch', got {pair_source!r}")
+        self.states_per_batch = states_per_batch
+        self.pairs_per_state = pairs_per_state
+        self.pair_source = pair_source
+
+    def check(self, model: nn.Module) -> None:
+        if isinstance(model, DeterministicStep):
+            return
+        if isinstance(model, HasStepFunction) and isinstance(model, LatentVariableModel):
+            why = ("its step function samples z_t, so the states after (a, b) and (b, a) would differ by noise "
+                   "(SIRE with z at the prior mean is not implemented; see docs/sets.md)")
+        else:
+            why = "it has no single-step function to read one element at a time"
+        raise ValueError(
+            f"regularizer=sire needs a model with a deterministic step function (DeterministicStep: model=rnn, "
+            f"lru or deepsets), but {type(model).__name__} cannot be used: {why}; use regularizer=none with it"
+        )
+
+    def _pairs(self, batch: SequenceBatch, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Elements a and b per sequence (``[B, ...]`` inputs) and which sequences have a pair."""
+        inputs, rows = batch.inputs, torch.arange(batch.batch_size, device=lengths.device)
+        if self.pair_source == "same_set":
+            span = lengths.clamp_min(2)
+            u = (torch.rand(batch.batch_size, device=lengths.device) * lengths).long()
+            # v != u: an offset in 1 .. len - 1
+            v = (u + 1 + (torch.rand(batch.batch_size, device=lengths.device) * (span - 1)).long()) % span
+            return inputs[rows, u], inputs[rows, v], lengths >= 2
+        real = batch.mask.nonzero()  # [N, 2] (sequence, step) of every real step
+        pick = torch.randint(real.shape[0], (2, batch.batch_size), device=lengths.device)
+        a, b = real[pick[0]], real[pick[1]]
+        return inputs[a[:, 0], a[:, 1]], inputs[b[:, 0], b[:, 1]], torch.ones_like(lengths, dtype=torch.bool)
+
+    def _state_after(self, model: DeterministicStep, state: Any, first: Tensor, second: Tensor) -> Tensor:
+        _, state = model.step(first, state)
+        _, state = model.step(second, state)
+        return model.state_vector(state)
+
+    def __call__(self, model: nn.Module, batch: SequenceBatch) -> Tensor:
+        assert isinstance(model, DeterministicStep), "SIRE.check refuses such models at start-up"
+        lengths = batch.lengths
+        longest = int(lengths.max())
+        count = min(self.states_per_batch, longest + 1)
+        prefixes = set(torch.randperm(longest + 1)[:count].tolist())
+        total = batch.inputs.new_zeros((), dtype=torch.float32)
+        terms = 0
+        state = model.initial_state(batch.batch_size)
+        for k in range(max(prefixes) + 1):
+            if k in prefixes:
+                for _ in range(self.pairs_per_state):
+                    a, b, has_pair = self._pairs(batch, lengths)
+                    keep = (has_pair & (lengths >= k)).float()
+                    gap = self._state_after(model, state, a, b) - self._state_after(model, state, b, a)
+                    total = total + (gap.pow(2).sum(-1) * keep).sum()
+                    terms += int(keep.sum())
+            if k < max(prefixes):
+                _, state = model.step(batch.inputs[:, k], state)
+        return total / max(terms, 1)
