@@ -1,19 +1,23 @@
 """What one job records about itself: ``status.json`` in its folder (running -> completed /
-failed / interrupted, with the error and traceback), so a crash is diagnosable after the
-fact and the report can list failed jobs; and how to find a sweep's job folders."""
+failed / interrupted, with the error and traceback, and whether training diverged), so a
+crash is diagnosable after the fact and the report can list failed jobs; and how to find a
+sweep's job folders."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import logging
+import math
 import os
 import socket
 import traceback
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import Callback
 
 from zf_lightning.data.cache import atomic_write_json
 
@@ -84,6 +88,50 @@ class JobStatus:
         status = FAILED if isinstance(error, Exception) else INTERRUPTED
         self._save(status=status, finished=_now(), error=f"{type(error).__name__}: {error}",
                    traceback="".join(traceback.format_exception(error)))
+
+
+class DivergenceWatch(Callback):
+    """Remembers the monitored validation bound (lower is better) at the first and the latest
+    validation, across resumes (its state rides in the checkpoints), so a run whose bound ended
+    worse than where it started (e.g. a learning rate far too high) is said to have diverged,
+    in the log and in status.json, instead of ending as a plain 'completed'."""
+
+    def __init__(self, monitor: str) -> None:
+        self.monitor = monitor
+        self.first: float | None = None
+        self.last: float | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or value is None:
+            return
+        value = float(value)
+        if self.first is None:
+            self.first = value
+        self.last = value
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"first": self.first, "last": self.last}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.first, self.last = state_dict.get("first"), state_dict.get("last")
+
+    def diverged(self) -> bool:
+        if self.first is None or self.last is None:
+            return False
+        return not math.isfinite(self.last) or (math.isfinite(self.first) and self.last > self.first)
+
+    def report(self) -> dict[str, Any]:
+        """Fields for status.json (none before two validations); warns when the run diverged."""
+        if self.first is None or self.last is None:
+            return {}
+        if not self.diverged():
+            return {"diverged": False}
+        message = (f"training diverged: {self.monitor} was {self.first:.6g} at the first validation and "
+                   f"{self.last:.6g} at the last (lower is better); lower the learning rate (optim.lr)")
+        log.warning("%s", message)
+        return {"diverged": True, "warning": message,
+                "divergence": {"metric": self.monitor, "first": self.first, "last": self.last}}
 
 
 def read_status(directory: Path) -> dict[str, Any]:
