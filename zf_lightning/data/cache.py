@@ -119,14 +119,17 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temps(final: Path) -> None:
-    """Delete temporary folders of this cache left by builders that were killed."""
+    """Delete the temporary folders (or files) of ``final`` left by writers that were killed."""
     for tmp in final.parent.glob(f".{final.name}.tmp-*"):
         try:
             pid = int(tmp.name.rsplit(".tmp-", 1)[1].split("-")[0])
         except ValueError:
             continue
         if not _pid_alive(pid):
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
 
 
 def build_atomically(final: Path, build: Callable[[Path], None], complete: Callable[[Path], bool]) -> None:

@@ -233,7 +233,7 @@ class SequenceLitModule(L.LightningModule):
             finite = {k: bool(torch.isfinite(v).all()) for k, v in sums.items()}
             raise FloatingPointError(
                 f"{self.nonfinite_streak} consecutive updates had a non-finite loss (update {self.global_step}; "
-                f"terms finite: {finite}). Lower optim.optimizer.lr, check the data for NaN/inf, or raise "
+                f"terms finite: {finite}). Lower optim.lr, check the data for NaN/inf, or raise "
                 "lit.max_consecutive_nonfinite."
             )
         return None

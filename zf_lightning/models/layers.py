@@ -1,15 +1,42 @@
 """Building blocks shared by all models: the authors' clipped leaky ReLU, the
-Gaussian-parameter MLP used for priors, posteriors and the auxiliary head, and the
-LSTM cell (plain or conditional layer norm) whose weights the fast loop slices."""
+Gaussian-parameter MLP used for priors, posteriors and the auxiliary head, the
+LSTM cell (plain or conditional layer norm) whose weights the fast loop slices, and the
+decorators that keep hand-written autograd functions in fp32 under mixed precision."""
 
 from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+# device types whose autocast (trainer.precision=bf16-mixed / 16-mixed) the custom functions handle
+AUTOCAST_DEVICES = ("cpu", "cuda")
+
+
+def fp32_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.amp.custom_fwd(cast_inputs=torch.float32)`` for every device in ``AUTOCAST_DEVICES``.
+
+    A hand-written autograd function sees its inputs as autocast left them (bf16 activations
+    next to fp32 weights, which its products refuse to mix). Under autocast this casts the
+    floating-point inputs to fp32 and runs ``forward`` with autocast off: the recurrent state,
+    carried over hundreds of steps, keeps full precision, and the outputs are fp32 (the ops
+    after it cast them down where autocast wants to). Outside autocast it changes nothing."""
+    for device in AUTOCAST_DEVICES:
+        forward = torch.amp.custom_fwd(forward, device_type=device, cast_inputs=torch.float32)
+    return forward
+
+
+def fp32_backward(backward: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.amp.custom_bwd`` for every device in ``AUTOCAST_DEVICES``: the backward pass runs with
+    the autocast state its forward ran with (off after ``fp32_forward``), whoever calls it."""
+    for device in AUTOCAST_DEVICES:
+        backward = torch.amp.custom_bwd(backward, device_type=device)
+    return backward
 
 
 def clipped_leaky_relu(x: Tensor, slope: float, bound: float) -> Tensor:

@@ -8,15 +8,20 @@ configs on load, so checkpoints written before the move keep loading and resumin
 
 from __future__ import annotations
 
+import os
 import pickle
+import uuid
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
+
+from zf_lightning.data.cache import remove_stale_temps
 
 CONFIG_KEY = "zf_config"
 CHOICES_KEY = "zf_choices"
@@ -65,11 +70,16 @@ def find_checkpoint(output_dir: Path, ckpt_path: str | None) -> Path | None:
     return max(candidates, key=lambda p: p.stat().st_mtime_ns, default=None)
 
 
+class UnreadableCheckpointError(ValueError):
+    """A checkpoint file that cannot be read (truncated by a kill or a full disk, or not a checkpoint)."""
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint on the CPU, with its non-tensor entries (stored config, choices, W&B identity).
 
     Checkpoints are data: they are unpickled with ``weights_only=True``, which refuses any
-    object that could run code. The stored config is migrated (``MOVED_TARGETS``)."""
+    object that could run code (``ValueError``: not a trusted checkpoint). A damaged file raises
+    ``UnreadableCheckpointError`` naming it. The stored config is migrated (``MOVED_TARGETS``)."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -77,9 +87,42 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             f"{path} is not a trusted checkpoint: it holds objects other than tensors and plain data, "
             f"which are refused because loading them could run code ({str(err).splitlines()[0]})"
         ) from err
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise UnreadableCheckpointError(
+            f"{path} is not a readable checkpoint (truncated or damaged?): {str(err).splitlines()[0]}"
+        ) from err
+    if not isinstance(checkpoint, dict):
+        raise UnreadableCheckpointError(f"{path} is not a checkpoint: it holds a {type(checkpoint).__name__}")
     if isinstance(checkpoint.get(CONFIG_KEY), dict):
         checkpoint[CONFIG_KEY] = migrate_config(checkpoint[CONFIG_KEY])
     return checkpoint
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint under a temporary name in its folder, fsyncs it, then renames it into
+    place (``os.replace``), so a kill or a full disk never leaves a half-written ``last.ckpt``:
+    the file under the real name is always the previous complete one or the new complete one.
+    (Lightning's own writer goes through a temporary file elsewhere and a move, which is a copy
+    into the final name when the two are on different file systems.) Temporary files left by a
+    killed writer are removed by the next writer."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(target)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            with open(tmp, "wb") as fh:
+                torch.save(checkpoint, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from zf_lightning.evaluation.bounds import importance_metrics, iwae_sample_counts, split_loader
 from zf_lightning.evaluation.posterior import export_latents
 from zf_lightning.runs.checkpoint import CONFIG_KEY, STATE_DICT_KEY, load_checkpoint
+from zf_lightning.runs.guard import check_writable
 from zf_lightning.runs.pipeline import build_datamodule, build_module, run_analyses, split_metrics, write_samples
 from zf_lightning.runs.status import write_json
 
@@ -41,11 +42,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     out_dir = Path(cfg.paths.output_dir)
     split = str(cfg.split)
     seed = int(cfg.seed)
+    check_writable(out_dir)
     run_cfg, checkpoint = load_checkpoint_config(cfg.ckpt_path)
     if cfg.get("data_overrides"):
         with open_dict(run_cfg):
             run_cfg.data = OmegaConf.merge(run_cfg.data, cfg.data_overrides)
-    dm = build_datamodule(run_cfg)
+    moved_hint = f"python eval.py ckpt_path={cfg.ckpt_path} '+data_overrides.{{key}}=<new place>'"
+    dm = build_datamodule(run_cfg, moved_hint=moved_hint)
     lit = build_module(run_cfg, dm)
     lit.load_state_dict(checkpoint[STATE_DICT_KEY])
     trainer = L.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False,

@@ -23,13 +23,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from zf_lightning.data.base import SequenceDataModule
 from zf_lightning.lit import SequenceLitModule
-from zf_lightning.runs.checkpoint import StoreConfig, resolved_config
+from zf_lightning.runs.checkpoint import AtomicCheckpointIO, StoreConfig, resolved_config
 from zf_lightning.runs.ddp import JobDDPStrategy, distributed_job
+from zf_lightning.runs.guard import RunLock, check_config, check_writable, holds_run, sync_learning_rate
 from zf_lightning.runs.loggers import build_loggers, close_loggers, log_samples
 from zf_lightning.runs.policy import failure_value, global_rank, threads_per_job
 from zf_lightning.runs.resume import ResumePoint, ResumeState, hydra_choices, keep_csv_history, resume_from
 from zf_lightning.runs.status import JobStatus, completed_metrics, write_json
-from zf_lightning.runs.stopping import checkpoint_step, stop_reason
+from zf_lightning.runs.stopping import DivergenceWatch, checkpoint_step, stop_reason
 from zf_lightning.types import CanGenerate
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,26 @@ def compose_config(name: str, overrides: list[str], return_hydra_config: bool = 
         return compose(config_name=name, overrides=overrides, return_hydra_config=return_hydra_config)
 
 
-def build_datamodule(cfg: DictConfig) -> SequenceDataModule:
-    dm = instantiate(cfg.data)
+# data config keys that say where the data lives (what to override when it has moved)
+DATA_LOCATION_KEYS = ("root", "files", "data_dir", "path")
+
+
+def build_datamodule(cfg: DictConfig, moved_hint: str | None = None) -> SequenceDataModule:
+    """The data module of ``cfg.data``. ``moved_hint``: how the command that failed to find the data
+    points a stored config at a new place (``data.root=<folder>``), added to a not-found error."""
+    try:
+        dm = instantiate(cfg.data)
+    except Exception as err:
+        missing = err if isinstance(err, FileNotFoundError) else err.__cause__
+        if moved_hint is None or not isinstance(missing, FileNotFoundError):
+            raise
+        keys = [k for k in DATA_LOCATION_KEYS if k in (cfg.data or {})]
+        stored = ", ".join(f"{k}={cfg.data[k]}" for k in keys) or "its stored settings"
+        example = " ".join(moved_hint.format(key=k) for k in keys[:1]) or moved_hint.format(key="root")
+        raise FileNotFoundError(
+            f"{missing}\nThe data is not where the checkpoint's run found it ({stored}). If it has moved, "
+            f"point the stored config at the new place: {example}"
+        ) from err
     if not isinstance(dm, SequenceDataModule):
         raise TypeError(f"data._target_ must build a SequenceDataModule, got {type(dm).__name__}")
     return dm
@@ -63,8 +82,14 @@ def build_module(cfg: DictConfig, dm: SequenceDataModule) -> SequenceLitModule:
     )
 
 
-def build_callbacks(cfg: DictConfig) -> list[Callback]:
-    callbacks: list[Callback] = [StoreConfig(resolved_config(cfg), hydra_choices()), ResumeState()]
+def build_callbacks(cfg: DictConfig, resume: ResumePoint | None = None) -> list[Callback]:
+    """Ours (stored config and group choices, RNG state, divergence watch) and the ``callbacks`` group's.
+
+    A resumed run records the stored run's group choices, not the defaults of a resume command
+    that names no groups."""
+    choices = resume.choices if resume is not None and resume.choices else hydra_choices()
+    monitor = str(cfg.get("optimized_metric") or "val/neg_elbo")
+    callbacks: list[Callback] = [StoreConfig(resolved_config(cfg), choices), ResumeState(), DivergenceWatch(monitor)]
     for cb_cfg in (cfg.get("callbacks") or {}).values():
         if cb_cfg is not None and "_target_" in cb_cfg:
             callbacks.append(instantiate(cb_cfg))
@@ -146,23 +171,34 @@ def _prepare_workers(trainer: L.Trainer, cfg: DictConfig, out_dir: Path, strateg
     strategy.set_worker_config(path)
 
 
-def _fit_and_test(cfg: DictConfig, out_dir: Path, resume: ResumePoint | None, strategies: list,
-                  status: JobStatus) -> dict[str, float]:
-    rank = global_rank()
+def _build(cfg: DictConfig, resume: ResumePoint | None) -> tuple[SequenceDataModule, SequenceLitModule]:
+    """Seeded data module and LightningModule (before anything is written: a missing data folder or
+    an impossible model fails here, leaving the run folder as it was)."""
     L.seed_everything(int(cfg.seed), workers=True)
+    hint = None if resume is None else "python train.py ckpt_path=last hydra.run.dir=<run> data.{key}=<new place>"
+    dm = build_datamodule(cfg, moved_hint=hint)
+    return dm, build_module(cfg, dm)
+
+
+def _fit_and_test(cfg: DictConfig, out_dir: Path, resume: ResumePoint | None, strategies: list,
+                  status: JobStatus, dm: SequenceDataModule, lit: SequenceLitModule) -> dict[str, float]:
+    rank = global_rank()
     if rank == 0:
         OmegaConf.save(OmegaConf.create(resolved_config(cfg)), out_dir / "config_resolved.yaml")
-    dm = build_datamodule(cfg)
-    lit = build_module(cfg, dm)
     loggers = build_loggers(cfg, resume)
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers, callbacks=build_callbacks(cfg))
+    extra: dict[str, Any] = {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO()]}
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers, callbacks=build_callbacks(cfg, resume), **extra)
     _prepare_workers(trainer, cfg, out_dir, strategies)
     if resume is not None and rank == 0:
         keep_csv_history(loggers, resume)
     wandb_ids = [lg.experiment.id for lg in loggers if isinstance(lg, WandbLogger) and rank == 0]
     if wandb_ids:
         status.update(wandb_run_id=wandb_ids[0])
-    trainer.fit(lit, datamodule=dm, ckpt_path=str(resume.path) if resume is not None else None)
+    # weights_only: Lightning's own load of the checkpoint (already read through load_checkpoint) runs no code
+    trainer.fit(lit, datamodule=dm, ckpt_path=str(resume.path) if resume is not None else None, weights_only=True)
+    watch = next((c for c in trainer.callbacks if isinstance(c, DivergenceWatch)), None)
+    if watch is not None and rank == 0:
+        status.update(**watch.report())
     metrics: dict[str, float] = {}
     monitored = _finite({k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
     metrics.update(monitored)
@@ -193,32 +229,53 @@ def train(cfg: DictConfig) -> dict[str, float]:
     Returns the metrics dict (test metrics plus the optimized validation metric). With
     ``continue_on_failure=true`` a failing job is recorded in status.json and returns the
     worst value of the optimized metric instead of raising, so a sweep goes on.
+
+    Nothing is written into the run folder before the command is known to be able to run
+    there: the folder is writable, no other live run holds it (``RunLock``), the checkpoint to
+    resume is trusted and readable and matches the config, the settings are sound, the data
+    and model build. A command refused then leaves a folder that holds a run untouched
+    (a fresh folder records the failure in status.json, for sweeps).
     """
     out_dir = Path(cfg.paths.output_dir)
     if cfg.get("skip_completed", False) and (done := completed_metrics(out_dir)) is not None:
         log.info("%s already holds a completed run (skip_completed=true): not run again", out_dir)
         return done
-    out_dir.mkdir(parents=True, exist_ok=True)
     rank = global_rank()
     status = JobStatus(out_dir, rank)
-    status.started()
-    failed = True
+    lock = RunLock(out_dir)
+    had_run = holds_run(out_dir)
+    failed, started = True, False
     try:
         with distributed_job() as strategies:
+            check_writable(out_dir)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            if rank == 0:
+                lock.acquire()
             cfg, resume = resume_from(cfg)
+            sync_learning_rate(cfg)
+            check_config(cfg)
+            set_threads(cfg)
+            dm, lit = _build(cfg, resume)
+            status.started()
+            started = True
             if resume is not None:
                 status.update(resumed_from=str(resume.path))
-            set_threads(cfg)
+                if rank == 0:
+                    resume.set_damaged_aside()
             status.update(torch_threads=torch.get_num_threads())
-            metrics = _fit_and_test(cfg, out_dir, resume, strategies, status)
+            metrics = _fit_and_test(cfg, out_dir, resume, strategies, status, dm, lit)
         failed = False
         status.completed()
         return metrics
     except BaseException as error:
-        status.failed(error)
+        if started or rank > 0 or (lock.held and not had_run):
+            if not started:
+                status.started()
+            status.failed(error)
         if isinstance(error, Exception) and rank == 0 and cfg.get("continue_on_failure", False):
             log.exception("job failed; continue_on_failure=true, so the sweep goes on")
             return {str(cfg.optimized_metric): failure_value(cfg), "failed": 1.0}
         raise
     finally:
+        lock.release()
         close_loggers(failed)

@@ -38,13 +38,24 @@ from zf_lightning.runs.checkpoint import (
     LAST,
     WANDB_ID_KEY,
     WANDB_KEY,
+    UnreadableCheckpointError,
     find_checkpoint,
     load_checkpoint,
+    resolved_config,
 )
 
 log = logging.getLogger(__name__)
 
+# What a resumed run shares with the run it continues: its weights, optimizer state and objective
+# are restored as they were, so a command that changes these cannot continue that run.
+FIXED_ON_RESUME = ("model", "lit", "schedule", "optim", "seed", "data")
+# ... except these, which do not change what was learned (where the data now lives, how it is loaded)
+FREE_ON_RESUME = ("model.compile_step", "data.root", "data.files", "data.cache_dir", "data.data_dir", "data.path",
+                  "data.num_workers", "data.pin_memory", "data.eval_batch_size", "data.persistent_workers")
 
+
+class ResumeRefusedError(ValueError):
+    """The run folder's stored run cannot be continued with this command's settings."""
 
 @dataclass
 class ResumePoint:
@@ -54,6 +65,16 @@ class ResumePoint:
     epoch: int
     global_step: int
     wandb: dict[str, Any] = field(default_factory=dict)  # id, name, group, tags of the W&B run
+    choices: dict[str, Any] = field(default_factory=dict)  # the stored run's config-group choices
+    damaged: list[Path] = field(default_factory=list)  # unreadable newer checkpoints passed over
+
+    def set_damaged_aside(self) -> None:
+        """Rename the passed-over damaged checkpoints to ``<name>.damaged`` (kept for inspection), so the
+        resumed run writes a whole ``last.ckpt`` under its usual name. Called once the run may write."""
+        for path in self.damaged:
+            if path.is_file():
+                path.rename(path.with_name(path.name + ".damaged"))
+                log.warning("kept the damaged %s as %s.damaged", path, path.name)
 
 
 def _replace_prefix(node: Any, old: str, new: str) -> Any:
@@ -107,32 +128,112 @@ def hydra_choices() -> dict[str, Any]:
     return {k: v for k, v in HydraConfig.get().runtime.choices.items() if not str(k).startswith("hydra/")}
 
 
+def config_differences(stored: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(key, stored value, new value)`` for every key both configs hold with different values
+    (a key only one side has, e.g. one added to the configs since, is not a difference)."""
+    if isinstance(stored, dict) and isinstance(new, dict):
+        return [d for k in stored if k in new
+                for d in config_differences(stored[k], new[k], f"{prefix}.{k}" if prefix else str(k))]
+    return [] if stored == new else [(prefix, stored, new)]
+
+
+def _fixed(key: str) -> bool:
+    def under(names: tuple[str, ...]) -> bool:
+        return any(key == n or key.startswith(n + ".") for n in names)
+
+    return under(FIXED_ON_RESUME) and not under(FREE_ON_RESUME)
+
+
+def check_resumable(stored: dict[str, Any], cfg: DictConfig, path: Path) -> None:
+    """Refuse to continue the run stored in ``path`` with settings it was not trained with, naming them."""
+    differing = [d for d in config_differences(stored, resolved_config(cfg)) if _fixed(d[0])]
+    if differing:
+        listed = "; ".join(f"{k}: stored {old!r}, now {new!r}" for k, old, new in differing)
+        raise ResumeRefusedError(
+            f"cannot continue the run in {path.parent.parent if path.parent.name == 'checkpoints' else path.parent} "
+            f"({path.name}) with these settings, which differ from the stored run: {listed}. A resumed run keeps "
+            "its model, objective, optimizer, seed and data (trainer.*, data locations and logging may change). "
+            "Nothing was written. For a new run choose another hydra.run.dir; ++auto_resume=false starts this "
+            "folder afresh, overwriting it."
+        )
+
+
+def _resume_candidates(output_dir: Path) -> list[Path]:
+    """Checkpoints a run folder may resume from, best first: the newest ``last``/SLURM checkpoint, then
+    every other checkpoint of the folder (e.g. the best one), newest first."""
+    newest_last = find_checkpoint(output_dir, LAST)
+    others = [p for p in output_dir.glob("checkpoints/*.ckpt") if p != newest_last]
+    others += [p for p in output_dir.glob("hpc_ckpt_*.ckpt") if p != newest_last]
+    others.sort(key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    return ([newest_last] if newest_last is not None else []) + others
+
+
+def _load_newest_readable(output_dir: Path) -> tuple[Path, dict[str, Any], list[Path]] | None:
+    """The newest readable checkpoint of a run folder; an unreadable ``last.ckpt`` (a kill or full
+    disk while it was written) falls back to the next one with a warning naming both."""
+    damaged: list[UnreadableCheckpointError] = []
+    passed_over: list[Path] = []
+    for candidate in _resume_candidates(output_dir):
+        try:
+            checkpoint = load_checkpoint(candidate)
+        except UnreadableCheckpointError as err:
+            damaged.append(err)
+            passed_over.append(candidate)
+            continue
+        if damaged:
+            log.warning("%s; resuming from %s instead, the newest readable checkpoint of the run",
+                        "; ".join(str(e) for e in damaged), candidate)
+        return candidate, checkpoint, passed_over
+    if damaged:
+        raise UnreadableCheckpointError(
+            f"no readable checkpoint in {output_dir} to resume from: " + "; ".join(str(e) for e in damaged)
+            + ". ++auto_resume=false starts the folder afresh (overwriting it)."
+        )
+    return None
+
+
 def resume_from(cfg: DictConfig) -> tuple[DictConfig, ResumePoint | None]:
-    """The config to run and where to resume from (None: a fresh run).
+    """The config to run and where to resume from (None: a fresh run). Writes nothing.
 
     Under Hydra the config comes from the checkpoint plus the command line's value overrides;
-    called as a function (tests, DDP workers) ``cfg`` is used as given."""
+    called as a function (tests, DDP workers) ``cfg`` is used as given. Either way a config whose
+    model, objective, optimizer, seed or data differ from the stored run is refused
+    (``ResumeRefusedError``), as is ``ckpt_path=last`` in a folder that holds no run."""
     output_dir = Path(cfg.paths.output_dir)
     requested = cfg.get("ckpt_path")
     automatic = requested is None and cfg.get("auto_resume", True)
-    path = find_checkpoint(output_dir, LAST if automatic else requested)
-    if automatic and path is not None:
-        log.info("the run folder holds a checkpoint: continuing from it (++auto_resume=false starts afresh)")
-    if path is None:
-        if requested is not None:
-            log.warning("ckpt_path=last but %s holds no checkpoint yet: starting from scratch", output_dir)
+    if automatic or str(requested) == LAST:
+        found = _load_newest_readable(output_dir)
+        if found is None and requested is not None:
+            raise FileNotFoundError(
+                f"ckpt_path=last asks to continue the run in {output_dir}, but it holds no checkpoint "
+                "(checkpoints/last.ckpt). Check hydra.run.dir (a typo starts nowhere); drop ckpt_path=last "
+                "to start a new run there."
+            )
+        if found is not None and automatic:
+            log.info("the run folder holds a checkpoint: continuing from it (++auto_resume=false starts afresh)")
+    elif requested is not None:
+        path = find_checkpoint(output_dir, requested)
+        assert path is not None
+        found = (path, load_checkpoint(path), [])
+    else:
+        found = None
+    if found is None:
         return cfg, None
-    checkpoint = load_checkpoint(path)
+    path, checkpoint, damaged = found
+    stored = checkpoint.get(CONFIG_KEY)
+    if isinstance(stored, dict):
+        stored = _replace_prefix(stored, str(stored["paths"]["output_dir"]), str(output_dir))
     if HydraConfig.initialized():
-        if CONFIG_KEY not in checkpoint:
+        if stored is None:
             raise ValueError(f"{path} stores no config ('{CONFIG_KEY}'); only checkpoints written by train.py resume")
-        stored = _replace_prefix(checkpoint[CONFIG_KEY], str(checkpoint[CONFIG_KEY]["paths"]["output_dir"]),
-                                 str(output_dir))
         cfg = apply_overrides(stored, command_line_overrides(), checkpoint.get(CHOICES_KEY, {}), hydra_choices())
+    if isinstance(stored, dict):
+        check_resumable(stored, cfg, path)
     with open_dict(cfg):
         cfg.ckpt_path = str(path)
     point = ResumePoint(path, int(checkpoint.get("epoch", 0)), int(checkpoint.get("global_step", 0)),
-                        dict(checkpoint.get(WANDB_KEY) or {}))
+                        dict(checkpoint.get(WANDB_KEY) or {}), dict(checkpoint.get(CHOICES_KEY) or {}), damaged)
     if not point.wandb and checkpoint.get(WANDB_ID_KEY):
         point.wandb = {"id": checkpoint[WANDB_ID_KEY]}
     log.info("resuming from %s (epoch %d, step %d)", path, point.epoch, point.global_step)

@@ -1,6 +1,7 @@
 """What one job records about itself: ``status.json`` in its folder (running -> completed /
-failed / interrupted, with the error and traceback), so a crash is diagnosable after the
-fact and the report can list failed jobs; and how to find a sweep's job folders."""
+failed / interrupted, with the error and traceback, and whether training diverged), so a
+crash is diagnosable after the fact and the report can list failed jobs; and how to find a
+sweep's job folders."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Why a run stopped, and at which update its best checkpoint was taken.
+"""Why a run stopped, at which update its best checkpoint was taken, and whether it diverged.
 
 A study compares runs that were capped in different ways: some converged (early stopping on
 the validation bound ran out of patience), some hit the update cap, some the wall-clock
@@ -8,13 +8,18 @@ without saying so.
 
 from __future__ import annotations
 
+import logging
+import math
 from pathlib import Path
+from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import EarlyStopping, Timer
+from lightning.pytorch.callbacks import Callback, EarlyStopping, Timer
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
 from zf_lightning.runs.checkpoint import load_checkpoint
+
+log = logging.getLogger(__name__)
 
 CONVERGED = "converged"  # early stopping: no improvement for `patience` validations
 NOT_FINITE = "not_finite"  # early stopping: the monitored bound became NaN or infinite
@@ -51,3 +56,47 @@ def stop_reason(trainer: L.Trainer) -> str:
 def checkpoint_step(path: str | Path | None) -> int | None:
     """The update at which a checkpoint was written (None without one)."""
     return int(load_checkpoint(Path(path)).get("global_step", 0)) if path else None
+
+
+class DivergenceWatch(Callback):
+    """Remembers the monitored validation bound (lower is better) at the first and the latest
+    validation, across resumes (its state rides in the checkpoints), so a run whose bound ended
+    worse than where it started (e.g. a learning rate far too high) is said to have diverged,
+    in the log and in status.json, instead of ending as a plain 'completed'."""
+
+    def __init__(self, monitor: str) -> None:
+        self.monitor = monitor
+        self.first: float | None = None
+        self.last: float | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or value is None:
+            return
+        value = float(value)
+        if self.first is None:
+            self.first = value
+        self.last = value
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"first": self.first, "last": self.last}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.first, self.last = state_dict.get("first"), state_dict.get("last")
+
+    def diverged(self) -> bool:
+        if self.first is None or self.last is None:
+            return False
+        return not math.isfinite(self.last) or (math.isfinite(self.first) and self.last > self.first)
+
+    def report(self) -> dict[str, Any]:
+        """Fields for status.json (none before two validations); warns when the run diverged."""
+        if self.first is None or self.last is None:
+            return {}
+        if not self.diverged():
+            return {"diverged": False}
+        message = (f"training diverged: {self.monitor} was {self.first:.6g} at the first validation and "
+                   f"{self.last:.6g} at the last (lower is better); lower the learning rate (optim.lr)")
+        log.warning("%s", message)
+        return {"diverged": True, "warning": message,
+                "divergence": {"metric": self.monitor, "first": self.first, "last": self.last}}

@@ -9,7 +9,8 @@ the arrays, so a changed setting gets a new folder and an unchanged one re-opens
     meta.json                   settings, file list, corpus statistics
 
 The folder is built under a temporary name and renamed into place with ``os.replace``, so
-an interrupted run never leaves a half-written cache under the real name. It is built next
+an interrupted run never leaves a half-written cache under the real name; a folder whose
+arrays do not have the sizes its metadata says (damaged afterwards) is rebuilt. It is built next
 to the data (``<root>/.zf-cache``) and falls back to ``cache_dir`` when the data folder is
 read-only. Re-opening reads only the JSON and the small arrays; the stream is read on
 demand with ``pread`` (no page of it is kept mapped, so memory stays bounded however
@@ -234,6 +235,30 @@ class AudioCorpus:
         return AudioStats.from_sums(total, total_sq, stop - start)
 
 
+def cache_problem(directory: Path) -> str | None:
+    """Why the cache folder cannot be used as it is (None: it is complete and its arrays have the
+    sizes its metadata says). A file cut short (a full disk, a copy that stopped) is caught here,
+    instead of at the first batch of every run."""
+    try:
+        with open(directory / META_FILE) as fh:
+            meta = json.load(fh)
+        stream = Int16Stream(directory / STREAM_FILE)
+        offsets, sums = np.load(directory / OFFSETS_FILE), np.load(directory / SUMS_FILE)
+    except (OSError, ValueError, KeyError) as err:
+        return f"unreadable: {err}"
+    n_files, n_samples = len(meta.get("files", [])), meta.get("num_samples")
+    size = (directory / STREAM_FILE).stat().st_size
+    if size != stream.offset + 2 * stream.length:
+        return f"{STREAM_FILE} holds {size} bytes, its header says {stream.offset + 2 * stream.length}"
+    if stream.length != n_samples:
+        return f"{STREAM_FILE} holds {stream.length} samples, {META_FILE} says {n_samples}"
+    if offsets.shape != (n_files + 1,) or int(offsets[-1]) != n_samples:
+        return f"{OFFSETS_FILE} has shape {offsets.shape}, expected ({n_files + 1},) ending at {n_samples}"
+    if sums.shape != (n_files, 2):
+        return f"{SUMS_FILE} has shape {sums.shape}, expected ({n_files}, 2)"
+    return None
+
+
 def _fingerprint(root: Path, files: Sequence[str]) -> list[list[Any]]:
     """(path, size, mtime) of every file, so edited or replaced files trigger a rebuild."""
     rows: list[list[Any]] = []
@@ -309,8 +334,11 @@ def open_or_build(
     candidates.append((cache_dir or default_cache_dir()) / name)
     for final in candidates:
         if (final / META_FILE).is_file():
-            log.info("opening cached %s audio at %s", tag, final)
-            return AudioCorpus.open(final)
+            problem = cache_problem(final)
+            if problem is None:
+                log.info("opening cached %s audio at %s", tag, final)
+                return AudioCorpus.open(final)
+            log.warning("the %s audio cache %s is damaged (%s); rebuilding it", tag, final, problem)
     errors: list[str] = []
     for final in candidates:
         if not is_writable_dir(final.parent):
@@ -323,7 +351,7 @@ def open_or_build(
             continue
         log.info("preparing %d %s audio files into %s", len(files), tag, final)
         build_atomically(final, lambda tmp: _build(tmp, root, files, settings, progress),
-                         complete=lambda folder: (folder / META_FILE).is_file())
+                         complete=lambda folder: cache_problem(folder) is None)
         return AudioCorpus.open(final)
     raise PermissionError(
         "no writable place for the audio cache: " + "; ".join(errors) + ". Pass a writable cache_dir."

@@ -107,8 +107,8 @@ def _native_blocks(path: Path, snd: sf.SoundFile, downmix: bool, block: int) -> 
     """Mono float32 blocks at the file's own rate."""
     if snd.channels > 1 and not downmix:
         raise AudioReadError(
-            f"{path}: has {snd.channels} channels and downmix is off; "
-            "set downmix=true to average the channels"
+            f"{path}: has {snd.channels} channels and downmix is off (data.downmix=false); "
+            "set data.downmix=true to average the channels into one"
         )
     while True:
         try:

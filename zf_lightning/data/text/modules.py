@@ -19,6 +19,7 @@ for IMDB) ride along in the batch for analysis only; ``-1`` marks unlabelled tex
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from abc import abstractmethod
@@ -57,8 +58,21 @@ def _file_signature(path: Path) -> dict[str, Any]:
 
 
 def _read_lines(path: Path) -> list[str]:
-    with path.open(encoding="utf-8", errors="replace") as f:
-        return [line.rstrip("\n") for line in f]
+    """The lines of a UTF-8 text file; a file that is not text (a binary file, another encoding)
+    is refused, naming it, rather than turning its bytes into vocabulary."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start} is not valid UTF-8); "
+            "sentence files must be plain UTF-8 text, one sentence per line"
+        ) from None
+    if "\x00" in text:
+        raise ValueError(f"{path} is not text: it holds NUL bytes (offset {text.index(chr(0))}); "
+                         "sentence files must be plain UTF-8 text, one sentence per line")
+    # as reading the file in text mode did: universal newlines, lines split at "\n" only
+    return text.replace("\r\n", "\n").replace("\r", "\n").removesuffix("\n").split("\n") if text else []
 
 
 class WordDataModule(SequenceDataModule):
@@ -258,10 +272,13 @@ class WordDataModule(SequenceDataModule):
         settings = self.settings()
         root = first_writable(fallback_cache_dirs(self.cache_dir, self._data_dir()))
         path = root / f"{self.cache_name}-{settings_key(settings)}"
-        if not (path / "done").exists():
+        problem = cache_problem(path) if (path / "done").exists() else "not built yet"
+        if problem is not None:
+            if (path / "done").exists():
+                log.warning("the text cache %s is damaged (%s); rebuilding it", path, problem)
             log.info("building %s vocabulary and encoded splits in %s", type(self).__name__, path)
             build_atomically(path, lambda tmp: self._build_cache(tmp, settings),
-                             complete=lambda folder: (folder / "done").exists())
+                             complete=lambda folder: cache_problem(folder) is None)
         self._vocab = Vocab.load(path / "vocab.json")
         self._splits = {name: EncodedSplit.load(path, name) for name in SPLITS}
         self._cache_path = path
@@ -280,6 +297,25 @@ class WordDataModule(SequenceDataModule):
             stats[name] = {"sentences": len(sentences), "words": n_words, "unk_rate": n_unk / max(n_words, 1)}
         atomic_write_json(folder / "settings.json", {"settings": settings, "stats": stats}, indent=2)
         (folder / "done").touch()
+
+
+def cache_problem(folder: Path) -> str | None:
+    """Why a text cache folder cannot be used as it is (None: complete, and every split's arrays have
+    the sizes recorded in settings.json when it was built)."""
+    try:
+        if not (folder / "done").exists():
+            return "incomplete (no 'done' marker)"
+        stats = json.loads((folder / "settings.json").read_text())["stats"]
+        Vocab.load(folder / "vocab.json")
+        for name in SPLITS:
+            split = EncodedSplit.load(folder, name)
+            expected = (stats[name]["sentences"], stats[name]["words"])
+            if (len(split), len(split.ids)) != expected or int(split.offsets[-1]) != len(split.ids):
+                return (f"split {name} holds {len(split)} sentences and {len(split.ids)} words, "
+                        f"settings.json says {expected[0]} and {expected[1]}")
+    except (OSError, ValueError, KeyError) as err:
+        return f"unreadable: {err}"
+    return None
 
 
 def _split_indices(n: int, fractions: Sequence[float], rng: np.random.Generator) -> list[np.ndarray]:
@@ -375,6 +411,9 @@ class SentencesDataModule(WordDataModule):
         groups: list[np.ndarray] = []
         for label, path in enumerate(self.files):
             file_lines = [line for line in _read_lines(path) if line.strip()]
+            if not file_lines:
+                raise ValueError(f"{path} holds no sentences (it is empty or blank); every file in data.files "
+                                 "needs at least one sentence, one per line")
             groups.append(np.arange(len(lines), len(lines) + len(file_lines)))
             lines += file_lines
             labels += [label] * len(file_lines)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from zf_lightning.models.layers import fp32_backward, fp32_forward
+
 
 class LoopLinear:
     """A linear map applied once per step of a Python loop, with its weight gradient formed after the loop.
@@ -22,7 +24,8 @@ class LoopLinear:
     The weight is copied once per pass into the layouts the forward and backward products
     read row-major (x @ W^T and g @ W).
 
-    Create one per forward pass; call ``step(x, base)`` inside the loop.
+    Create one per forward pass; call ``step(x, base)`` inside the loop. Under mixed precision
+    the products run in fp32 (``fp32_forward``), like the weights they read.
     """
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None) -> None:
@@ -65,6 +68,7 @@ class LoopLinear:
 
 class _LoopLinearStep(torch.autograd.Function):
     @staticmethod
+    @fp32_forward
     def forward(ctx, x: Tensor, base: Tensor | None, token: Tensor | None, linear: LoopLinear) -> Tensor:  # type: ignore[override]
         ctx.linear = linear
         ctx.step = len(linear.inputs)
@@ -73,6 +77,7 @@ class _LoopLinearStep(torch.autograd.Function):
         return linear.product(x, base)
 
     @staticmethod
+    @fp32_backward
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         linear: LoopLinear = ctx.linear
@@ -88,11 +93,13 @@ class _LoopLinearStep(torch.autograd.Function):
 
 class _LoopLinearCollect(torch.autograd.Function):
     @staticmethod
+    @fp32_forward
     def forward(ctx, weight: Tensor, bias: Tensor | None, linear: LoopLinear) -> Tensor:  # type: ignore[override]
         ctx.linear = linear
         return weight.new_zeros(())
 
     @staticmethod
+    @fp32_backward
     @torch.autograd.function.once_differentiable
     def backward(ctx, _grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         grad_w, grad_b = ctx.linear.collect()

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from zf_lightning.models.layers import clipped_leaky_relu, lstm_pointwise
+from zf_lightning.models.layers import clipped_leaky_relu, fp32_backward, fp32_forward, lstm_pointwise
 
 
 # ---------------------------------------------------------------- pointwise step pieces
@@ -134,9 +134,11 @@ class PlainRecurrence(torch.autograd.Function):
     and activations, its unclamped outputs, the gate activations, c_t and tanh(c_t). What a
     weight gradient reads is stored [features, T, B]; the rest [T, features, B], so each step
     reads a contiguous slice (pointwise kernels on strided slices measured twice as slow).
+    Under mixed precision it runs in fp32 (``fp32_forward``): the state h_t, c_t never rounds to bf16.
     """
 
     @staticmethod
+    @fp32_forward
     def forward(  # type: ignore[override]
         ctx: Any,
         pre: Tensor,
@@ -182,6 +184,7 @@ class PlainRecurrence(torch.autograd.Function):
         return hs, z, q
 
     @staticmethod
+    @fp32_backward
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, d_hs: Tensor | None, d_z: Tensor | None, d_q: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         noise, w_h, w_post, w_z, hs, z, q, post_act, acts, cs, tanh_cs, post_pre, q_raw = ctx.saved_tensors
