@@ -82,3 +82,22 @@ def test_an_old_checkpoint_resumes(tmp_path: Path) -> None:
     resumed = load_checkpoint(run / "checkpoints" / "last.ckpt")
     assert resumed["global_step"] == 16
     assert resumed[CONFIG_KEY]["data"]["_target_"] == "zf_lightning.data.text.modules.SentencesDataModule"
+
+
+def test_the_skipped_update_counters_ride_in_the_checkpoint_under_their_key() -> None:
+    from types import SimpleNamespace
+
+    from tests.test_lit import fixed_module
+    from zf_lightning.runs.checkpoint import NONFINITE_KEY, StoreConfig
+
+    saved, _ = fixed_module()
+    saved.nonfinite_total, saved.nonfinite_streak = 3, 1
+    checkpoint: dict = {}
+    callback = StoreConfig({"seed": 1}, {"ablation": "plain"})
+    callback.on_save_checkpoint(SimpleNamespace(loggers=[], is_global_zero=True), saved, checkpoint)
+    assert checkpoint[NONFINITE_KEY] == {"total": 3, "streak": 1} and checkpoint[CONFIG_KEY] == {"seed": 1}
+    restored, _ = fixed_module()
+    callback.on_load_checkpoint(SimpleNamespace(), restored, checkpoint)
+    assert (restored.nonfinite_total, restored.nonfinite_streak) == (3, 1)
+    callback.on_load_checkpoint(SimpleNamespace(), restored, {})  # a checkpoint without counters
+    assert (restored.nonfinite_total, restored.nonfinite_streak) == (0, 0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,7 +37,10 @@ def compose_run(out: Path, cache: Path, *extra: str) -> DictConfig:
 
 
 def wandb_ids(run_dir: Path) -> list[str]:
-    return sorted(p.name.rsplit("-", 1)[-1] for p in (run_dir / "wandb").glob("offline-run-*"))
+    """The W&B run id of every offline run folder, ``offline-run-<date>_<time>-<id>``; W&B appends
+    ``-1`` when a resumed run starts within the same second as the one before, hence the regex."""
+    names = [p.name for p in (run_dir / "wandb").glob("offline-run-*")]
+    return sorted(m.group(1) for n in names if (m := re.match(r"offline-run-\d{8}_\d{6}-([a-z0-9]+)", n)))
 
 
 def val_rows(run_dir: Path) -> list[tuple[int, float]]:

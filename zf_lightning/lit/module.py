@@ -332,10 +332,10 @@ class SequenceLitModule(L.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "monitor": self.scheduler_monitor, "interval": "epoch"},
         }
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["nonfinite"] = {"total": self.nonfinite_total, "streak": self.nonfinite_streak}
+    def nonfinite_state(self) -> dict[str, int]:
+        """The skipped-update counters a resumed run must continue from (runs/checkpoint.py stores them)."""
+        return {"total": self.nonfinite_total, "streak": self.nonfinite_streak}
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("nonfinite", {})
+    def restore_nonfinite_state(self, state: dict[str, Any]) -> None:
         self.nonfinite_total = int(state.get("total", 0))
         self.nonfinite_streak = int(state.get("streak", 0))

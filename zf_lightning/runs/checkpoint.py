@@ -22,11 +22,13 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from zf_lightning.data.cache import remove_stale_temps
+from zf_lightning.lit import SequenceLitModule
 
 CONFIG_KEY = "zf_config"
 CHOICES_KEY = "zf_choices"
 WANDB_KEY = "wandb_run"  # id, name, group and tags of the job's W&B run
 WANDB_ID_KEY = "wandb_run_id"  # the id alone (checkpoints written before WANDB_KEY existed)
+NONFINITE_KEY = "nonfinite"  # the objective's skipped-update counters (SequenceLitModule.nonfinite_state)
 STATE_DICT_KEY = "state_dict"  # Lightning's: the LightningModule's weights
 LAST = "last"  # ckpt_path=last: the newest last*.ckpt of the run folder
 
@@ -134,9 +136,9 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 class StoreConfig(Callback):
-    """Puts the resolved run configuration, its group choices and the W&B run identity into
-    every checkpoint, so eval.py and resumes rebuild exactly the model that was trained and a
-    resumed run continues the same W&B run."""
+    """Puts the resolved run configuration, its group choices, the W&B run identity and the
+    objective's skipped-update counters into every checkpoint, so eval.py and resumes rebuild
+    exactly the model that was trained and a resumed run continues the same W&B run and counts."""
 
     def __init__(self, config: dict[str, Any], choices: dict[str, Any] | None = None) -> None:
         self.config = config
@@ -145,9 +147,15 @@ class StoreConfig(Callback):
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         checkpoint[CONFIG_KEY] = self.config
         checkpoint[CHOICES_KEY] = self.choices
+        if isinstance(pl_module, SequenceLitModule):
+            checkpoint[NONFINITE_KEY] = pl_module.nonfinite_state()
         for lg in trainer.loggers:
             if isinstance(lg, WandbLogger) and trainer.is_global_zero:
                 run = lg.experiment
                 checkpoint[WANDB_ID_KEY] = run.id
                 checkpoint[WANDB_KEY] = {"id": run.id, "name": run.name, "group": run.group,
                                          "tags": list(run.tags or [])}
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if isinstance(pl_module, SequenceLitModule):
+            pl_module.restore_nonfinite_state(checkpoint.get(NONFINITE_KEY) or {})
