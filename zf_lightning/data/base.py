@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypedDict
 
 import lightning as L
 import torch
@@ -35,6 +36,16 @@ def pad_collate(items: Sequence[SequenceItem]) -> SequenceBatch:
     if all(lbl is not None for _, _, lbl in items):
         labels = torch.as_tensor([int(lbl) for _, _, lbl in items], dtype=torch.long)
     return SequenceBatch(inputs=inputs, targets=targets, mask=mask, labels=labels)
+
+
+class LoaderOptions(TypedDict, total=False):
+    """The loader settings every data module hands to ``SequenceDataModule`` unchanged; subclasses
+    take them as ``**loader: Unpack[LoaderOptions]`` instead of repeating the four parameters."""
+
+    batch_size: int
+    eval_batch_size: int | None
+    num_workers: int
+    pin_memory: bool
 
 
 class SequenceDataModule(L.LightningDataModule):

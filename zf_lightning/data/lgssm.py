@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Unpack
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from torch import Tensor
 from torch.distributions import MultivariateNormal
 from torch.utils.data import Dataset
 
-from zf_lightning.data.base import SequenceDataModule, SequenceItem
+from zf_lightning.data.base import LoaderOptions, SequenceDataModule, SequenceItem
 from zf_lightning.types import DataSpec
 
 SPLITS = ("train", "val", "test")
@@ -190,13 +191,9 @@ class LgssmDataModule(SequenceDataModule):
         obs_noise: float = 0.3,
         init_std: float = 1.0,
         seed: int = 0,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        **loader: Unpack[LoaderOptions],
     ) -> None:
-        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
-                         pin_memory=pin_memory)
+        super().__init__(**loader)
         if min(state_dim, obs_dim, seq_len) < 1:
             raise ValueError("state_dim, obs_dim and seq_len must be >= 1")
         if min(num_train, num_val, num_test) < 1:

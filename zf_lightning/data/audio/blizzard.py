@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 
 from zf_lightning.data.audio.cache import AudioCorpus
-from zf_lightning.data.audio.common import AudioDataModule
+from zf_lightning.data.audio.common import AudioDataModule, AudioOptions
 from zf_lightning.data.audio.framing import Normalizer, StreamChunks
 from zf_lightning.data.audio.io import describe_folder, find_files
 
@@ -53,18 +53,11 @@ class BlizzardDataModule(AudioDataModule):
         seq_frames: int = 40,
         split_fractions: Sequence[float] = (0.9, 0.05, 0.05),
         patterns: Sequence[str] = DEFAULT_PATTERNS,
-        downmix: bool = True,
-        cache_next_to_data: bool = True,
         batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        **options: Unpack[AudioOptions],
     ) -> None:
-        super().__init__(
-            root, sample_rate=sample_rate, frame_size=frame_size, downmix=downmix, cache_dir=cache_dir,
-            cache_next_to_data=cache_next_to_data, batch_size=batch_size, eval_batch_size=eval_batch_size,
-            num_workers=num_workers, pin_memory=pin_memory,
-        )
+        super().__init__(root, sample_rate=sample_rate, frame_size=frame_size, cache_dir=cache_dir,
+                         batch_size=batch_size, **options)
         self.seq_frames = seq_frames
         self.split_fractions = tuple(float(f) for f in split_fractions)
         self.patterns = tuple(patterns)

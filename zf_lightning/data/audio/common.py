@@ -6,7 +6,7 @@ import logging
 import os
 from abc import abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 import torch
@@ -15,11 +15,18 @@ from torch import Tensor
 from zf_lightning.data.audio.cache import AudioCorpus, AudioStats, open_or_build
 from zf_lightning.data.audio.framing import Normalizer, StreamChunks, Utterances
 from zf_lightning.data.audio.io import save_log_mel_png, write_wav
-from zf_lightning.data.base import SequenceDataModule
+from zf_lightning.data.base import LoaderOptions, SequenceDataModule
 from zf_lightning.data.cache import atomic_write_json, resolve_path, settings_key
 from zf_lightning.types import DataSpec
 
 log = logging.getLogger(__name__)
+
+
+class AudioOptions(LoaderOptions, total=False):
+    """``AudioDataModule``'s settings that every audio module passes on unchanged."""
+
+    downmix: bool
+    cache_next_to_data: bool
 
 
 class AudioDataModule(SequenceDataModule):
@@ -43,13 +50,9 @@ class AudioDataModule(SequenceDataModule):
         downmix: bool = True,
         cache_dir: str | os.PathLike[str] | None = None,
         cache_next_to_data: bool = True,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        **loader: Unpack[LoaderOptions],
     ) -> None:
-        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
-                         pin_memory=pin_memory)
+        super().__init__(**loader)
         if frame_size < 1:
             raise ValueError(f"frame_size must be positive, got {frame_size}")
         if sample_rate is not None and sample_rate < 1:

@@ -31,12 +31,12 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 
 from zf_lightning.data.audio.cache import AudioCorpus
-from zf_lightning.data.audio.common import AudioDataModule
+from zf_lightning.data.audio.common import AudioDataModule, AudioOptions
 from zf_lightning.data.audio.framing import Normalizer, StreamChunks, Utterances, seeded_holdout
 from zf_lightning.data.audio.io import describe_folder, find_files, native_rate
 
@@ -74,19 +74,10 @@ class AudioFolderDataModule(AudioDataModule):
         seq_frames: int = 40,
         max_train_frames: int | None = None,
         eval_chunk_frames: int | None = None,
-        downmix: bool = True,
-        cache_next_to_data: bool = True,
         cache_dir: str | os.PathLike[str] | None = None,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        **options: Unpack[AudioOptions],
     ) -> None:
-        super().__init__(
-            root, sample_rate=sample_rate, frame_size=frame_size, downmix=downmix, cache_dir=cache_dir,
-            cache_next_to_data=cache_next_to_data, batch_size=batch_size, eval_batch_size=eval_batch_size,
-            num_workers=num_workers, pin_memory=pin_memory,
-        )
+        super().__init__(root, sample_rate=sample_rate, frame_size=frame_size, cache_dir=cache_dir, **options)
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if train_mode not in TRAIN_MODES:

@@ -22,12 +22,12 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 
 from zf_lightning.data.audio.cache import AudioCorpus
-from zf_lightning.data.audio.common import AudioDataModule
+from zf_lightning.data.audio.common import AudioDataModule, AudioOptions
 from zf_lightning.data.audio.framing import Normalizer, StreamChunks, Utterances, seeded_holdout
 from zf_lightning.data.audio.io import describe_folder
 
@@ -108,18 +108,9 @@ class TimitDataModule(AudioDataModule):
         val_fraction: float = 0.05,
         seed: int = 1234,
         eval_chunk_frames: int | None = None,
-        downmix: bool = True,
-        cache_next_to_data: bool = True,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        **options: Unpack[AudioOptions],
     ) -> None:
-        super().__init__(
-            root, sample_rate=sample_rate, frame_size=frame_size, downmix=downmix, cache_dir=cache_dir,
-            cache_next_to_data=cache_next_to_data, batch_size=batch_size, eval_batch_size=eval_batch_size,
-            num_workers=num_workers, pin_memory=pin_memory,
-        )
+        super().__init__(root, sample_rate=sample_rate, frame_size=frame_size, cache_dir=cache_dir, **options)
         self.seq_frames = seq_frames
         self.val_fraction = val_fraction
         self.seed = seed

@@ -25,13 +25,13 @@ import os
 from abc import abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Unpack
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from zf_lightning.data.base import SequenceDataModule, SequenceItem
+from zf_lightning.data.base import LoaderOptions, SequenceDataModule, SequenceItem
 from zf_lightning.data.cache import (
     atomic_write_json,
     build_atomically,
@@ -75,6 +75,16 @@ def _read_lines(path: Path) -> list[str]:
     return text.replace("\r\n", "\n").replace("\r", "\n").removesuffix("\n").split("\n") if text else []
 
 
+class WordOptions(LoaderOptions, total=False):
+    """``WordDataModule``'s settings that its subclasses pass on unchanged (see its arguments)."""
+
+    max_len: int | None
+    length_policy: LengthPolicy
+    min_len: int
+    seed: int
+    cache_dir: str | None
+
+
 class WordDataModule(SequenceDataModule):
     """Shared machinery of the word-level modules: length policy, vocabulary, cache, spec.
 
@@ -93,13 +103,9 @@ class WordDataModule(SequenceDataModule):
         min_len: int = 1,
         seed: int = 0,
         cache_dir: str | None = None,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        **loader: Unpack[LoaderOptions],
     ) -> None:
-        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
-                         pin_memory=pin_memory)
+        super().__init__(**loader)
         if vocab_size < 1:
             raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
         if max_len is not None and max_len < 1:
@@ -351,28 +357,9 @@ class SentencesDataModule(WordDataModule):
         split: Sequence[float] = (0.8, 0.1, 0.1),
         stratify: bool = True,
         vocab_size: int = 10000,
-        max_len: int | None = 64,
-        length_policy: LengthPolicy = "drop",
-        min_len: int = 1,
-        seed: int = 0,
-        cache_dir: str | None = None,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        **options: Unpack[WordOptions],
     ) -> None:
-        super().__init__(
-            vocab_size=vocab_size,
-            max_len=max_len,
-            length_policy=length_policy,
-            min_len=min_len,
-            seed=seed,
-            cache_dir=cache_dir,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-        )
+        super().__init__(vocab_size=vocab_size, **options)
         if isinstance(files, (str, os.PathLike)):
             files = [files]
         if not files:
@@ -455,28 +442,9 @@ class ImdbDataModule(WordDataModule):
         use_unsup: bool = False,
         max_reviews_per_class: int | None = None,
         vocab_size: int = 20000,
-        max_len: int | None = 64,
-        length_policy: LengthPolicy = "drop",
-        min_len: int = 1,
-        seed: int = 0,
-        cache_dir: str | None = None,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        **options: Unpack[WordOptions],
     ) -> None:
-        super().__init__(
-            vocab_size=vocab_size,
-            max_len=max_len,
-            length_policy=length_policy,
-            min_len=min_len,
-            seed=seed,
-            cache_dir=cache_dir,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-        )
+        super().__init__(vocab_size=vocab_size, **options)
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         if max_reviews_per_class is not None and max_reviews_per_class < 1:
