@@ -116,3 +116,21 @@ def test_the_report_rebuilds_from_jobs_csv_and_curves_csv_alone(study: Path, tmp
     assert len(jobs) == 15 and sum(not j.ok for j in jobs) == 1
     assert jobs[0].curves["val/elbo"] == [(100, -110.0), (200, -101.0), (300, -100.0)]
     assert jobs[0].info["stop_reason"] == "converged" and jobs[0].seed == "1"
+
+
+def test_the_report_draws_accuracy_against_test_size_with_known_means(tmp_path: Path) -> None:
+    sweep = tmp_path / "sets"
+    accuracy = {"sets/lstm": {10: 1.0, 100: 0.5}, "sets/deepsets": {10: 0.9, 100: 0.9}}
+    num = 0
+    for variant, by_size in accuracy.items():
+        for seed, wobble in ((1, 0.02), (2, -0.02)):
+            metrics = {f"test/acc_len{n}": acc + wobble for n, acc in by_size.items()} | {"test/acc": 0.7}
+            make_job(sweep, num, [f"+variant={variant}", "data=set_parity", f"seed={seed}"], metrics,
+                     config={"table_row": "LSTM" if variant == "sets/lstm" else "DeepSets"})
+            num += 1
+    write_report(sweep)
+    text = (sweep / "report.md").read_text()
+    assert (sweep / "size_curves.png").stat().st_size > 10_000
+    assert "| row | size 10 | size 100 |" in text
+    assert "| LSTM | 1.000 ± 0.028 (n=2) | 0.500 ± 0.028 (n=2) |" in text
+    assert "| DeepSets | 0.900 ± 0.028 (n=2) | 0.900 ± 0.028 (n=2) |" in text

@@ -39,6 +39,7 @@ from hydra.utils import get_class
 from zf_lightning.runs.checkpoint import migrate_target
 from zf_lightning.runs.status import COMPLETED, job_folders, read_status
 from zf_lightning.sweeps.heatmap import add_capacity_heatmaps, capacity_headline
+from zf_lightning.sweeps.size_curves import SizeSeries, add_job, has_curves, size_tables, write_size_curves
 from zf_lightning.sweeps.stats import higher_is_better, paired_difference
 from zf_lightning.types import HasAuxCost
 
@@ -484,6 +485,24 @@ def write_curves(path: Path, rows: list[Row], keys: Iterable[str] = CURVE_KEYS) 
     plt.close(fig)
 
 
+def add_size_curves(rows: list[Row], out_dir: Path, report: Path) -> bool:
+    """Accuracy against test size (``size_curves.png`` and tables in the report) when the jobs
+    report accuracy at several test sizes: one panel per data set, one line per row."""
+    series: SizeSeries = {}
+    for row in rows:
+        for job in row.done:
+            add_job(series, job.overrides.get("data", "data"), row_name(row), job.metrics)
+    if not has_curves(series):
+        return False
+    write_size_curves(out_dir / "size_curves.png", series)
+    lines = ["## Test accuracy against test size", "",
+             "Mean ± standard deviation over seeds of `test/acc_len<size>`.", "", *size_tables(series),
+             "![test accuracy against test size](size_curves.png)", ""]
+    with report.open("a") as fh:
+        fh.write("\n" + "\n".join(lines))
+    return True
+
+
 def build_report(jobs: list[Job], out_dir: Path, title: str, headline: str = HEADLINE,
                  baseline: str | None = None) -> list[Row]:
     """Write report.md, report.csv, curves.png, jobs.csv and curves.csv for these jobs; returns the rows."""
@@ -498,6 +517,7 @@ def build_report(jobs: list[Job], out_dir: Path, title: str, headline: str = HEA
     write_jobs_csv(out_dir / JOBS_CSV, jobs)
     write_curves_csv(out_dir / CURVES_CSV, jobs)
     add_capacity_heatmaps(jobs, out_dir, out_dir / "report.md")  # sweeps over width and data.length
+    add_size_curves(rows, out_dir, out_dir / "report.md")  # jobs tested at several sizes
     return rows
 
 

@@ -1,0 +1,83 @@
+"""Accuracy against test size (``test/acc_len<N>``), the picture of length generalization: one
+panel per data set, one line per row, the mean over seeds with a ±1 standard deviation band;
+plus the same numbers as a markdown table. Used for the set tasks (trained on small sets,
+tested on larger ones) and any sweep whose jobs report accuracy at several test sizes."""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from pathlib import Path
+
+_SIZE_KEY = re.compile(r"^test/acc_len(\d+)$")
+
+# panel (data set) -> line (row name) -> size -> accuracies (one per seed)
+SizeSeries = dict[str, dict[str, dict[int, list[float]]]]
+
+
+def sizes_of(metrics: dict[str, float]) -> dict[int, float]:
+    """``{N: accuracy}`` from a job's ``test/acc_len<N>`` metrics."""
+    return {int(m.group(1)): v for k, v in metrics.items() if (m := _SIZE_KEY.match(k)) and math.isfinite(v)}
+
+
+def add_job(series: SizeSeries, panel: str, line: str, metrics: dict[str, float]) -> None:
+    for size, value in sizes_of(metrics).items():
+        series.setdefault(panel, {}).setdefault(line, {}).setdefault(size, []).append(value)
+
+
+def has_curves(series: SizeSeries) -> bool:
+    """Worth drawing: some line has accuracies at two or more sizes."""
+    return any(len(points) > 1 for lines in series.values() for points in lines.values())
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def size_tables(series: SizeSeries) -> list[str]:
+    """Markdown: per panel, rows = lines, columns = test sizes, cells = mean ± std (n)."""
+    lines: list[str] = []
+    for panel, rows in series.items():
+        sizes = sorted({s for points in rows.values() for s in points})
+        lines += [f"**{panel}**", "", "| row | " + " | ".join(f"size {s}" for s in sizes) + " |",
+                  "|---|" + "---|" * len(sizes)]
+        for name, points in rows.items():
+            cells = []
+            for s in sizes:
+                if s not in points:
+                    cells.append("–")
+                    continue
+                mean, std = _mean_std(points[s])
+                cells.append(f"{mean:.3f} ± {std:.3f} (n={len(points[s])})")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def write_size_curves(path: Path, series: SizeSeries) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = list(series)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, panel in zip(axes[0], panels, strict=True):
+        for name, points in series[panel].items():
+            sizes = sorted(points)
+            stats = [_mean_std(points[s]) for s in sizes]
+            means = [m for m, _ in stats]
+            line = ax.plot(sizes, means, marker="o", label=name)[0]
+            ax.fill_between(sizes, [m - s for m, s in stats], [m + s for m, s in stats], color=line.get_color(),
+                            alpha=0.2)
+        ax.set_xscale("log")
+        ax.set_xlabel("test size")
+        ax.set_ylabel("test accuracy")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(panel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
