@@ -81,7 +81,7 @@ def study(tmp_path: Path) -> Path:
 
 def paired_rows(report: str) -> dict[str, list[str]]:
     section = report.split("## Paired differences", 1)[1].split("\n## ", 1)[0]
-    return {cells[0]: cells for line in section.splitlines() if line.startswith("| Z-Forcing")
+    return {cells[0]: cells for line in section.splitlines() if line.startswith("| ") and not line.startswith("| row")
             for cells in [[c.strip() for c in line.strip("|").split("|")]]}
 
 
@@ -134,3 +134,22 @@ def test_the_report_draws_accuracy_against_test_size_with_known_means(tmp_path: 
     assert "| row | size 10 | size 100 |" in text
     assert "| LSTM | 1.000 ± 0.028 (n=2) | 0.500 ± 0.028 (n=2) |" in text
     assert "| DeepSets | 0.900 ± 0.028 (n=2) | 0.900 ± 0.028 (n=2) |" in text
+
+
+def test_two_studies_report_as_one_table_with_pairs_across_them(study: Path, tmp_path: Path) -> None:
+    baselines = tmp_path / "table1"
+    for num, seed in enumerate((1, 2, 3, 4)):
+        make_job(baselines, num, ["+variant=vrnn_gauss", f"seed={seed}"], {"test/elbo": -120.0 - seed},
+                 config={"table_row": "VRNN-Gauss"})
+    out = tmp_path / "combined"
+    assert main([str(study), str(baselines), "--out", str(out), "--baseline", "Z-Forcing + kla"]) == 0
+    rows = paired_rows((out / "report.md").read_text())
+    assert "| VRNN-Gauss |" in (out / "report.md").read_text()
+    # VRNN-Gauss minus Z-Forcing + kla per seed: -121+100, -122+90, -123+110, -124+95 -> mean -23.75
+    assert rows["VRNN-Gauss"][1:3] == ["4", "-23.75"] and rows["VRNN-Gauss"][-1] == "worse"
+    assert {j.split(",")[0] for j in (out / "jobs.csv").read_text().splitlines()[1:]} >= {"sweep/0", "table1/0"}
+
+
+def test_several_folders_need_an_output_folder(study: Path) -> None:
+    with pytest.raises(SystemExit):
+        main([str(study), str(study)])

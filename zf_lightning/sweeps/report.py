@@ -533,6 +533,17 @@ def read_jobs(directory: Path) -> list[Job]:
     return jobs
 
 
+def combined_jobs(directories: list[Path]) -> list[Job]:
+    """The jobs of several sweep or study folders as one list; job names get their folder's name
+    (``fsdd_ablation/3``) so they stay unique."""
+    jobs = []
+    for directory in directories:
+        for job in read_jobs(directory):
+            job.name = f"{Path(directory).name}/{job.name}"
+            jobs.append(job)
+    return jobs
+
+
 def write_report(sweep_dir: Path, out_dir: Path | None = None, headline: str = HEADLINE,
                  baseline: str | None = None) -> list[Row]:
     """Report of a sweep folder or a committed study folder (written into it unless ``out_dir`` is given)."""
@@ -568,8 +579,10 @@ def read_wandb(path: str, group: str | None = None, api: Any = None) -> list[Job
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m zf_lightning.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweep_dir", nargs="?", type=Path, help="a multirun folder (hydra.sweep.dir)")
-    parser.add_argument("--out", type=Path, default=None, help="where to write (default: the sweep folder)")
+    parser.add_argument("sweep_dirs", nargs="*", type=Path, metavar="DIR",
+                        help="a multirun folder (hydra.sweep.dir) or a committed study folder; several are "
+                             "reported as one table (e.g. an ablation study and its baselines), with --out")
+    parser.add_argument("--out", type=Path, default=None, help="where to write (default: the one folder given)")
     parser.add_argument("--metric", default=HEADLINE, help=f"headline metric (default {HEADLINE})")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from W&B instead (online)")
     parser.add_argument("--group", help="with --wandb: only this group (one sweep)")
@@ -582,9 +595,15 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"no runs in W&B project {args.wandb}" + (f" group {args.group}" if args.group else ""))
         rows = build_report(jobs, out, f"W&B {args.wandb}" + (f" / {args.group}" if args.group else ""), args.metric,
                             args.baseline)
-    elif args.sweep_dir is not None:
-        out = args.out or args.sweep_dir
-        rows = write_report(args.sweep_dir, out, args.metric, args.baseline)
+    elif len(args.sweep_dirs) == 1:
+        out = args.out or args.sweep_dirs[0]
+        rows = write_report(args.sweep_dirs[0], out, args.metric, args.baseline)
+    elif args.sweep_dirs:
+        if args.out is None:
+            parser.error("several folders are reported together into --out FOLDER")
+        out = args.out
+        rows = build_report(combined_jobs(args.sweep_dirs), out, " + ".join(map(str, args.sweep_dirs)), args.metric,
+                            args.baseline)
     else:
         parser.error("give a sweep folder or --wandb ENTITY/PROJECT")
     failed = sum(len(r.failed) for r in rows)
