@@ -218,3 +218,12 @@ def test_a_resumed_job_is_grouped_by_its_own_overrides_not_the_resume_command(tm
         (job / "status.json").write_text(json.dumps(status))
     (row,) = write_report(tmp_path)
     assert row.label == "all jobs" and row.stats("test/elbo")[2] == 2
+
+
+def test_the_report_ignores_the_keys_hydra_leaves_out_of_a_job_name() -> None:
+    from zf_lightning.runs.pipeline import compose_config
+    from zf_lightning.sweeps.report import IGNORED_PREFIXES
+
+    cfg = compose_config("train", ["paths.output_dir=unused"], return_hydra_config=True)
+    excluded = set(cfg.hydra.job.config.override_dirname.exclude_keys)
+    assert {k for k in excluded if not k.startswith("hydra.")} <= {p for p in IGNORED_PREFIXES if not p.endswith(".")}

@@ -45,7 +45,9 @@ from zf_lightning.types import HasAuxCost
 
 SEED_KEYS = ("seed",)
 # overrides that do not make a configuration (paths, resume bookkeeping, Hydra's own)
-IGNORED_PREFIXES = ("hydra.", "paths.", "ckpt_path", "auto_resume", "continue_on_failure")
+# (the keys conf/hydra/default.yaml leaves out of a job's name, plus Hydra's and the paths)
+IGNORED_PREFIXES = ("hydra.", "paths.", "ckpt_path", "auto_resume", "continue_on_failure", "trainer.max_steps",
+                    "torch_threads", "skip_completed")
 CURVE_KEYS = ("val/elbo", "val/kl")  # plotted
 EXPORT_CURVE_KEYS = (*CURVE_KEYS, "val/aux")  # kept in curves.csv
 HEADLINE = "test/elbo"
