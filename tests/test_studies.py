@@ -39,6 +39,16 @@ def test_early_stopping_ends_a_flat_run_and_says_so(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_validations_before_start_step_do_not_use_up_the_patience(tmp_path: Path) -> None:
+    # validations at 5, 10, 15, 20: the one at 5 is neither counted nor remembered, so patience 2
+    # runs out at 20 (counted from update 5 it would have run out at 15)
+    metrics, status = run(tmp_path, "callbacks=early_stopping", "callbacks.early_stopping.patience=2",
+                          "callbacks.early_stopping.min_delta=1000", "optim.optimizer.lr=0.0", "trainer.max_steps=200",
+                          "callbacks.early_stopping.start_step=10", *VALIDATE_EVERY_5)
+    assert status["stop_reason"] == CONVERGED and status["updates"] == metrics["train/updates"] == 20
+
+
+@pytest.mark.slow
 def test_min_steps_holds_early_stopping_back_and_the_cap_is_recorded(tmp_path: Path) -> None:
     _, status = run(tmp_path, "callbacks=early_stopping", "callbacks.early_stopping.patience=1",
                     "callbacks.early_stopping.min_delta=1000", "optim.optimizer.lr=0.0", "trainer.max_steps=20",
@@ -74,7 +84,7 @@ def test_each_study_composes_and_its_first_updates_run(study: str, tmp_path: Pat
     # tiny sizes for whichever of them the study's model has (an LSTM has no z_dim)
     sizes = {"emb_dim": 8, "rnn_dim": 8, "z_dim": 2, "mlp_dim": 8}
     tiny = [f"model.{k}={v}" for k, v in sizes.items() if k in cfg.model] + ["trainer.max_steps=2",
-            "trainer.min_steps=null", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
+            "callbacks.early_stopping.start_step=0", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
             "trainer.val_check_interval=1", "logger=csv", "analysis=none", "samples.num=0"]
     cfg = compose_config("train", [f"study={study}", f"paths.output_dir={tmp_path}",
                                    f"paths.cache_dir={tmp_path / 'cache'}", *tiny])

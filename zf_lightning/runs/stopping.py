@@ -36,6 +36,21 @@ _EARLY_STOPPING = {
 }
 
 
+class EarlyStoppingAfter(EarlyStopping):
+    """Lightning's ``EarlyStopping`` that neither counts nor remembers validations before update
+    ``start_step``. Lightning's own ``trainer.min_steps`` only delays a stop that early stopping
+    has already decided (and never takes back): with patience spent during a loss-weight ramp, a
+    run would stop right at ``min_steps`` even if its bound had started improving again. Here the
+    patience and the best value start at ``start_step`` (e.g. when the schedules end)."""
+
+    def __init__(self, *args: Any, start_step: int | None = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.start_step = int(start_step or 0)
+
+    def _should_skip_check(self, trainer: L.Trainer) -> bool:
+        return super()._should_skip_check(trainer) or trainer.global_step < self.start_step
+
+
 def stop_reason(trainer: L.Trainer) -> str:
     """Why ``trainer.fit`` returned: the update cap when it was reached (early stopping held back by
     ``min_steps`` up to the cap did not end the run), else early stopping, the time budget, the epochs."""
