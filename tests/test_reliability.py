@@ -96,6 +96,19 @@ def test_a_crafted_last_ckpt_in_a_run_folder_runs_no_code(resume: str, tmp_path:
     assert snapshot(run) == before  # refused before writing anything
 
 
+def test_a_stored_config_that_would_build_code_is_refused(tmp_path: Path) -> None:
+    """Plain data, no pickle trick: a config whose _target_ is os.system would run it when built."""
+    marker = tmp_path / "pwned"
+    ckpt = tmp_path / "plain.ckpt"
+    config = {"data": {"_target_": "os.system", "_args_": [f"touch {marker}"]},
+              "model": {"_target_": "zf_lightning.models.ZForcing"}}
+    torch.save({"state_dict": {}, CONFIG_KEY: config}, ckpt)
+    cfg = compose_config("eval", [f"ckpt_path={ckpt}", f"paths.output_dir={tmp_path / 'eval'}"])
+    with pytest.raises(ValueError, match=r"is not a trusted checkpoint: its stored config would build os\.system"):
+        evaluate(cfg)
+    assert not marker.exists()
+
+
 # ------------------------------------------------------------------------------ 2. protected run folders
 def test_a_run_that_cannot_continue_a_folder_leaves_it_byte_for_byte_unchanged(completed: Path,
                                                                                   tmp_path: Path) -> None:
@@ -122,7 +135,9 @@ class WaitForRelease(Callback):
             WaitForRelease.release.wait(timeout=300)
 
 
-def test_two_runs_into_one_folder_the_second_is_refused_and_the_first_completes(tmp_path: Path) -> None:
+def test_two_runs_into_one_folder_the_second_is_refused_and_the_first_completes(monkeypatch: pytest.MonkeyPatch,
+                                                                                tmp_path: Path) -> None:
+    monkeypatch.setenv("ZF_TRUSTED_TARGETS", "tests.")  # the waiting callback is stored in the checkpoints
     run = tmp_path / "run"
     first_cfg = short_run(run, "trainer.max_epochs=2", "+callbacks.wait._target_=tests.test_reliability.WaitForRelease")
     WaitForRelease.reached.clear()
@@ -280,7 +295,9 @@ class CheckpointWriterSpy(Callback):
         CheckpointWriterSpy.seen.append(type(trainer.strategy.checkpoint_io).__name__)
 
 
-def test_the_pipeline_writes_checkpoints_through_the_atomic_writer(tmp_path: Path) -> None:
+def test_the_pipeline_writes_checkpoints_through_the_atomic_writer(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    monkeypatch.setenv("ZF_TRUSTED_TARGETS", "tests.")  # the spy callback is stored in the checkpoints
     CheckpointWriterSpy.seen.clear()
     train(short_run(tmp_path / "run", "+callbacks.spy._target_=tests.test_reliability.CheckpointWriterSpy"))
     assert CheckpointWriterSpy.seen == ["AtomicCheckpointIO"]

@@ -32,6 +32,18 @@ NONFINITE_KEY = "nonfinite"  # the objective's skipped-update counters (Sequence
 STATE_DICT_KEY = "state_dict"  # Lightning's: the LightningModule's weights
 LAST = "last"  # ckpt_path=last: the newest last*.ckpt of the run folder
 
+# What a stored config may build: a checkpoint is data, and ``instantiate`` on a ``_target_``
+# such as ``os.system`` would run code, so targets outside these packages are refused on load.
+# Your own packages (a model or callback of your own in a config) are added with the
+# environment variable ZF_TRUSTED_TARGETS, comma-separated prefixes such as "mylab.models.".
+TRUSTED_TARGETS = ("zf_lightning.", "lightning.pytorch.", "torch.optim.", "torch.nn.", "datetime.timedelta")
+TRUSTED_TARGETS_ENV = "ZF_TRUSTED_TARGETS"
+
+
+def trusted_targets() -> tuple[str, ...]:
+    extra = [p.strip() for p in os.environ.get(TRUSTED_TARGETS_ENV, "").split(",") if p.strip()]
+    return (*TRUSTED_TARGETS, *extra)
+
 # ``_target_`` paths stored in checkpoints written before a module moved -> where they live now
 MOVED_TARGETS: dict[str, str] = {
     "zf_lightning.data.text.SentencesDataModule": "zf_lightning.data.text.modules.SentencesDataModule",
@@ -99,7 +111,26 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise UnreadableCheckpointError(f"{path} is not a checkpoint: it holds a {type(checkpoint).__name__}")
     if isinstance(checkpoint.get(CONFIG_KEY), dict):
         checkpoint[CONFIG_KEY] = migrate_config(checkpoint[CONFIG_KEY])
+        untrusted = sorted(set(untrusted_targets(checkpoint[CONFIG_KEY])))
+        if untrusted:
+            raise ValueError(
+                f"{path} is not a trusted checkpoint: its stored config would build {', '.join(untrusted)}, "
+                f"and a stored config may only name classes and functions under {', '.join(trusted_targets())} "
+                f"(building anything else from a file could run arbitrary code; add your own packages with "
+                f"{TRUSTED_TARGETS_ENV}=prefix,...)"
+            )
     return checkpoint
+
+
+def untrusted_targets(node: Any) -> list[str]:
+    """Every ``_target_`` in a stored config that is not under the trusted prefixes."""
+    trusted = trusted_targets()
+    if isinstance(node, dict):
+        found = [str(v) for k, v in node.items() if k == "_target_" and not str(v).startswith(trusted)]
+        return found + [t for v in node.values() for t in untrusted_targets(v)]
+    if isinstance(node, list):
+        return [t for v in node for t in untrusted_targets(v)]
+    return []
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
