@@ -50,6 +50,8 @@ def test_which_metrics_grow_with_quality() -> None:
     assert higher_is_better("test/elbo") and higher_is_better("test/iwae_100") and higher_is_better("test/acc")
     assert not higher_is_better("test/neg_elbo") and not higher_is_better("test/ppl")
     assert not higher_is_better("test/bpd")
+    assert not higher_is_better("test/iwae_64_bpd") and not higher_is_better("test/iwae_64_nats_per_step")
+    assert not higher_is_better("test/elbo_se") and higher_is_better("test/acc_len25")
 
 
 @pytest.fixture
@@ -153,3 +155,24 @@ def test_two_studies_report_as_one_table_with_pairs_across_them(study: Path, tmp
 def test_several_folders_need_an_output_folder(study: Path) -> None:
     with pytest.raises(SystemExit):
         main([str(study), str(study)])
+
+
+def test_pairs_are_taken_within_each_data_set_when_the_baseline_spans_several(tmp_path: Path) -> None:
+    sweep = tmp_path / "sets"
+    accuracy = {("sets/lstm", "set_parity"): 0.5, ("sets/lstm_sire1", "set_parity"): 0.6,
+                ("sets/lstm", "set_sum_mod10"): 0.2, ("sets/lstm_sire1", "set_sum_mod10"): 0.2}
+    names = {"sets/lstm": "LSTM", "sets/lstm_sire1": "LSTM + SIRE 1"}
+    num = 0
+    for (variant, data), acc in accuracy.items():
+        for seed, wobble in ((1, 0.01), (2, -0.01), (3, 0.0)):
+            noise = wobble if variant == "sets/lstm" or data == "set_parity" else -wobble
+            make_job(sweep, num, [f"+variant={variant}", f"data={data}", f"seed={seed}"],
+                     {"test/acc": acc + noise}, config={"table_row": names[variant]})
+            num += 1
+    write_report(sweep, headline="test/acc", baseline="LSTM")
+    rows = paired_rows((sweep / "report.md").read_text())
+    assert set(rows) == {"LSTM + SIRE 1 · data=set_parity", "LSTM + SIRE 1 · data=set_sum_mod10"}
+    assert rows["LSTM + SIRE 1 · data=set_parity"][1:3] == ["3", "+0.10"]
+    assert rows["LSTM + SIRE 1 · data=set_parity"][-1] == BETTER
+    assert rows["LSTM + SIRE 1 · data=set_sum_mod10"][1:3] == ["3", "+0.00"]
+    assert rows["LSTM + SIRE 1 · data=set_sum_mod10"][-1] == NO_DIFFERENCE

@@ -40,7 +40,7 @@ from zf_lightning.runs.checkpoint import migrate_target
 from zf_lightning.runs.status import COMPLETED, job_folders, read_status
 from zf_lightning.sweeps.heatmap import add_capacity_heatmaps, capacity_headline
 from zf_lightning.sweeps.size_curves import SizeSeries, add_job, has_curves, size_tables, write_size_curves
-from zf_lightning.sweeps.stats import higher_is_better, paired_difference
+from zf_lightning.sweeps.stats import higher_is_better, mean_std, paired_difference
 from zf_lightning.types import HasAuxCost
 
 SEED_KEYS = ("seed",)
@@ -102,8 +102,7 @@ class Row:
         values = [j.metrics[metric] for j in self.done if math.isfinite(j.metrics.get(metric, math.nan))]
         if not values:
             return math.nan, math.nan, 0
-        std = statistics.stdev(values) if len(values) > 1 else math.nan
-        return statistics.fmean(values), std, len(values)
+        return (*mean_std(values), len(values))
 
 
 # ---------------------------------------------------------------------------- reading jobs
@@ -348,47 +347,54 @@ def runs_table(rows: list[Row]) -> list[str]:
             name, str(len(done)), ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "–",
             (f"{statistics.fmean(updates):.0f} [{min(updates):.0f}–{max(updates):.0f}]" if updates else "–"),
             f"{statistics.fmean(best):.0f}" if best else "–",
-            fmt(statistics.fmean(late), statistics.stdev(late) if len(late) > 1 else math.nan) if late else "–",
+            fmt(*mean_std(late)) if late else "–",
         ])
     return _md_table(["row", "runs", "stopped by", "updates (mean [min–max])", "best checkpoint at update (mean)",
                       "val/elbo gain over the last 20 % of updates"], body)
 
 
 def paired_table(rows: list[Row], baseline: str, metric: str) -> list[str]:
-    """Each row against the baseline row, paired by seed (see ``zf_lightning.sweeps.stats``)."""
-    names = display_names(rows)
-    if baseline not in names:
-        raise ValueError(f"baseline row {baseline!r} is not among the rows: {names}")
-    base = rows[names.index(baseline)]
-    by_seed = {j.seed: j.metrics[metric] for j in base.done if metric in j.metrics}
+    """Each row against the baseline row, paired by seed (see ``zf_lightning.sweeps.stats``).
+
+    When several rows carry the baseline's name (the same model on several data sets), each row
+    is compared with the baseline row that shares its other settings (its data set), and the
+    table names those settings."""
+    names = [row_name(r) for r in rows]
+    bases = [r for r, n in zip(rows, names, strict=True) if n == baseline]
+    if not bases:
+        raise ValueError(f"baseline row {baseline!r} is not among the rows: {sorted(set(names))}")
+    context = [k for k, _ in bases[0].key if len({dict(b.key)[k] for b in bases}) > 1]
+    by_context = {tuple(dict(b.key)[k] for k in context): b for b in bases}
     better = higher_is_better(metric)
     body = []
     for row, name in zip(rows, names, strict=True):
-        if row is base:
+        values = tuple(dict(row.key).get(k, "") for k in context)
+        base = by_context.get(values)
+        if row in bases or base is None:
             continue
-        diff = paired_difference(by_seed, {j.seed: j.metrics[metric] for j in row.done if metric in j.metrics}, better)
+        diff = paired_difference({j.seed: j.metrics[metric] for j in base.done if metric in j.metrics},
+                                 {j.seed: j.metrics[metric] for j in row.done if metric in j.metrics}, better)
         interval = "–" if math.isnan(diff.low) else f"[{diff.low:.2f}, {diff.high:.2f}]"
         se = "–" if math.isnan(diff.se) else f"{diff.se:.2f}"
-        body.append([name, str(diff.n), f"{diff.mean:+.2f}", se, interval, diff.verdict])
+        label = name + "".join(f" · {k}={v}" for k, v in zip(context, values, strict=True))
+        body.append([label, str(diff.n), f"{diff.mean:+.2f}", se, interval, diff.verdict])
     return _md_table(["row", "paired seeds", f"mean difference in {metric}", "standard error",
                       "95 % t-interval", "verdict"], body)
 
 
 def ordering_table(rows: list[Row], key: str = "val/elbo", fractions: tuple[float, ...] = (0.6, 0.8, 1.0)) -> list[str]:
-    """Row means of a validation curve at fractions of the shortest run: is the ordering stable late on?"""
-    ends = [j.curves[key][-1][0] for r in rows for j in r.done if j.curves.get(key)]
-    if not ends:
+    """Row means of a validation curve at fractions of each run's own updates (runs that stopped
+    early are read at their own end): is the rows' ordering stable over the last part of the curves?"""
+    if not any(j.curves.get(key) for r in rows for j in r.done):
         return []
-    budget = min(ends)
-    header = ["row", *[f"{key} at update {int(budget * f)}" for f in fractions]]
+    header = ["row", *[f"{key} at {f:.0%} of each run's updates" for f in fractions]]
     body = []
     for row, name in zip(rows, display_names(rows), strict=True):
         cells = []
         for f in fractions:
             values = [v for j in row.done if j.curves.get(key)
-                      if math.isfinite(v := _curve_value(j.curves[key], budget * f))]
-            cells.append(fmt(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan)
-                         if values else "–")
+                      if math.isfinite(v := _curve_value(j.curves[key], j.curves[key][-1][0] * f))]
+            cells.append(fmt(*mean_std(values)) if values else "–")
         body.append([name, *cells])
     return _md_table(header, body)
 
@@ -413,7 +419,7 @@ def write_markdown(path: Path, sweep: str, jobs: list[Job], rows: list[Row], key
         ordering = ordering_table(rows)
         if ordering:
             lines += ["### Is the ordering stable over the last part of the curves?", "",
-                      "Mean validation bound of each row at fractions of the shortest run's updates.", "",
+                      "Mean validation bound of each row at fractions of each run's own updates.", "",
                       *ordering, ""]
     if metrics:
         lines += ["## All test metrics", ""]

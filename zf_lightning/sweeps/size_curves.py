@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import math
 import re
-import statistics
 from pathlib import Path
+
+from zf_lightning.sweeps.stats import mean_std
 
 _SIZE_KEY = re.compile(r"^test/acc_len(\d+)$")
 
@@ -31,10 +32,6 @@ def has_curves(series: SizeSeries) -> bool:
     return any(len(points) > 1 for lines in series.values() for points in lines.values())
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def size_tables(series: SizeSeries) -> list[str]:
     """Markdown: per panel, rows = lines, columns = test sizes, cells = mean ± std (n)."""
     lines: list[str] = []
@@ -48,8 +45,9 @@ def size_tables(series: SizeSeries) -> list[str]:
                 if s not in points:
                     cells.append("–")
                     continue
-                mean, std = _mean_std(points[s])
-                cells.append(f"{mean:.3f} ± {std:.3f} (n={len(points[s])})")
+                mean, std = mean_std(points[s])
+                spread = "" if math.isnan(std) else f" ± {std:.3f}"
+                cells.append(f"{mean:.3f}{spread} (n={len(points[s])})")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
@@ -66,8 +64,9 @@ def write_size_curves(path: Path, series: SizeSeries) -> None:
     for ax, panel in zip(axes[0], panels, strict=True):
         for name, points in series[panel].items():
             sizes = sorted(points)
-            stats = [_mean_std(points[s]) for s in sizes]
+            stats = [mean_std(points[s]) for s in sizes]
             means = [m for m, _ in stats]
+            stats = [(m, 0.0 if math.isnan(sd) else sd) for m, sd in stats]  # no band for a single seed
             line = ax.plot(sizes, means, marker="o", label=name)[0]
             ax.fill_between(sizes, [m - s for m, s in stats], [m + s for m, s in stats], color=line.get_color(),
                             alpha=0.2)

@@ -11,6 +11,7 @@ no difference detectable at this n.
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from dataclasses import dataclass
 
@@ -62,6 +63,14 @@ def paired_difference(baseline: dict[str, float], other: dict[str, float], highe
 
 
 def higher_is_better(metric: str) -> bool:
-    """Bounds (``elbo``, ``iwae_K``) and accuracies grow with quality; NLLs, bits and perplexities shrink."""
+    """Bounds (``elbo``, ``iwae_K``) and accuracies grow with quality; NLLs, bits, perplexities and
+    the per-step / per-dimension forms of the bounds (``iwae_K_bpd``: NLL convention) shrink."""
     name = metric.rsplit("/", 1)[-1]
-    return name.startswith(("elbo", "iwae", "acc", "probe_acc"))
+    return re.fullmatch(r"elbo|iwae_\d+|(probe_)?acc(_len\d+)?", name) is not None
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (nan for fewer than two values, and a nan mean for none)."""
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
