@@ -90,3 +90,17 @@ def test_each_study_composes_and_its_first_updates_run(study: str, tmp_path: Pat
                                    f"paths.cache_dir={tmp_path / 'cache'}", *tiny])
     metrics = train(cfg)
     assert metrics["train/updates"] == 2 and metrics["stop_reason"] == MAX_STEPS
+
+
+def test_a_completed_folder_of_another_job_is_refused_not_reported(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from zf_lightning.runs import status
+
+    (tmp_path / "metrics.json").write_text(json.dumps({"test/elbo": -1.0}))
+    (tmp_path / "status.json").write_text(json.dumps({"status": "completed",
+                                                      "job": {"override_dirname": "ablation=plain,seed=1"}}))
+    monkeypatch.setattr(status, "job_identity", lambda: {"override_dirname": "ablation=plain,seed=1"})
+    assert status.completed_metrics(tmp_path) == {"test/elbo": -1.0}
+    monkeypatch.setattr(status, "job_identity", lambda: {"override_dirname": "ablation=kla,seed=1"})
+    with pytest.raises(ValueError, match="holds a completed run of another job .'ablation=plain,seed=1'."):
+        status.completed_metrics(tmp_path)

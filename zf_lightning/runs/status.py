@@ -90,10 +90,22 @@ class JobStatus:
 
 
 def completed_metrics(directory: Path) -> dict[str, Any] | None:
-    """The metrics of a job folder whose run completed (None when it did not, or never ran)."""
+    """The metrics of a job folder whose run completed (None when it did not, or never ran).
+
+    Under a Hydra multirun the folder must hold this very job (the same overrides, by Hydra's
+    job name): a study whose grid was edited would otherwise find another configuration's
+    results under the same job number and report them as this one's."""
     metrics = directory / "metrics.json"
-    if read_status(directory).get("status") != COMPLETED or not metrics.is_file():
+    status = read_status(directory)
+    if status.get("status") != COMPLETED or not metrics.is_file():
         return None
+    stored, current = (status.get("job") or {}).get("override_dirname"), job_identity().get("override_dirname")
+    if stored is not None and current is not None and stored != current:
+        raise ValueError(
+            f"{directory} holds a completed run of another job ({stored!r}), not of this one ({current!r}): "
+            "the sweep's grid changed since it ran. Run the changed sweep into a new folder "
+            "(hydra.sweep.dir=...), or move the old one away"
+        )
     return json.loads(metrics.read_text())
 
 
