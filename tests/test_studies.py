@@ -102,5 +102,5 @@ def test_a_completed_folder_of_another_job_is_refused_not_reported(tmp_path: Pat
     monkeypatch.setattr(status, "job_identity", lambda: {"override_dirname": "ablation=plain,seed=1"})
     assert status.completed_metrics(tmp_path) == {"test/elbo": -1.0}
     monkeypatch.setattr(status, "job_identity", lambda: {"override_dirname": "ablation=kla,seed=1"})
-    with pytest.raises(ValueError, match="holds a completed run of another job .'ablation=plain,seed=1'."):
+    with pytest.raises(ValueError, match=r"holds a completed run of another job \('ablation=plain,seed=1'\)"):
         status.completed_metrics(tmp_path)
