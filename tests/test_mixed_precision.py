@@ -15,19 +15,26 @@ from omegaconf import DictConfig
 from torch import nn
 
 from tests.conftest import TINY
-from tests.helpers import make_batch, make_model
+from tests.helpers import HEADS, make_batch, make_model
 from tests.test_baselines import MODELS, build
+from zf_lightning.models import LRU, Transformer
 from zf_lightning.runs.pipeline import train
-from zf_lightning.types import SequenceBatch, StepTerms
+from zf_lightning.types import DataSpec, LatentVariableModel, SequenceBatch, StepTerms
 
 TERMS = ("nll", "kl", "aux", "bwd")
 # bf16 keeps 8 significant bits (relative rounding 2^-9 per value); summed terms of these tiny
 # models measured within 0.4 % of fp32, the bound leaves room for other seeds and shapes
 TOLERANCE = 2e-2
 
+def spec_of(kind: str, dim: int = 5) -> DataSpec:
+    return DataSpec(kind, dim, "word" if kind == "tokens" else "sequence", 1 if kind == "tokens" else dim)  # type: ignore[arg-type]
+
+
 BUILDERS: dict[str, Callable[[str], nn.Module]] = {
     "zforcing": lambda kind: make_model(kind, rnn_dim=16, z_dim=4, mlp_dim=8),
     "zforcing_cln": lambda kind: make_model(kind, rnn_dim=16, z_dim=4, mlp_dim=8, cond_layer_norm=True),
+    "lru": lambda kind: LRU(spec_of(kind), HEADS[kind], d_model=8, layers=2),
+    "transformer": lambda kind: Transformer(spec_of(kind), HEADS[kind], d_model=8, layers=2, heads=2),
 } | {name: (lambda kind, name=name: build(name, kind)) for name in MODELS}
 
 
@@ -47,7 +54,7 @@ def test_bf16_autocast_terms_match_fp32_within_tolerance(name: str, kind: str) -
     model = BUILDERS[name](kind)
     batch = make_batch(kind, B=4, T=12)
     noise = None
-    if hasattr(model, "z_dim"):
+    if isinstance(model, LatentVariableModel):
         noise = torch.randn(*batch.mask.shape, model.z_dim, generator=torch.Generator().manual_seed(1))
     reference, ref_grads = terms_and_grads(model, batch, noise, bf16=False)
     terms, grads = terms_and_grads(model, batch, noise, bf16=True)

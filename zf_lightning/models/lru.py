@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from zf_lightning.models.common import InputEmbedding, check_head
 from zf_lightning.models.deterministic import DeterministicModel
 from zf_lightning.models.heads import HeadFactory
+from zf_lightning.models.layers import fp32_forward
 from zf_lightning.types import DataSpec, DeterministicStep
 
 
@@ -86,11 +87,14 @@ class LRULayer(nn.Module):
         """Re(C x) + D u."""
         return F.linear(states.real, self.C_re) - F.linear(states.imag, self.C_im) + self.D * u
 
+    @fp32_forward
     def forward(self, u: Tensor, parallel: bool = True) -> Tensor:
-        """``u`` ``[B, T, width]`` -> ``[B, T, width]``; ``parallel=False`` runs the step-by-step loop."""
+        """``u`` ``[B, T, width]`` -> ``[B, T, width]``; ``parallel=False`` runs the step-by-step loop.
+        Under autocast it runs in fp32: complex states have no bf16 form, and the state is long-lived."""
         states = (diagonal_scan if parallel else diagonal_recurrence)(self.eigenvalues(), self.drive(u))
         return self.readout(states, u)
 
+    @fp32_forward
     def step(self, u: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """One step: ``u`` ``[n, width]``, complex state ``x`` ``[n, N]`` -> (output, new state)."""
         x = self.eigenvalues() * x + self.drive(u)
