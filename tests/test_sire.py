@@ -106,6 +106,14 @@ def test_models_without_a_deterministic_step_are_refused() -> None:
         SequenceLitModule(zforcing, DataSpec("real", 4, "sequence", 4), adam, regularizer=SIRE())
 
 
+def test_a_model_with_dropout_is_refused() -> None:
+    adam = lambda params: torch.optim.Adam(params)  # noqa: E731
+    lstm = RNN(SPEC, CategoricalHead, emb_dim=8, rnn_dim=16, dropout=0.1)
+    with pytest.raises(ValueError, match=r"RNN has dropout \(Dropout\(p=0.1\)\).*model.dropout=0"):
+        SequenceLitModule(lstm, SPEC, adam, regularizer=SIRE())
+    SequenceLitModule(RNN(SPEC, CategoricalHead, emb_dim=8, rnn_dim=16), SPEC, adam, regularizer=SIRE())
+
+
 def test_the_config_refuses_a_transformer(compose_train: Callable[..., DictConfig]) -> None:
     cfg = compose_train("data=set_parity", "model=transformer", "regularizer=sire", tiny=False)
     with pytest.raises(InstantiationException, match="regularizer=sire needs a model"):

@@ -65,6 +65,14 @@ class SIRE(Regularizer):
 
     def check(self, model: nn.Module) -> None:
         if isinstance(model, DeterministicStep):
+            noisy = sorted({f"{type(m).__name__}(p={m.p})" for m in model.modules()
+                            if isinstance(m, nn.Dropout) and m.p > 0})
+            if noisy:
+                raise ValueError(
+                    f"regularizer=sire compares the states two orders reach, but {type(model).__name__} has dropout "
+                    f"({', '.join(noisy)}): the states would differ by dropout noise even for an order-free model; "
+                    "set model.dropout=0 with regularizer=sire"
+                )
             return
         if isinstance(model, HasStepFunction) and isinstance(model, LatentVariableModel):
             why = ("its step function samples z_t, so the states after (a, b) and (b, a) would differ by noise "
