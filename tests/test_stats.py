@@ -5,6 +5,7 @@ report rebuilt from jobs.csv / curves.csv alone."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -176,3 +177,31 @@ def test_pairs_are_taken_within_each_data_set_when_the_baseline_spans_several(tm
     assert rows["LSTM + SIRE 1 · data=set_parity"][-1] == BETTER
     assert rows["LSTM + SIRE 1 · data=set_sum_mod10"][1:3] == ["3", "+0.00"]
     assert rows["LSTM + SIRE 1 · data=set_sum_mod10"][-1] == NO_DIFFERENCE
+
+
+def test_study_notes_state_the_settings_all_jobs_share_and_keep_hand_written_notes(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from zf_lightning.sweeps.study import NOTES, write_study_notes
+
+    sweep, results = tmp_path / "jobs", tmp_path / "results"
+    for num, (ablation, kl) in enumerate((("plain", 1.0), ("kla", 0.2))):
+        job = make_job(sweep, num, [f"ablation={ablation}", "seed=1"], {"test/elbo": -1.0},
+                       config={"model": {"rnn_dim": 64}, "lit": {"kl_weight": {"start": kl}},
+                               "trainer": {"max_steps": 100, "default_root_dir": str(sweep / str(num))}})
+        status = json.loads((job / "status.json").read_text())
+        status |= {"stop_reason": "max_steps", "started": "2026-12-01T10:00:00+00:00",
+                   "finished": "2026-12-01T10:30:00+00:00", "code": {"commit": "abc", "dirty": False}}
+        (job / "status.json").write_text(json.dumps(status))
+    config = OmegaConf.create({"study": {"name": "demo", "baseline": "Z-Forcing", "results_dir": "results/demo"},
+                               "torch_threads": 1, "hydra": {"overrides": {"task": ["study=demo", "seed=1"]},
+                                                             "launcher": {"n_jobs": 2},
+                                                             "sweeper": {"params": {"ablation": "plain,kla"}}}})
+    text = write_study_notes(config, sweep, results).read_text()
+    assert "python train.py -m study=demo seed=1" in text and "--baseline 'Z-Forcing'" in text
+    assert "jobs: 2; stopped by: max_steps 2" in text and "commit: abc (2 jobs)" in text
+    assert "rnn_dim: 64" in text and "max_steps: 100" in text and "default_root_dir" not in text
+    assert "differ between jobs (the rows): `lit.kl_weight.start`" in text
+    (results / "STUDY.md").write_text(text + "\nJobs 0 and 1 were rerun.\n")
+    again = write_study_notes(config, sweep, results).read_text()
+    assert again.count(NOTES) == 1 and again.endswith("\nJobs 0 and 1 were rerun.\n")

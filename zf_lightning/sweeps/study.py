@@ -12,6 +12,7 @@ import datetime as dt
 from collections import Counter
 from pathlib import Path
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from zf_lightning.runs.status import job_folders, read_status
@@ -30,9 +31,47 @@ def _yaml(node: object) -> str:
     return OmegaConf.to_yaml(node).strip() if node is not None else "null"
 
 
+SETTINGS = ("data", "model", "trainer", "callbacks", "optim", "schedule", "lit", "regularizer")
+
+
+def _flatten(node: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(node, dict):
+        return {k: v for key, child in node.items() for k, v in _flatten(child, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): node}
+
+
+def shared_settings(sweep_dir: Path) -> tuple[dict[str, object], list[str]]:
+    """The settings (``SETTINGS`` subtrees of each job's resolved config) equal in every job, and
+    the keys that differ between jobs, so STUDY.md states only what all rows really share."""
+    configs = []
+    for job in job_folders(sweep_dir):
+        if (file := job / "config_resolved.yaml").is_file():
+            config = yaml.safe_load(file.read_text()) or {}
+            flat = _flatten({k: config.get(k) for k in SETTINGS if k in config})
+            # a job's own folders (checkpoint dirs) say where it ran, not how
+            configs.append({k: v for k, v in flat.items() if not (isinstance(v, str) and str(job) in v)})
+    if not configs:
+        return {}, []
+    keys = sorted(set().union(*configs))
+    shared = {k: configs[0].get(k) for k in keys if all(k in c and c[k] == configs[0][k] for c in configs)}
+    return shared, [k for k in keys if k not in shared]
+
+
+def _nest(flat: dict[str, object]) -> dict[str, object]:
+    nested: dict[str, object] = {}
+    for key, value in flat.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})  # type: ignore[assignment]
+        node[leaf] = value  # type: ignore[index]
+    return nested
+
+
 def study_notes(config: DictConfig, sweep_dir: Path) -> list[str]:
     """The generated part of STUDY.md for the multirun whose Hydra config is ``config``."""
     statuses = [read_status(job) for job in job_folders(sweep_dir)]
+    shared, differing = shared_settings(sweep_dir)
     starts = [t for t in (_when(s.get("started")) for s in statuses) if t]
     ends = [t for t in (_when(s.get("finished")) for s in statuses) if t]
     job_seconds = sum((e - s).total_seconds() for s, e in
@@ -56,20 +95,17 @@ def study_notes(config: DictConfig, sweep_dir: Path) -> list[str]:
         "```", "",
         "## What ran", "",
         f"- jobs: {len(statuses)}; stopped by: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())),
-        f"- wall time: {wall} from the first job's start to the last job's end; {job_seconds / 3600:.2f} job-hours",
+        f"- wall time: {wall} from the first job's start to the last job's end (pauses between sessions "
+        f"included); {job_seconds / 3600:.2f} job-hours (of each job's last attempt)",
         f"- parallel jobs: {config.hydra.launcher.get('n_jobs', 1)}, "
         f"torch threads per job: {config.get('torch_threads')}",
         "- commit: " + (", ".join(f"{c} ({n} jobs)" for c, n in commits.items()) or "unknown"),
         "- machine: " + (", ".join(f"{m} ({n} jobs)" for m, n in machines.items()) or "unknown"),
-        "", "## Settings that every row shares", "",
-        "Data, model sizes, budget and stopping rule, and the loss-weight schedules (the ablation rows choose "
-        "which of the schedules apply):", "",
-        "```yaml",
-        _yaml({"data": config.data, "model": config.model, "trainer": {k: config.trainer.get(k) for k in (
-            "max_steps", "min_steps", "max_time", "val_check_interval", "gradient_clip_val")},
-               "early_stopping": config.callbacks.get("early_stopping"), "optim": config.optim,
-               "schedule": config.get("schedule")}),
-        "```", "",
+        "", "## Settings that every job shares", "",
+        "From the jobs' resolved configs (`config_resolved.yaml`): the data, model, budget, stopping rule, "
+        "optimizer and loss-weight schedules that are the same in every job.", "",
+        "```yaml", _yaml(OmegaConf.create(_nest(shared))) if shared else "{}", "```", "",
+        "Settings that differ between jobs (the rows): " + (", ".join(f"`{k}`" for k in differing) or "none"), "",
         "## Rows", "", "```yaml", _yaml(config.hydra.sweeper.params), "```", "",
     ]
     return lines
