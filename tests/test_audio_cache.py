@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -158,9 +159,15 @@ def test_temp_folders_of_killed_builders_are_removed(tmp_path: Path) -> None:
     stale = final.parent / f".{final.name}.tmp-{2**22 + 1}-deadbeef"
     stale.mkdir()
     (stale / "audio.npy").write_bytes(b"partial")
+    # the same, named the current way (with the host), and one from a builder on another host
+    here = final.parent / f".{final.name}.tmp-{2**22 + 1}-deadbeef-{socket.gethostname()}"
+    elsewhere = final.parent / f".{final.name}.tmp-{2**22 + 1}-deadbeef-another-node-7"
+    here.mkdir()
+    elsewhere.mkdir()
     rebuilt = open_or_build(root, files, tag="t", sample_rate=16000, downmix=True)
     assert rebuilt.directory == final and (final / META_FILE).is_file()
-    assert not stale.exists()
+    assert not stale.exists() and not here.exists()
+    assert elsewhere.exists()  # another host's builder may still be writing it
 
 
 def test_stream_writer_and_reader_round_trip_and_pickle(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import stat
 import tempfile
 import uuid
@@ -97,7 +98,7 @@ def fallback_cache_dirs(preferred: Path | None, data_dir: Path) -> list[Path]:
 def atomic_write_json(path: Path, obj: Any, indent: int = 1) -> None:
     """Write JSON under a temporary name, fsync, then ``os.replace``: readers see all or nothing."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = temporary_name(path)
     try:
         with open(tmp, "w") as fh:
             json.dump(obj, fh, indent=indent, sort_keys=True, default=str)
@@ -108,7 +109,15 @@ def atomic_write_json(path: Path, obj: Any, indent: int = 1) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _pid_alive(pid: int) -> bool:
+def temporary_name(final: Path) -> Path:
+    """Where ``final`` is written before it is renamed into place: hidden, and naming the writer's
+    pid and host, so a writer killed on this host leaves a temporary that can be recognised as
+    stale, while one still being written on another host (a shared cache, SLURM) is left alone."""
+    return final.with_name(f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{socket.gethostname()}")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -121,11 +130,11 @@ def _pid_alive(pid: int) -> bool:
 def remove_stale_temps(final: Path) -> None:
     """Delete the temporary folders (or files) of ``final`` left by writers that were killed."""
     for tmp in final.parent.glob(f".{final.name}.tmp-*"):
-        try:
-            pid = int(tmp.name.rsplit(".tmp-", 1)[1].split("-")[0])
-        except ValueError:
+        pid, _, rest = tmp.name.rsplit(".tmp-", 1)[1].partition("-")
+        host = rest.partition("-")[2]  # empty for temporaries named before the host was added
+        if not pid.isdigit() or (host and host != socket.gethostname()):
             continue
-        if not _pid_alive(pid):
+        if not pid_alive(int(pid)):
             if tmp.is_dir():
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
@@ -140,7 +149,7 @@ def build_atomically(final: Path, build: Callable[[Path], None], complete: Calla
     is not complete (damaged by hand) is replaced."""
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(final)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = temporary_name(final)
     tmp.mkdir()
     try:
         build(tmp)

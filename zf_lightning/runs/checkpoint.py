@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from zf_lightning.data.cache import remove_stale_temps
+from zf_lightning.data.cache import remove_stale_temps, temporary_name
 from zf_lightning.lit import SequenceLitModule
 
 CONFIG_KEY = "zf_config"
@@ -147,7 +146,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(target)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        tmp = temporary_name(target)
         try:
             with open(tmp, "wb") as fh:
                 torch.save(checkpoint, fh)

@@ -23,7 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from zf_lightning.data.cache import is_writable_dir
+from zf_lightning.data.cache import is_writable_dir, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +49,6 @@ def check_writable(folder: Path) -> None:
             "Choose another with hydra.run.dir=<folder> (hydra.sweep.dir=<folder> for -m sweeps; "
             "paths.output_dir when calling train() directly) or paths.log_dir=<folder>."
         )
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
 
 
 class RunLock:
@@ -100,7 +90,7 @@ class RunLock:
             if not holder:
                 continue  # released in between
             pid, host = holder.get("pid"), holder.get("host")
-            stale = host == self.record["host"] and isinstance(pid, int) and not _pid_alive(pid)
+            stale = host == self.record["host"] and isinstance(pid, int) and not pid_alive(pid)
             if not stale:
                 raise RunFolderError(
                     f"{self.path.parent} is in use by another run (pid {pid} on host {host}, lock {self.path}); "
