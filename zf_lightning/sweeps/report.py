@@ -35,12 +35,14 @@ from typing import Any
 
 import yaml
 from hydra.utils import get_class
+from omegaconf import OmegaConf
 
 from zf_lightning.runs.checkpoint import migrate_target
 from zf_lightning.runs.status import COMPLETED, job_folders, read_status
 from zf_lightning.sweeps.heatmap import add_capacity_heatmaps, capacity_headline
 from zf_lightning.sweeps.size_curves import SizeSeries, add_job, has_curves, size_tables, write_size_curves
 from zf_lightning.sweeps.stats import higher_is_better, mean_std, paired_difference
+from zf_lightning.sweeps.study import write_study_notes
 from zf_lightning.types import HasAuxCost
 
 SEED_KEYS = ("seed",)
@@ -595,6 +597,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from W&B instead (online)")
     parser.add_argument("--group", help="with --wandb: only this group (one sweep)")
     parser.add_argument("--baseline", help="a row name (e.g. 'Z-Forcing + kla'): paired differences against it")
+    parser.add_argument("--study-notes", action="store_true",
+                        help="also write STUDY.md into --out from the study's job folder (its multirun.yaml)")
     args = parser.parse_args(argv)
     if args.wandb:
         out = args.out or Path(f"report-{args.wandb.replace('/', '_')}" + (f"-{args.group}" if args.group else ""))
@@ -606,6 +610,11 @@ def main(argv: list[str] | None = None) -> int:
     elif len(args.sweep_dirs) == 1:
         out = args.out or args.sweep_dirs[0]
         rows = write_report(args.sweep_dirs[0], out, args.metric, args.baseline)
+        if args.study_notes:
+            multirun = args.sweep_dirs[0] / "multirun.yaml"
+            if not multirun.is_file():
+                parser.error(f"--study-notes needs {multirun} (the job folder a study ran into)")
+            write_study_notes(OmegaConf.load(multirun), args.sweep_dirs[0], out)
     elif args.sweep_dirs:
         if args.out is None:
             parser.error("several folders are reported together into --out FOLDER")
