@@ -112,8 +112,10 @@ def test_killed_run_resumes_from_the_command_line_and_ends_where_a_straight_run_
     flag.touch()
     # WANDB_SERVICE would attach the children to this process's W&B service, which still holds
     # the killed child's run; a separate process (a shell, a requeued job) has none
+    # ZF_TRUSTED_TARGETS: the test's own callback is stored in the checkpoints a resume reads back
     env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"} | {"WANDB_MODE": "offline",
-                                                                          "PYTHONPATH": str(REPO)}
+                                                                          "PYTHONPATH": str(REPO),
+                                                                          "ZF_TRUSTED_TARGETS": "tests."}
     cmd = [sys.executable, "train.py", *RUN, "trainer.max_epochs=4", f"hydra.run.dir={run}",
            f"paths.cache_dir={tmp_path / 'cache'}", "+callbacks.block._target_=tests.test_resume.BlockAtEpoch",
            "+callbacks.block.epoch=2", f"+callbacks.block.flag={flag}"]

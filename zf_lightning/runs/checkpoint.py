@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,7 @@ class UnreadableCheckpointError(ValueError):
     """A checkpoint file that cannot be read (truncated by a kill or a full disk, or not a checkpoint)."""
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def load_checkpoint(path: Path, also_trusted: Collection[str] = ()) -> dict[str, Any]:
     """A checkpoint on the CPU, with its non-tensor entries (stored config, choices, W&B identity).
 
     Checkpoints are data: they are unpickled with ``weights_only=True``, which refuses any
@@ -110,7 +111,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise UnreadableCheckpointError(f"{path} is not a checkpoint: it holds a {type(checkpoint).__name__}")
     if isinstance(checkpoint.get(CONFIG_KEY), dict):
         checkpoint[CONFIG_KEY] = migrate_config(checkpoint[CONFIG_KEY])
-        untrusted = sorted(set(untrusted_targets(checkpoint[CONFIG_KEY])))
+        untrusted = sorted(set(untrusted_targets(checkpoint[CONFIG_KEY])) - set(also_trusted))
         if untrusted:
             raise ValueError(
                 f"{path} is not a trusted checkpoint: its stored config would build {', '.join(untrusted)}, "
@@ -119,6 +120,16 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
                 f"{TRUSTED_TARGETS_ENV}=prefix,...)"
             )
     return checkpoint
+
+
+def config_targets(node: Any) -> set[str]:
+    """Every ``_target_`` a config names (a run trusts what its own config already built)."""
+    if isinstance(node, dict):
+        own = {str(v) for k, v in node.items() if k == "_target_"}
+        return own.union(*(config_targets(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(config_targets(v) for v in node))
+    return set()
 
 
 def untrusted_targets(node: Any) -> list[str]:

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from zf_lightning.data.base import SequenceDataModule
 from zf_lightning.lit import SequenceLitModule
-from zf_lightning.runs.checkpoint import AtomicCheckpointIO, StoreConfig, resolved_config
+from zf_lightning.runs.checkpoint import AtomicCheckpointIO, StoreConfig, config_targets, resolved_config
 from zf_lightning.runs.ddp import JobDDPStrategy, distributed_job
 from zf_lightning.runs.guard import RunLock, check_config, check_writable, holds_run, sync_learning_rate
 from zf_lightning.runs.loggers import build_loggers, close_loggers, log_samples
@@ -206,7 +206,9 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, resume: ResumePoint | None, st
     best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
     if ckpt_cb is not None and ckpt_cb.best_model_score is not None:
         metrics[f"best/{ckpt_cb.monitor}"] = float(ckpt_cb.best_model_score)
-    stopped = {"stop_reason": stop_reason(trainer), "updates": trainer.global_step, "best_step": checkpoint_step(best)}
+    own_targets = config_targets(resolved_config(cfg))
+    stopped = {"stop_reason": stop_reason(trainer), "updates": trainer.global_step,
+               "best_step": checkpoint_step(best, own_targets)}
     log.info("training stopped: %s after %d updates (best checkpoint at update %s)", *stopped.values())
     status.update(**stopped)
     metrics |= {"stop_reason": stopped["stop_reason"], "train/updates": float(trainer.global_step)}  # type: ignore[dict-item]

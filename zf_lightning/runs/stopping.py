@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +69,10 @@ def stop_reason(trainer: L.Trainer) -> str:
     return STOPPED
 
 
-def checkpoint_step(path: str | Path | None) -> int | None:
-    """The update at which a checkpoint was written (None without one)."""
-    return int(load_checkpoint(Path(path)).get("global_step", 0)) if path else None
+def checkpoint_step(path: str | Path | None, also_trusted: Collection[str] = ()) -> int | None:
+    """The update at which a checkpoint was written (None without one); ``also_trusted``: the
+    targets of the config that wrote it (a run reads back its own checkpoint)."""
+    return int(load_checkpoint(Path(path), also_trusted).get("global_step", 0)) if path else None
 
 
 class DivergenceWatch(Callback):
