@@ -18,6 +18,7 @@ import csv
 import logging
 import os
 import random
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from zf_lightning.runs.checkpoint import (
     WANDB_ID_KEY,
     WANDB_KEY,
     UnreadableCheckpointError,
+    config_targets,
     find_checkpoint,
     load_checkpoint,
     resolved_config,
@@ -168,14 +170,15 @@ def _resume_candidates(output_dir: Path) -> list[Path]:
     return ([newest_last] if newest_last is not None else []) + others
 
 
-def _load_newest_readable(output_dir: Path) -> tuple[Path, dict[str, Any], list[Path]] | None:
+def _load_newest_readable(output_dir: Path, also_trusted: Collection[str] = ()
+                          ) -> tuple[Path, dict[str, Any], list[Path]] | None:
     """The newest readable checkpoint of a run folder; an unreadable ``last.ckpt`` (a kill or full
     disk while it was written) falls back to the next one with a warning naming both."""
     damaged: list[UnreadableCheckpointError] = []
     passed_over: list[Path] = []
     for candidate in _resume_candidates(output_dir):
         try:
-            checkpoint = load_checkpoint(candidate)
+            checkpoint = load_checkpoint(candidate, also_trusted)
         except UnreadableCheckpointError as err:
             damaged.append(err)
             passed_over.append(candidate)
@@ -202,8 +205,10 @@ def resume_from(cfg: DictConfig) -> tuple[DictConfig, ResumePoint | None]:
     output_dir = Path(cfg.paths.output_dir)
     requested = cfg.get("ckpt_path")
     automatic = requested is None and cfg.get("auto_resume", True)
+    # what this command's own config builds anyway (its callbacks, a model of your own) is trusted
+    own_targets = config_targets(OmegaConf.to_container(cfg, resolve=False))
     if automatic or str(requested) == LAST:
-        found = _load_newest_readable(output_dir)
+        found = _load_newest_readable(output_dir, own_targets)
         if found is None and requested is not None:
             raise FileNotFoundError(
                 f"ckpt_path=last asks to continue the run in {output_dir}, but it holds no checkpoint "
@@ -215,7 +220,7 @@ def resume_from(cfg: DictConfig) -> tuple[DictConfig, ResumePoint | None]:
     elif requested is not None:
         path = find_checkpoint(output_dir, requested)
         assert path is not None
-        found = (path, load_checkpoint(path), [])
+        found = (path, load_checkpoint(path, own_targets), [])
     else:
         found = None
     if found is None:
