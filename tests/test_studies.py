@@ -104,3 +104,16 @@ def test_a_completed_folder_of_another_job_is_refused_not_reported(tmp_path: Pat
     monkeypatch.setattr(status, "job_identity", lambda: {"override_dirname": "ablation=kla,seed=1"})
     with pytest.raises(ValueError, match=r"holds a completed run of another job \('ablation=plain,seed=1'\)"):
         status.completed_metrics(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("row", sorted(p.stem for p in (CONF_DIR / "variant" / "sets").glob("*.yaml")))
+def test_every_row_of_the_set_study_trains_and_reports_its_flip_rate(row: str, tmp_path: Path) -> None:
+    cfg = compose_config("train", ["study=sets_sire", f"+variant=sets/{row}", "data=set_parity",
+                                   f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}",
+                                   "trainer.max_steps=3", "trainer.val_check_interval=3", "logger=csv",
+                                   "data.num_val=20", "data.num_test=20", "samples.num=0"])
+    assert cfg.table_row
+    metrics = train(cfg)
+    assert metrics["train/updates"] == 3 and 0.0 <= metrics["test/perm_flip_rate"] <= 1.0
+    assert {"test/acc_len10", "test/acc_len100"} <= set(metrics)
