@@ -75,8 +75,10 @@ def study(tmp_path: Path) -> Path:
                 job = make_job(sweep, num, overrides, {"test/elbo": elbo, "test/kl": 2.0},
                                curve=[(100, elbo - 10, 1.0), (200, elbo - 1, 1.0), (300, elbo, 1.0)],
                                config={"model": {"_target_": "zf_lightning.models.ZForcing"}})
+                diverged = "true" if (ablation, seed) == ("kla_aux", 1) else "false"
                 status = (job / "status.json").read_text().replace('"completed"', '"completed", "stop_reason": '
-                                                                    '"converged", "updates": 300, "best_step": 300')
+                                                                    '"converged", "updates": 300, "best_step": 300, '
+                                                                    f'"diverged": {diverged}')
                 (job / "status.json").write_text(status)
             num += 1
     return sweep
@@ -97,7 +99,8 @@ def test_the_report_gives_paired_differences_with_known_answers(study: Path) -> 
     # seed 4 never ran and seed 3 failed: two pairs are left
     assert rows["Z-Forcing + kla, aux"][1:3] == ["2", "+1.10"]
     text = (study / "report.md").read_text()
-    assert "| Z-Forcing + aux | 4 | converged: 4 | 300 [300–300] | 300 |" in text
+    assert "| Z-Forcing + aux | 4 | converged: 4 | 0 | 300 [300–300] | 300 |" in text
+    assert "| Z-Forcing + kla, aux | 2 | converged: 2 | 1 |" in text  # seed 1 diverged
 
 
 def test_an_unknown_baseline_is_a_clear_error(study: Path) -> None:

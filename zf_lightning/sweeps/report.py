@@ -55,7 +55,7 @@ EXPORT_CURVE_KEYS = (*CURVE_KEYS, "val/aux")  # kept in curves.csv
 HEADLINE = "test/elbo"
 JOBS_CSV, CURVES_CSV = "jobs.csv", "curves.csv"
 # per-job facts that are not metrics: why it stopped, how long it ran, which code ran it
-INFO_KEYS = ("stop_reason", "updates", "best_step", "started", "finished", "commit")
+INFO_KEYS = ("stop_reason", "diverged", "updates", "best_step", "started", "finished", "commit")
 # Table 1's row names for the ablation sweep on Z-Forcing
 ABLATION_ROWS = {"plain": "Z-Forcing", "kla": "Z-Forcing + kla", "aux": "Z-Forcing + aux",
                  "kla_aux": "Z-Forcing + kla, aux"}
@@ -345,13 +345,15 @@ def runs_table(rows: list[Row]) -> list[str]:
         updates = [float(j.info["updates"]) for j in done if j.info.get("updates")]
         best = [float(j.info["best_step"]) for j in done if j.info.get("best_step") not in (None, "", "None")]
         late = [v for v in (late_improvement(j) for j in done) if math.isfinite(v)]
+        diverged = sum(j.info.get("diverged") == "True" for j in done)
         body.append([
-            name, str(len(done)), ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "–",
+            name, str(len(done)), ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "–", str(diverged),
             (f"{statistics.fmean(updates):.0f} [{min(updates):.0f}–{max(updates):.0f}]" if updates else "–"),
             f"{statistics.fmean(best):.0f}" if best else "–",
             fmt(*mean_std(late)) if late else "–",
         ])
-    return _md_table(["row", "runs", "stopped by", "updates (mean [min–max])", "best checkpoint at update (mean)",
+    return _md_table(["row", "runs", "stopped by", "diverged (last bound worse than the first)",
+                      "updates (mean [min–max])", "best checkpoint at update (mean)",
                       "val/elbo gain over the last 20 % of updates"], body)
 
 
