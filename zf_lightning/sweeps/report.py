@@ -381,7 +381,8 @@ def paired_table(rows: list[Row], baseline: str, metric: str) -> list[str]:
         interval = "–" if math.isnan(diff.low) else f"[{diff.low:.2f}, {diff.high:.2f}]"
         se = "–" if math.isnan(diff.se) else f"{diff.se:.2f}"
         label = name + "".join(f" · {k}={v}" for k, v in zip(context, values, strict=True))
-        body.append([label, str(diff.n), f"{diff.mean:+.2f}", se, interval, diff.verdict])
+        mean = "–" if math.isnan(diff.mean) else f"{diff.mean:+.2f}"
+        body.append([label, str(diff.n), mean, se, interval, diff.verdict])
     return _md_table(["row", "paired seeds", f"mean difference in {metric}", "standard error",
                       "95 % t-interval", "verdict"], body)
 
