@@ -185,7 +185,7 @@ def test_pairs_are_taken_within_each_data_set_when_the_baseline_spans_several(tm
 def test_study_notes_state_the_settings_all_jobs_share_and_keep_hand_written_notes(tmp_path: Path) -> None:
     from omegaconf import OmegaConf
 
-    from zf_lightning.sweeps.study import NOTES, write_study_notes
+    from zf_lightning.sweeps.study import NOTES, study_notes, write_study_notes
 
     sweep, results = tmp_path / "jobs", tmp_path / "results"
     for num, (ablation, kl) in enumerate((("plain", 1.0), ("kla", 0.2))):
@@ -205,6 +205,10 @@ def test_study_notes_state_the_settings_all_jobs_share_and_keep_hand_written_not
     assert "jobs: 2; stopped by: max_steps 2" in text and "commit: abc (2 jobs)" in text
     assert "rnn_dim: 64" in text and "max_steps: 100" in text and "default_root_dir" not in text
     assert "differ between jobs (the rows): `lit.kl_weight.start`" in text
+    # a pilot reusing another study's config under its own name: the command is the one typed
+    pilot = OmegaConf.merge(config, {"study": {"name": "demo_pilot"},
+                                     "hydra": {"overrides": {"task": ["study=demo", "study.name=demo_pilot"]}}})
+    assert "python train.py -m study=demo study.name=demo_pilot\n" in "\n".join(study_notes(pilot, sweep))
     (results / "STUDY.md").write_text(text + "\nJobs 0 and 1 were rerun.\n")
     again = write_study_notes(config, sweep, results).read_text()
     assert again.count(NOTES) == 1 and again.endswith("\nJobs 0 and 1 were rerun.\n")

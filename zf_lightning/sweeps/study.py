@@ -81,13 +81,17 @@ def study_notes(config: DictConfig, sweep_dir: Path) -> list[str]:
     machines = Counter(f"{m.get('cpu')}, {m.get('cpus')} CPUs ({m.get('host')})"
                        for m in (s.get("machine") or {} for s in statuses) if m)
     reasons = Counter(str(s.get("stop_reason", s.get("status", "unknown"))) for s in statuses)
-    extra = [o for o in config.hydra.overrides.task if not o.startswith("study=")]
+    # The overrides as typed: the study choice may differ from study.name (a pilot that reuses a
+    # study's config under another name), so the command is not rebuilt from the name.
+    typed = [str(o) for o in config.hydra.overrides.task]
     name = str(config.study.name)
+    if not any(o.startswith("study=") for o in typed):
+        typed.insert(0, f"study={name}")
     baseline = config.study.get("baseline")
     wall = f"{(max(ends) - min(starts)).total_seconds() / 60:.0f} min" if starts and ends else "unknown"
     lines = [
         f"# Study: {name}", "",
-        "## Command", "", "```bash", " ".join(["python train.py -m", f"study={name}", *extra]), "```", "",
+        "## Command", "", "```bash", " ".join(["python train.py -m", *typed]), "```", "",
         "Rerunning the same command continues the study: completed jobs are skipped, interrupted ones "
         "resume from their last checkpoint. The report is rebuilt from this folder's files alone with",
         "", "```bash",
