@@ -22,6 +22,10 @@ InputKind = Literal["real", "binary", "tokens"]
 # sequence that carry no label. Its nll is exactly 0 (cross-entropy ignores it), so every sum
 # over real steps (the loss, bounds, importance weights) counts only the labelled steps.
 IGNORE_TARGET = -100
+# The same for a real-valued target (regression on a sequence's label, e.g. a set's sum): NaN at
+# the steps that carry no value. The real-valued heads score it 0, and ``SequenceBatch.scored``
+# leaves it out.
+IGNORE_VALUE = float("nan")
 
 
 @dataclass
@@ -69,7 +73,8 @@ class SequenceBatch:
         """``[B, T]`` float: the real steps whose target counts (for classification, the labelled
         steps; otherwise ``mask``)."""
         if self.targets.dtype.is_floating_point:
-            return self.mask
+            unscored = torch.isnan(self.targets)
+            return self.mask * ~(unscored.flatten(2).any(-1) if unscored.dim() > 2 else unscored)
         return self.mask * (self.targets != IGNORE_TARGET)
 
     @property
@@ -137,6 +142,8 @@ class DataSpec:
     sets: the real steps of a sequence are the elements of a set, so their order carries no
         information (the set tasks): permuting them must not change the label, which is
         what the permutation flip rate measures.
+    regression: the label is one real number at the labelled step (e.g. a set's sum, scored
+        by a Gaussian head), ``IGNORE_VALUE`` at the other steps; exclusive with ``classes``.
     """
 
     kind: InputKind
@@ -145,6 +152,7 @@ class DataSpec:
     dims_per_step: int
     classes: int | None = None
     sets: bool = False
+    regression: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in ("real", "binary", "tokens"):
@@ -153,6 +161,8 @@ class DataSpec:
             raise ValueError(f"DataSpec dims must be positive, got {self}")
         if self.classes is not None and self.classes < 2:
             raise ValueError(f"DataSpec.classes must be at least 2 (or None), got {self.classes}")
+        if self.regression and self.classes is not None:
+            raise ValueError("DataSpec: a label is either a class (classes) or a real value (regression), not both")
 
     @property
     def per_token(self) -> bool:
@@ -160,13 +170,24 @@ class DataSpec:
         return self.unit == "word"
 
     @property
+    def labelled(self) -> bool:
+        """True when a sequence carries a label at its labelled steps (a class or a real value)
+        instead of predicting its next inputs."""
+        return self.classes is not None or self.regression
+
+    @property
     def output_kind(self) -> InputKind:
-        """Kind of the targets: class ids are ``tokens``; otherwise the targets are inputs."""
+        """Kind of the targets: class ids are ``tokens``, a regression label is ``real``;
+        otherwise the targets are inputs."""
+        if self.regression:
+            return "real"
         return "tokens" if self.classes is not None else self.kind
 
     @property
     def output_dim(self) -> int:
-        """Size the output head predicts: the classes, or the input's ``dim``."""
+        """Size the output head predicts: the classes, one value, or the input's ``dim``."""
+        if self.regression:
+            return 1
         return self.classes if self.classes is not None else self.dim
 
 
@@ -255,3 +276,13 @@ class PredictsClasses(ABC):
     @abstractmethod
     def predict_proba(self, batch: SequenceBatch, samples: int = 1) -> Tensor:
         """Class probabilities ``[B, T, C]`` at every step."""
+
+
+class PredictsValues(ABC):
+    """The same for a real-valued label (``DataSpec.regression``): the predicted value at every
+    step without reading ``batch.targets`` (latent models: the mean over ``samples`` prior
+    draws of the output head's mean)."""
+
+    @abstractmethod
+    def predict_value(self, batch: SequenceBatch, samples: int = 1) -> Tensor:
+        """Predicted values ``[B, T]`` at every step."""

@@ -15,6 +15,9 @@ others have no target), and ``acc`` / ``pred_nll`` per labelled step come from t
 size (``acc_len<size>``) when the batches carry sizes. On set data (``DataSpec.sets``) the test
 epoch also reports ``perm_flip_rate``: how often a random order of a set's elements changes the
 predicted label (seeded, on the first ``flip_sequences`` sequences of every test batch).
+Regression on the label (``DataSpec.regression``, e.g. a set's sum with a Gaussian head): the
+same from ``predict_value``, with ``acc`` = the prediction rounds to the label, ``mae``, and on
+sets ``perm_spread``, the prediction's standard deviation over the orders tried.
 """
 
 from __future__ import annotations
@@ -28,10 +31,10 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import CatMetric, SumMetric
 
-from zf_lightning.lit.invariance import permutation_flips
+from zf_lightning.lit.invariance import permutation_flips, permutation_spread
 from zf_lightning.lit.regularizers import Regularizer
 from zf_lightning.lit.schedules import Constant, WeightSchedule
-from zf_lightning.types import DataSpec, HasAuxCost, PredictsClasses, SequenceBatch, StepTerms
+from zf_lightning.types import DataSpec, HasAuxCost, PredictsClasses, PredictsValues, SequenceBatch, StepTerms
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -39,7 +42,10 @@ SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 _TERMS = ("nll", "kl", "aux", "bwd")
 _SUMS = (*_TERMS, "loss", "sequences", "steps")  # steps: the scored ones (labelled steps for classification)
 _CLASS_SUMS = ("correct", "pred_nll")
-_FLIP_SUMS = ("flips", "flip_trials")  # test on set data: changed predictions over permutations tried
+_VALUE_SUMS = ("correct", "abs_err")  # regression: the rounded prediction equals the label; |error|
+# test on set data: changed predictions over permutations tried; regression: the prediction's
+# standard deviation over the orders, summed over the labelled steps
+_FLIP_SUMS = ("flips", "flip_trials", "spread")
 _FLIP_SEED = 20_200_612  # permutations are seeded per test batch, independent of the training seed
 _SIZE_SERIES = ("sizes", "size_correct", "size_steps")  # per sequence, for accuracy per test size
 _SPLITS = ("train", "val", "test")
@@ -100,6 +106,11 @@ class SequenceLitModule(L.LightningModule):
                 f"{type(model).__name__} cannot predict classes without reading the targets (no predict_proba), "
                 "so it cannot be scored on classification data; use model=rnn, transformer, lru or zforcing"
             )
+        if spec.regression and not isinstance(model, PredictsValues):
+            raise ValueError(
+                f"{type(model).__name__} cannot predict a value without reading the targets (no predict_value), "
+                "so it cannot be scored on regression data; use model=rnn, transformer, lru, deepsets or zforcing"
+            )
         if class_samples < 1:
             raise ValueError(f"lit.class_samples must be >= 1, got {class_samples}")
         if schedule_can_be_positive(aux_weight) and not isinstance(model, HasAuxCost):
@@ -129,7 +140,7 @@ class SequenceLitModule(L.LightningModule):
         self.nonfinite_total = 0
         self.nonfinite_streak = 0
         # keyed "<split>_totals": a ModuleDict key may not shadow Module.train
-        sums = _SUMS + (_CLASS_SUMS if spec.classes is not None else ())
+        sums = _SUMS + (_CLASS_SUMS if spec.classes is not None else _VALUE_SUMS if spec.regression else ())
         self.totals = nn.ModuleDict(
             {f"{split}_totals": nn.ModuleDict({k: SumMetric() for k in sums}) for split in _SPLITS}
         )
@@ -137,13 +148,13 @@ class SequenceLitModule(L.LightningModule):
         # accuracy per task size (validation and test): per-sequence series, gathered at epoch end
         self.size_series = nn.ModuleDict(
             {f"{split}_sizes": nn.ModuleDict({k: CatMetric() for k in _SIZE_SERIES}) for split in ("val", "test")}
-            if spec.classes is not None else {}
+            if spec.labelled else {}
         )
 
     @property
     def measures_flips(self) -> bool:
-        """Whether the test epoch reports ``perm_flip_rate`` (class labels of sets)."""
-        return self.spec.sets and self.spec.classes is not None
+        """Whether the test epoch reports ``perm_flip_rate`` (labels of sets: classes or values)."""
+        return self.spec.sets and self.spec.labelled
 
     # ------------------------------------------------------------------ objective
     def weights(self, step: int | None = None) -> dict[str, float]:
@@ -175,8 +186,11 @@ class SequenceLitModule(L.LightningModule):
             metrics[k].update(sums[k].detach().sum())
         metrics["sequences"].update(float(batch.batch_size))
         metrics["steps"].update(batch.scored.sum())
+        samples = 1 if split == "train" else self.class_samples
         if self.spec.classes is not None:
-            self._accumulate_classes(split, batch, 1 if split == "train" else self.class_samples)
+            self._accumulate_classes(split, batch, samples)
+        elif self.spec.regression:
+            self._accumulate_values(split, batch, samples)
 
     @torch.no_grad()
     def _accumulate_classes(self, split: str, batch: SequenceBatch, samples: int) -> None:
@@ -190,6 +204,23 @@ class SequenceLitModule(L.LightningModule):
         metrics = self._totals(split)
         metrics["correct"].update(hits.sum())
         metrics["pred_nll"].update(-(torch.log(p_label.clamp_min(1e-30)) * scored).sum())
+        self._accumulate_sizes(split, batch, hits, scored)
+
+    @torch.no_grad()
+    def _accumulate_values(self, split: str, batch: SequenceBatch, samples: int) -> None:
+        """Regression: a hit is a prediction that rounds to the label; and the absolute error. The
+        predictions never read the targets."""
+        assert isinstance(self.model, PredictsValues)
+        predicted = self.model.predict_value(batch, samples)
+        scored = batch.scored
+        target = torch.where(scored > 0, batch.targets[..., 0], 0.0)
+        hits = (predicted.round() == target).float() * scored
+        metrics = self._totals(split)
+        metrics["correct"].update(hits.sum())
+        metrics["abs_err"].update(((predicted - target).abs() * scored).sum())
+        self._accumulate_sizes(split, batch, hits, scored)
+
+    def _accumulate_sizes(self, split: str, batch: SequenceBatch, hits: Tensor, scored: Tensor) -> None:
         if batch.sizes is not None and split in ("val", "test"):
             series = self.size_series[f"{split}_sizes"]
             series["sizes"].update(batch.sizes.float())
@@ -249,12 +280,19 @@ class SequenceLitModule(L.LightningModule):
             self._accumulate_flips(batch, batch_idx)
 
     def _accumulate_flips(self, batch: SequenceBatch, batch_idx: int) -> None:
-        """Permutation flips on the batch's first ``flip_sequences`` sequences, seeded by the batch index."""
-        assert isinstance(self.model, PredictsClasses)
+        """Permutation flips (and, for regression, the prediction's spread) on the batch's first
+        ``flip_sequences`` sequences, seeded by the batch index."""
         n = min(self.flip_sequences, batch.batch_size)
         head = SequenceBatch(inputs=batch.inputs[:n], targets=batch.targets[:n], mask=batch.mask[:n])
         generator = torch.Generator().manual_seed(_FLIP_SEED + batch_idx)
-        flips, trials = permutation_flips(self.model, head, self.flip_permutations, generator, self.class_samples)
+        if self.spec.regression:
+            assert isinstance(self.model, PredictsValues)
+            flips, trials, spread = permutation_spread(self.model, head, self.flip_permutations, generator,
+                                                       self.class_samples)
+            self.flip_totals["spread"].update(spread)
+        else:
+            assert isinstance(self.model, PredictsClasses)
+            flips, trials = permutation_flips(self.model, head, self.flip_permutations, generator, self.class_samples)
         self.flip_totals["flips"].update(flips)
         self.flip_totals["flip_trials"].update(trials)
 
@@ -275,12 +313,18 @@ class SequenceLitModule(L.LightningModule):
         out["bpd"] = out["nats_per_step"] / (self.spec.dims_per_step * math.log(2.0))
         if self.spec.per_token:
             out["ppl"] = torch.exp(bound)
-        if self.spec.classes is not None:
+        if self.spec.labelled:
             out["acc"] = s["correct"] / n_steps
-            out["pred_nll"] = s["pred_nll"] / n_steps
+            if self.spec.classes is not None:
+                out["pred_nll"] = s["pred_nll"] / n_steps
+            else:
+                out["mae"] = s["abs_err"] / n_steps
             out.update(self._accuracy_per_size(split))
         if split == "test" and self.measures_flips and self.flip_totals["flip_trials"].update_called:
-            out["perm_flip_rate"] = self.flip_totals["flips"].compute() / self.flip_totals["flip_trials"].compute()
+            trials = self.flip_totals["flip_trials"].compute()
+            out["perm_flip_rate"] = self.flip_totals["flips"].compute() / trials
+            if self.spec.regression:
+                out["perm_spread"] = self.flip_totals["spread"].compute() / (trials / self.flip_permutations)
         return {f"{split}/{k}": float(v) for k, v in out.items()}
 
     def _accuracy_per_size(self, split: str) -> dict[str, Tensor]:

@@ -43,6 +43,21 @@ class LabelEmbedding(nn.Module):
         return self.table(torch.where(targets == IGNORE_TARGET, self.classes, targets))
 
 
+class ValueEmbedding(nn.Module):
+    """Linear map of real-valued label targets and of whether a step carries one
+    (``IGNORE_VALUE`` is NaN): how Z-Forcing's backward RNN sees the future of a regression
+    sequence (e.g. a set whose sum is the label)."""
+
+    def __init__(self, dim: int, emb_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim + 1, emb_dim)
+
+    def forward(self, targets: Tensor) -> Tensor:
+        missing = torch.isnan(targets)
+        values = torch.where(missing, 0.0, targets)
+        return self.proj(torch.cat([values, missing.any(-1, keepdim=True).to(values.dtype)], dim=-1))
+
+
 def reverse_padded(x: Tensor, lengths: Tensor) -> Tensor:
     """Reverse each sequence of ``x`` [B, T, ...] within its own length; padding stays in place.
 

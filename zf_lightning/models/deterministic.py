@@ -9,10 +9,10 @@ from torch import Tensor, nn
 
 from zf_lightning.models.common import mask_terms
 from zf_lightning.models.heads import OutputHead
-from zf_lightning.types import DataSpec, PredictsClasses, SequenceBatch, StepTerms
+from zf_lightning.types import DataSpec, PredictsClasses, PredictsValues, SequenceBatch, StepTerms
 
 
-class DeterministicModel(nn.Module, PredictsClasses):
+class DeterministicModel(nn.Module, PredictsClasses, PredictsValues):
     """Base class: subclasses build ``spec``, ``output_head`` and ``states(inputs)``.
 
     ``states(inputs)[:, t]`` may read ``inputs[:, :t + 1]`` only (causal), so padding at the
@@ -35,3 +35,9 @@ class DeterministicModel(nn.Module, PredictsClasses):
         if self.spec.classes is None:
             raise ValueError(f"{type(self).__name__}.predict_proba needs classification data (DataSpec.classes)")
         return torch.softmax(self.output_head(self.states(batch.inputs)), dim=-1)
+
+    def predict_value(self, batch: SequenceBatch, samples: int = 1) -> Tensor:
+        """The output head's mean ``[B, T]`` from the inputs alone (``samples`` is unused)."""
+        if not self.spec.regression:
+            raise ValueError(f"{type(self).__name__}.predict_value needs regression data (DataSpec.regression)")
+        return self.output_head.mean(self.output_head(self.states(batch.inputs)))[..., 0]

@@ -17,6 +17,13 @@ from zf_lightning.models.distributions import gaussian_log_prob
 from zf_lightning.types import InputKind
 
 
+def scored_values(target: Tensor) -> tuple[Tensor, Tensor]:
+    """(target with ``IGNORE_VALUE`` (NaN) replaced by 0, ``[...]`` bool: the step is scored).
+    The replacement keeps NaN out of the gradients; the caller zeroes the unscored steps' nll."""
+    missing = torch.isnan(target)
+    return torch.where(missing, 0.0, target), ~missing.any(-1)
+
+
 class OutputHead(nn.Module):
     """Base class: ``forward(h) -> params`` is one linear projection of ``num_params(dim)``
     outputs; subclasses say how ``nll``, ``sample`` and ``mean`` read them."""
@@ -59,8 +66,10 @@ class GaussianHead(OutputHead):
         return 2 * dim  # mean, log-variance
 
     def nll(self, params: Tensor, target: Tensor) -> Tensor:
+        """-log p(target), 0 at steps whose target is ``IGNORE_VALUE``."""
         mean, logvar = params.chunk(2, dim=-1)
-        return -gaussian_log_prob(target, mean, logvar)
+        target, scored = scored_values(target)
+        return torch.where(scored, -gaussian_log_prob(target, mean, logvar), 0.0)
 
     def sample(self, params: Tensor) -> Tensor:
         mean, logvar = params.chunk(2, dim=-1)
@@ -130,9 +139,11 @@ class GMMHead(OutputHead):
         return torch.log_softmax(logits, dim=-1), means.reshape(shape), logvars.reshape(shape)
 
     def nll(self, params: Tensor, target: Tensor) -> Tensor:
+        """-log p(target), 0 at steps whose target is ``IGNORE_VALUE``."""
         log_w, means, logvars = self.split(params)
+        target, scored = scored_values(target)
         per_component = gaussian_log_prob(target.unsqueeze(-2), means, logvars)
-        return -torch.logsumexp(log_w + per_component, dim=-1)
+        return torch.where(scored, -torch.logsumexp(log_w + per_component, dim=-1), 0.0)
 
     def sample(self, params: Tensor) -> Tensor:
         log_w, means, logvars = self.split(params)
@@ -145,3 +156,10 @@ class GMMHead(OutputHead):
     def mean(self, params: Tensor) -> Tensor:
         log_w, means, _ = self.split(params)
         return (log_w.exp().unsqueeze(-1) * means).sum(-2)
+
+
+def natural_head(kind: InputKind) -> HeadFactory:
+    """The head that fits data of this kind: what a model uses to predict its *inputs* when the
+    configured head scores labels of another kind (Z-Forcing's backward cost on a set whose sum
+    is a real-valued label, or on MNIST-digit sets labelled with classes)."""
+    return {"tokens": CategoricalHead, "binary": BernoulliHead, "real": GaussianHead}[kind]

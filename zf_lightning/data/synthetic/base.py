@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from zf_lightning.data.base import SequenceDataModule, pad_collate
-from zf_lightning.types import IGNORE_TARGET, DataSpec, SequenceBatch
+from zf_lightning.types import IGNORE_TARGET, IGNORE_VALUE, DataSpec, SequenceBatch
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +46,14 @@ class ClassificationTask(ABC):
     (off for tasks whose labels are naturally skewed or outnumber the examples, e.g. sums).
     ``sets``: every step is one element of a set, so the order carries no information
     (``DataSpec.sets``: the permutation flip rate is measured).
+    ``regression``: the label, a whole number, is predicted as a real value (a Gaussian head,
+    ``DataSpec.regression``) instead of as one of ``classes``; ``classes`` still bounds it.
     """
 
     classes: int
     balanced: bool = True
     sets: bool = False
+    regression: bool = False
 
     @abstractmethod
     def vocab_size(self, max_size: int) -> int:
@@ -105,12 +108,17 @@ def draw_unique(task: ClassificationTask, sizes: Sequence[int], count: int, rng:
     )
 
 
-def as_item(example: Example) -> ClassificationItem:
-    """Tokens as inputs; the label is the last step's target, every other step scores nothing."""
+def as_item(example: Example, regression: bool = False) -> ClassificationItem:
+    """Tokens as inputs; the label is the last step's target, every other step scores nothing
+    (class ids: ``IGNORE_TARGET``; a regression label is one real value per step, ``IGNORE_VALUE``)."""
     tokens, label, size = example
     inputs = torch.from_numpy(tokens.astype(np.int64))
-    targets = torch.full_like(inputs, IGNORE_TARGET)
-    targets[-1] = label
+    if regression:
+        targets = torch.full((len(tokens), 1), IGNORE_VALUE)
+        targets[-1, 0] = float(label)
+    else:
+        targets = torch.full_like(inputs, IGNORE_TARGET)
+        targets[-1] = label
     return inputs, targets, label, size
 
 
@@ -123,14 +131,15 @@ def classification_collate(items: Sequence[ClassificationItem]) -> SequenceBatch
 class FixedSet(Dataset):
     """A list of examples drawn once (validation, test, a fixed training set)."""
 
-    def __init__(self, examples: list[Example]) -> None:
+    def __init__(self, examples: list[Example], regression: bool = False) -> None:
         self.examples = examples
+        self.regression = regression
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def __getitem__(self, index: int) -> ClassificationItem:
-        return as_item(self.examples[index])
+        return as_item(self.examples[index], self.regression)
 
 
 class DrawnSet(Dataset):
@@ -163,7 +172,7 @@ class DrawnSet(Dataset):
         )
 
     def __getitem__(self, draw: int) -> ClassificationItem:
-        return as_item(self.example(draw))
+        return as_item(self.example(draw), self.task.regression)
 
 
 class DrawSampler(Sampler[int]):
@@ -245,7 +254,8 @@ class ClassificationDataModule(SequenceDataModule):
     @property
     def spec(self) -> DataSpec:
         return DataSpec(kind="tokens", dim=self.task.vocab_size(self.max_size), unit="label", dims_per_step=1,
-                        classes=self.task.classes, sets=self.task.sets)
+                        classes=None if self.task.regression else self.task.classes, sets=self.task.sets,
+                        regression=self.task.regression)
 
     def eval_sets(self) -> dict[str, list[Example]]:
         """Validation and test examples (drawn once; test sets per size after validation)."""
@@ -264,8 +274,8 @@ class ClassificationDataModule(SequenceDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         sets = self.eval_sets()
-        self.val_set = FixedSet(sets["val"])
-        self.test_set = FixedSet(sets["test"])
+        self.val_set = FixedSet(sets["val"], self.task.regression)
+        self.test_set = FixedSet(sets["test"], self.task.regression)
         self.train_set = DrawnSet(self.task.for_split("train"), self.train_sizes, self.num_train, self.seed,
                                   self._eval_keys)
 

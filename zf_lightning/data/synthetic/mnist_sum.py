@@ -22,6 +22,7 @@ from zf_lightning.data.synthetic.base import (
     ClassificationTask,
     classification_collate,
 )
+from zf_lightning.data.synthetic.sets import check_modulus
 from zf_lightning.types import DataSpec, SequenceBatch
 
 SPLITS = ("train", "val", "test")
@@ -32,14 +33,15 @@ class MnistSum(ClassificationTask):
 
     Args: digits: the digit of every image ``[N]``; pools: image ids per split (disjoint);
     max_size: the largest set (fixes the classes ``0 .. 9 max_size``); split: the pool drawn;
-    modulus: label the sum modulo it instead (``modulus`` classes, all occurring at every size).
+    modulus: label the sum modulo it instead (``modulus`` classes, all occurring at every size);
+    regression: predict the plain sum as a real value (a Gaussian head) instead of a class.
     """
 
     balanced = False
     sets = True
 
     def __init__(self, digits: np.ndarray, pools: dict[str, np.ndarray], max_size: int, split: str = "train",
-                 modulus: int | None = None) -> None:
+                 modulus: int | None = None, regression: bool = False) -> None:
         if split not in pools:
             raise ValueError(f"split must be one of {sorted(pools)}, got {split!r}")
         if max_size < 1:
@@ -47,22 +49,22 @@ class MnistSum(ClassificationTask):
         self.digits = digits
         self.pools = pools
         self.max_size = max_size
-        if modulus is not None and modulus < 2:
-            raise ValueError(f"data.modulus must be >= 2 (or null for the plain sum), got {modulus}")
+        check_modulus(modulus, regression, "data.modulus", "data.regression")
         self.split = split
         self.modulus = modulus
+        self.regression = regression
         self.classes = modulus if modulus is not None else 9 * max_size + 1
 
     def vocab_size(self, max_size: int) -> int:
         return int(self.digits.shape[0])
 
     def check_size(self, size: int) -> str | None:
-        if self.modulus is None and size > self.max_size:
+        if self.modulus is None and not self.regression and size > self.max_size:
             return f"larger than data.max_size={self.max_size}, which fixes the classes (the possible sums)"
         return super().check_size(size)
 
     def for_split(self, split: str) -> MnistSum:
-        return MnistSum(self.digits, self.pools, self.max_size, split, self.modulus)
+        return MnistSum(self.digits, self.pools, self.max_size, split, self.modulus, self.regression)
 
     def sample(self, size: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
         tokens = rng.choice(self.pools[self.split], size=size).astype(np.int64)
@@ -87,12 +89,13 @@ class MnistSumDataModule(ClassificationDataModule):
         val_fraction, test_fraction: shares of the 5,000 images in the validation and test pools.
         max_size: the largest set of any split (fixes the classes; must cover ``test_lengths``).
         modulus: null: the label is the digit sum; m: the sum modulo m.
+        regression: the plain digit sum as a real value (a Gaussian head) instead of a class.
         split_seed: the seed of the image split (the pools stay fixed across runs).
     """
 
     def __init__(self, length: int = 10, min_length: int | None = 1, test_lengths: Sequence[int] | None = None,
                  side: int = 14, val_fraction: float = 0.1, test_fraction: float = 0.2, max_size: int = 100,
-                 modulus: int | None = None, split_seed: int = 0, **kwargs: Any) -> None:
+                 modulus: int | None = None, regression: bool = False, split_seed: int = 0, **kwargs: Any) -> None:
         if not 0 < side <= 28:
             raise ValueError(f"data.side must be in 1..28, got {side}")
         if not (0 < val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):
@@ -106,13 +109,14 @@ class MnistSumDataModule(ClassificationDataModule):
                  "test": order[n - n_test :]}
         self.side = side
         self.pixels = downsample_images(images, side).flatten(1).contiguous()
-        task = MnistSum(digits.numpy(), pools, max_size, modulus=modulus)
+        task = MnistSum(digits.numpy(), pools, max_size, modulus=modulus, regression=regression)
         super().__init__(task, length=length, min_length=min_length, test_lengths=test_lengths, **kwargs)
 
     @property
     def spec(self) -> DataSpec:
         return DataSpec(kind="real", dim=self.side * self.side, unit="label", dims_per_step=self.side * self.side,
-                        classes=self.task.classes, sets=True)
+                        classes=None if self.task.regression else self.task.classes, sets=True,
+                        regression=self.task.regression)
 
     def collate_fn(self, items: Sequence[ClassificationItem]) -> SequenceBatch:
         """Pad the image ids like any classification batch, then look up their pixels ``[B, T, side**2]``

@@ -4,8 +4,9 @@ alone, is the target of the last step. Training sizes are small, test sizes larg
 measure length generalization (``test/acc_len<n>``) and, since order carries no information,
 how invariant a model is (``test/perm_flip_rate``). Formats: docs/sets.md.
 
-Labels are classes. Sums are classified over every sum the largest allowed set can have, so a
-sum larger than any seen in training is a class the model never saw: see docs/sets.md.
+Labels are classes, or for sums a real value (``regression=true``: a Gaussian head on the sum).
+Sums are classified over every sum the largest allowed set can have, so a sum larger than any
+seen in training is a class the model never saw: see docs/sets.md.
 """
 
 from __future__ import annotations
@@ -13,6 +14,15 @@ from __future__ import annotations
 import numpy as np
 
 from zf_lightning.data.synthetic.base import ClassificationTask
+
+
+def check_modulus(modulus: int | None, regression: bool, modulus_key: str, regression_key: str) -> None:
+    """A sum's label options: a modulus of at least 2, and regression only on the plain sum."""
+    if modulus is not None and modulus < 2:
+        raise ValueError(f"{modulus_key} must be >= 2 (or null for the plain sum), got {modulus}")
+    if regression and modulus is not None:
+        raise ValueError(f"{regression_key}=true predicts the plain sum as a real value; set {modulus_key}=null "
+                         f"(got {modulus}: the sum modulo m is a class label)")
 
 
 class SetTask(ClassificationTask):
@@ -39,26 +49,30 @@ class SetTask(ClassificationTask):
 
 class SetSum(SetTask):
     """The label is the sum of the elements: one class per possible sum ``0 .. (values-1) max_size``,
-    or, with ``modulus``, the sum modulo it (``modulus`` classes; parity is values=2, modulus=2).
+    or, with ``modulus``, the sum modulo it (``modulus`` classes; parity is values=2, modulus=2),
+    or, with ``regression``, the plain sum as a real value.
 
     Args: values: element alphabet (0 .. values-1); max_size: the largest set any split may hold
     (it fixes the number of classes, so it must cover ``data.test_lengths``; unused with a
-    modulus); modulus: None for the plain sum. A plain sum larger than every training sum is a
-    class never trained on, which a modulus avoids (every class occurs at every size).
+    modulus or regression); modulus: None for the plain sum. A plain sum larger than every
+    training sum is a class never trained on, which a modulus avoids (every class occurs at
+    every size), and so does regression (a real output has no unseen classes; whether a model
+    extrapolates the sum is what the test sizes measure).
     """
 
-    def __init__(self, values: int = 10, max_size: int = 100, modulus: int | None = None) -> None:
+    def __init__(self, values: int = 10, max_size: int = 100, modulus: int | None = None,
+                 regression: bool = False) -> None:
         super().__init__(values)
         if max_size < 1:
             raise ValueError(f"data.task.max_size must be >= 1, got {max_size}")
-        if modulus is not None and modulus < 2:
-            raise ValueError(f"data.task.modulus must be >= 2 (or null for the plain sum), got {modulus}")
+        check_modulus(modulus, regression, "data.task.modulus", "data.task.regression")
         self.max_size = max_size
         self.modulus = modulus
+        self.regression = regression
         self.classes = modulus if modulus is not None else (values - 1) * max_size + 1
 
     def check_size(self, size: int) -> str | None:
-        if self.modulus is None and size > self.max_size:
+        if self.modulus is None and not self.regression and size > self.max_size:
             return f"larger than data.task.max_size={self.max_size}, which fixes the classes (the possible sums)"
         return super().check_size(size)
 

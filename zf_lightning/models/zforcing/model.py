@@ -23,9 +23,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zf_lightning.models.common import InputEmbedding, LabelEmbedding, StepSampler, check_head, reverse_padded
+from zf_lightning.models.common import (
+    InputEmbedding,
+    LabelEmbedding,
+    StepSampler,
+    ValueEmbedding,
+    check_head,
+    reverse_padded,
+)
 from zf_lightning.models.distributions import gaussian_log_prob, reparameterize
-from zf_lightning.models.heads import HeadFactory
+from zf_lightning.models.heads import HeadFactory, natural_head
 from zf_lightning.models.latent import LatentPath, latent_noise, latent_terms
 from zf_lightning.models.layers import ClippedLeakyReLU, GaussianMLP, ZLSTMCell, lstm_pointwise
 from zf_lightning.models.zforcing.cell import LoopLinear
@@ -36,6 +43,7 @@ from zf_lightning.types import (
     HasPosterior,
     PosteriorPass,
     PredictsClasses,
+    PredictsValues,
     SequenceBatch,
     StepTerms,
 )
@@ -46,7 +54,7 @@ AuxInput = Literal["h_z", "z"]
 AuxLoss = Literal["gaussian", "l2"]
 
 
-class ZForcing(nn.Module, HasPosterior, HasAuxCost, PredictsClasses, StepSampler):
+class ZForcing(nn.Module, HasPosterior, HasAuxCost, PredictsClasses, PredictsValues, StepSampler):
     """Z-Forcing with the options of the authors' code.
 
     Args:
@@ -96,8 +104,13 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, PredictsClasses, StepSampler
         self._ops = step_ops(compile_step)
 
         self.embedding = InputEmbedding(spec, emb_dim, dropout)
-        # classification: the targets the backward LSTM reads are labels, embedded on their own
-        self.label_embedding = LabelEmbedding(spec.classes, emb_dim) if spec.classes is not None else None
+        # labelled data: the targets the backward LSTM reads are labels (class ids or real values,
+        # absent at most steps), embedded on their own
+        self.label_embedding: nn.Module | None = None
+        if spec.classes is not None:
+            self.label_embedding = LabelEmbedding(spec.classes, emb_dim)
+        elif spec.regression:
+            self.label_embedding = ValueEmbedding(spec.output_dim, emb_dim)
         # inference
         self.backward_rnn = nn.LSTM(emb_dim, rnn_dim, batch_first=True)
         nn.init.orthogonal_(self.backward_rnn.weight_hh_l0)
@@ -105,7 +118,9 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, PredictsClasses, StepSampler
         # generation
         self.prior = GaussianMLP(rnn_dim, mlp_dim, z_dim)
         self.output_head = head(rnn_dim, spec.output_dim)
-        self.backward_head = head(rnn_dim, spec.dim)  # predicts the inputs
+        # predicts the inputs: with the configured head when the targets are the inputs, else
+        # with the head that fits the inputs (labelled data: the output head scores labels)
+        self.backward_head = (head if spec.output_kind == spec.kind else natural_head(spec.kind))(rnn_dim, spec.dim)
         check_head(self.output_head, spec)
         # recurrence: z enters through a linear map (plain) or an MLP to 8H LN gains/biases
         if cond_layer_norm:
@@ -305,6 +320,18 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, PredictsClasses, StepSampler
         states = self.prior_states(batch.inputs.repeat_interleave(samples, dim=0))
         probs = torch.softmax(self.output_head(states), dim=-1)
         return probs.view(B, samples, T, -1).mean(dim=1)
+
+    def predict_value(self, batch: SequenceBatch, samples: int = 1) -> Tensor:
+        """Predicted values ``[B, T]``: the output head's mean averaged over ``samples`` prior
+        paths (as ``predict_proba``, never from the posterior, which reads the label)."""
+        if not self.spec.regression:
+            raise ValueError("ZForcing.predict_value needs regression data (DataSpec.regression)")
+        if samples < 1:
+            raise ValueError(f"samples must be >= 1, got {samples}")
+        B, T = batch.mask.shape
+        states = self.prior_states(batch.inputs.repeat_interleave(samples, dim=0))
+        values = self.output_head.mean(self.output_head(states))[..., 0]
+        return values.view(B, samples, T).mean(dim=1)
 
     def step(self, x: Tensor, state: tuple[Tensor, Tensor], z: Tensor | None = None) -> tuple[Tensor, Any]:
         """One forward-LSTM step driven by z_t (``z``, or drawn from p(z_t | h_{t-1})); the head
