@@ -336,6 +336,15 @@ def late_improvement(job: Job, key: str = "val/elbo", fraction: float = 0.2) -> 
     return points[-1][1] - _curve_value(points, last * (1 - fraction))
 
 
+def diverged(job: Job, key: str = "val/elbo") -> bool:
+    """The job's recorded ``diverged`` flag; for jobs from before it was recorded, the same rule
+    read from the curve: the last validation bound is worse than the first."""
+    if job.info.get("diverged") in ("True", "False"):
+        return job.info["diverged"] == "True"
+    points = job.curves.get(key) or []
+    return len(points) >= 2 and points[-1][1] < points[0][1]
+
+
 def runs_table(rows: list[Row]) -> list[str]:
     """How each row's runs ended: converged or capped, updates, best update, late improvement."""
     body = []
@@ -345,9 +354,9 @@ def runs_table(rows: list[Row]) -> list[str]:
         updates = [float(j.info["updates"]) for j in done if j.info.get("updates")]
         best = [float(j.info["best_step"]) for j in done if j.info.get("best_step") not in (None, "", "None")]
         late = [v for v in (late_improvement(j) for j in done) if math.isfinite(v)]
-        diverged = sum(j.info.get("diverged") == "True" for j in done)
         body.append([
-            name, str(len(done)), ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "–", str(diverged),
+            name, str(len(done)), ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "–",
+            str(sum(diverged(j) for j in done)),
             (f"{statistics.fmean(updates):.0f} [{min(updates):.0f}–{max(updates):.0f}]" if updates else "–"),
             f"{statistics.fmean(best):.0f}" if best else "–",
             fmt(*mean_std(late)) if late else "–",
