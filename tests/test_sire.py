@@ -89,7 +89,8 @@ def test_same_set_pairs_come_from_the_state_s_own_set() -> None:
 
 @pytest.mark.parametrize(("kwargs", "key"), [({"states_per_batch": 0}, "regularizer.states_per_batch"),
                                              ({"pairs_per_state": 0}, "regularizer.pairs_per_state"),
-                                             ({"pair_source": "dataset"}, "regularizer.pair_source")])
+                                             ({"pair_source": "dataset"}, "regularizer.pair_source"),
+                                             ({"latent_path": "posterior"}, "regularizer.latent_path")])
 def test_bad_settings_name_the_key(kwargs: dict, key: str) -> None:
     with pytest.raises(ValueError, match=key):
         SIRE(**kwargs)
@@ -102,8 +103,33 @@ def test_models_without_a_deterministic_step_are_refused() -> None:
                                          r"Transformer.*no single-step function"):
         SequenceLitModule(transformer, SPEC, adam, regularizer=SIRE())
     zforcing = make_model("real", D=4)
-    with pytest.raises(ValueError, match=r"ZForcing.*samples z_t"):
+    with pytest.raises(ValueError, match=r"ZForcing.*samples z_t.*regularizer\.latent_path=prior_mean"):
         SequenceLitModule(zforcing, DataSpec("real", 4, "sequence", 4), adam, regularizer=SIRE())
+
+
+def test_zforcing_is_regularized_along_its_prior_mean_path() -> None:
+    from zf_lightning.models import ZForcing
+
+    torch.manual_seed(0)
+    model = ZForcing(SPEC, CategoricalHead, emb_dim=8, rnn_dim=8, z_dim=3, mlp_dim=8)
+    sire = SIRE(latent_path="prior_mean")
+    SequenceLitModule(model, SPEC, lambda params: torch.optim.Adam(params), regularizer=sire)  # accepted
+    # the path is deterministic: z_t is the prior mean, so the same call gives the same penalty
+    torch.manual_seed(1)
+    penalty = sire(model, BATCH)
+    torch.manual_seed(1)
+    assert torch.equal(sire(model, BATCH), penalty) and float(penalty) > 0
+    # the step reads z_t = mean of p(z_t | h_{t-1}) from the model's own prior
+    path = model.mean_path()
+    state = path.initial_state(8)
+    _, (h, c) = path.step(BATCH.inputs[:, 0], state)
+    _, (h_mean, c_mean) = model.step(BATCH.inputs[:, 0], state, z=model.prior(state[0])[0])
+    assert torch.equal(h, h_mean) and torch.equal(c, c_mean) and path.state_vector((h, c)).shape == (8, 16)
+    # its gradient reaches the forward recurrence and the prior, not the posterior's networks
+    penalty.backward()
+    assert float(model.cell.weight_hh.grad.abs().sum()) > 0
+    assert any(float(p.grad.abs().sum()) > 0 for p in model.prior.parameters() if p.grad is not None)
+    assert all(p.grad is None for p in model.backward_rnn.parameters())
 
 
 def test_a_model_with_dropout_is_refused() -> None:

@@ -267,6 +267,16 @@ class DeterministicStep(HasStepFunction):
         """The whole recurrent state as ``[n, S]`` (e.g. an LSTM's h and c side by side)."""
 
 
+class HasMeanPath(ABC):
+    """A latent model whose recurrence also runs with z_t at the prior mean, a deterministic map
+    of the state: what SIRE can regularize in a model whose own step samples z_t (that path is
+    the prior's mean, not the posterior the ELBO trains)."""
+
+    @abstractmethod
+    def mean_path(self) -> DeterministicStep:
+        """The recurrence with z_t = E[z_t | h_{t-1}] under the prior, as a deterministic step."""
+
+
 class PredictsClasses(ABC):
     """A model that gives class probabilities ``[B, T, C]`` at every step without reading
     ``batch.targets``: what accuracy is computed from. A model whose objective reads the

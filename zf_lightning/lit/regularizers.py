@@ -18,9 +18,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from zf_lightning.types import DeterministicStep, HasStepFunction, LatentVariableModel, SequenceBatch
+from zf_lightning.types import DeterministicStep, HasMeanPath, HasStepFunction, LatentVariableModel, SequenceBatch
 
 PairSource = Literal["same_set", "batch"]
+LatentPath = Literal["refuse", "prior_mean"]
 
 
 class Regularizer(ABC):
@@ -47,24 +48,39 @@ class SIRE(Regularizer):
         pairs_per_state: element pairs (a, b) per state.
         pair_source: ``same_set``: a and b are two different elements of the sequence the state
             came from; ``batch``: any two real steps of the batch (the training distribution).
+        latent_path: for a latent model (its step samples z_t): ``refuse`` (the default), or
+            ``prior_mean``: regularize its recurrence with z_t at the prior mean (``HasMeanPath``:
+            Z-Forcing), the path the prior predicts, not the posterior the ELBO trains.
     """
 
     name = "sire"
 
     def __init__(self, states_per_batch: int = 2, pairs_per_state: int = 2,
-                 pair_source: PairSource = "same_set") -> None:
+                 pair_source: PairSource = "same_set", latent_path: LatentPath = "refuse") -> None:
         if states_per_batch < 1:
             raise ValueError(f"regularizer.states_per_batch must be >= 1, got {states_per_batch}")
         if pairs_per_state < 1:
             raise ValueError(f"regularizer.pairs_per_state must be >= 1, got {pairs_per_state}")
         if pair_source not in ("same_set", "batch"):
             raise ValueError(f"regularizer.pair_source must be 'same_set' or 'batch', got {pair_source!r}")
+        if latent_path not in ("refuse", "prior_mean"):
+            raise ValueError(f"regularizer.latent_path must be 'refuse' or 'prior_mean', got {latent_path!r}")
+        self.latent_path = latent_path
         self.states_per_batch = states_per_batch
         self.pairs_per_state = pairs_per_state
         self.pair_source = pair_source
 
-    def check(self, model: nn.Module) -> None:
+    def stepper(self, model: nn.Module) -> DeterministicStep | None:
+        """The deterministic step SIRE compares: the model's own, or its prior-mean path when
+        ``latent_path=prior_mean`` and the model declares one; None when there is neither."""
         if isinstance(model, DeterministicStep):
+            return model
+        if self.latent_path == "prior_mean" and isinstance(model, HasMeanPath):
+            return model.mean_path()
+        return None
+
+    def check(self, model: nn.Module) -> None:
+        if self.stepper(model) is not None:
             noisy = sorted({f"{type(m).__name__}(p={m.p})" for m in model.modules()
                             if isinstance(m, nn.Dropout) and m.p > 0})
             if noisy:
@@ -74,9 +90,11 @@ class SIRE(Regularizer):
                     "set model.dropout=0 with regularizer=sire"
                 )
             return
-        if isinstance(model, HasStepFunction) and isinstance(model, LatentVariableModel):
-            why = ("its step function samples z_t, so the states after (a, b) and (b, a) would differ by noise "
-                   "(SIRE with z at the prior mean is not implemented; see docs/sets.md)")
+        if isinstance(model, HasMeanPath):
+            why = ("its step function samples z_t, so the states after (a, b) and (b, a) would differ by noise; "
+                   "regularizer.latent_path=prior_mean regularizes its recurrence with z_t at the prior mean")
+        elif isinstance(model, HasStepFunction) and isinstance(model, LatentVariableModel):
+            why = "its step function samples z_t, so the states after (a, b) and (b, a) would differ by noise"
         else:
             why = "it has no single-step function to read one element at a time"
         raise ValueError(
@@ -104,22 +122,23 @@ class SIRE(Regularizer):
         return model.state_vector(state)
 
     def __call__(self, model: nn.Module, batch: SequenceBatch) -> Tensor:
-        assert isinstance(model, DeterministicStep), "SIRE.check refuses such models at start-up"
+        stepper = self.stepper(model)
+        assert stepper is not None, "SIRE.check refuses such models at start-up"
         lengths = batch.lengths
         longest = int(lengths.max())
         count = min(self.states_per_batch, longest + 1)
         prefixes = set(torch.randperm(longest + 1)[:count].tolist())
         total = batch.inputs.new_zeros((), dtype=torch.float32)
         terms = 0
-        state = model.initial_state(batch.batch_size)
+        state = stepper.initial_state(batch.batch_size)
         for k in range(max(prefixes) + 1):
             if k in prefixes:
                 for _ in range(self.pairs_per_state):
                     a, b, has_pair = self._pairs(batch, lengths)
                     keep = (has_pair & (lengths >= k)).float()
-                    gap = self._state_after(model, state, a, b) - self._state_after(model, state, b, a)
+                    gap = self._state_after(stepper, state, a, b) - self._state_after(stepper, state, b, a)
                     total = total + (gap.pow(2).sum(-1) * keep).sum()
                     terms += int(keep.sum())
             if k < max(prefixes):
-                _, state = model.step(batch.inputs[:, k], state)
+                _, state = stepper.step(batch.inputs[:, k], state)
         return total / max(terms, 1)

@@ -39,7 +39,9 @@ from zf_lightning.models.zforcing.cell import LoopLinear
 from zf_lightning.models.zforcing.recurrence import plain_recurrence, step_ops
 from zf_lightning.types import (
     DataSpec,
+    DeterministicStep,
     HasAuxCost,
+    HasMeanPath,
     HasPosterior,
     PosteriorPass,
     PredictsClasses,
@@ -54,7 +56,7 @@ AuxInput = Literal["h_z", "z"]
 AuxLoss = Literal["gaussian", "l2"]
 
 
-class ZForcing(nn.Module, HasPosterior, HasAuxCost, PredictsClasses, PredictsValues, StepSampler):
+class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses, PredictsValues, StepSampler):
     """Z-Forcing with the options of the authors' code.
 
     Args:
@@ -295,6 +297,9 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, PredictsClasses, PredictsVal
         h = self.cell.weight_hh.new_zeros(n, self.rnn_dim)
         return h, torch.zeros_like(h)
 
+    def mean_path(self) -> PriorMeanStep:
+        return PriorMeanStep(self)
+
     def prior_states(self, inputs: Tensor) -> Tensor:
         """h_t ``[B, T, H]`` of the forward LSTM reading ``inputs`` with every z_t drawn from the
         prior p(z_t | h_{t-1}): what the model predicts from the past alone (no backward LSTM)."""
@@ -341,3 +346,22 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, PredictsClasses, PredictsVal
             z = self.sample_prior(h)
         h, c = self.cell_step(self.embedding(x), z, h, c)
         return self.output_head(h), (h, c)
+
+
+class PriorMeanStep(DeterministicStep):
+    """Z-Forcing's forward recurrence with z_t at the prior mean E[z_t | h_{t-1}]: a deterministic
+    step (the same weights as the model's), so SIRE can compare the states two orders reach
+    (``regularizer.latent_path=prior_mean``). State: (h, c), compared as [h; c]."""
+
+    def __init__(self, model: ZForcing) -> None:
+        self.model = model
+
+    def initial_state(self, n: int) -> tuple[Tensor, Tensor]:
+        return self.model.initial_state(n)
+
+    def step(self, x: Tensor, state: tuple[Tensor, Tensor], z: Tensor | None = None) -> tuple[Tensor, Any]:
+        mean_p, _ = self.model.prior(state[0])
+        return self.model.step(x, state, z=mean_p if z is None else z)
+
+    def state_vector(self, state: tuple[Tensor, Tensor]) -> Tensor:
+        return torch.cat(state, dim=-1)
