@@ -200,3 +200,28 @@ def test_impossible_sizes_and_too_small_tasks_are_clear_errors() -> None:
     dm = ClassificationDataModule(BoundedDyck(), length=4, num_val=20, num_test=20)
     with pytest.raises(ValueError, match="too few distinct sequences"):
         dm.setup()
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_training_draws_under_ddp_are_sharded_and_fresh_every_epoch(fresh: bool) -> None:
+    # Lightning wraps a custom sampler in DistributedSamplerWrapper under DDP and forwards
+    # set_epoch to it: each rank must read its own share of the epoch's draws, and fresh draws
+    # must not repeat from one epoch to the next (a fixed set: the same draws, reshuffled)
+    from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+
+    from zf_lightning.data.synthetic.base import DrawSampler
+
+    sampler = DrawSampler(draws_per_epoch=12, fresh=fresh, seed=3)
+    ranks = [DistributedSamplerWrapper(sampler, num_replicas=2, rank=r, shuffle=False) for r in (0, 1)]
+    epochs = []
+    for epoch in (0, 1):
+        shards = []
+        for wrapper in ranks:
+            wrapper.set_epoch(epoch)
+            shards.append(list(wrapper))
+        assert not set(shards[0]) & set(shards[1]) and len(shards[0]) == len(shards[1]) == 6
+        epochs.append(sorted(shards[0] + shards[1]))
+    if fresh:
+        assert epochs[0] == list(range(12)) and epochs[1] == list(range(12, 24))
+    else:
+        assert epochs[0] == epochs[1] == list(range(12))
