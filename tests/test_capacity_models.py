@@ -175,7 +175,7 @@ def test_lit_module_accuracy_per_size_on_a_classification_batch() -> None:
 
 
 def test_models_that_cannot_classify_are_refused_clearly() -> None:
-    with pytest.raises(ValueError, match="cannot be trained on classification data"):
+    with pytest.raises(ValueError, match="cannot be trained on labelled data"):
         VRNN(SPEC, CategoricalHead, emb_dim=4, rnn_dim=4, z_dim=2, mlp_dim=4)
 
     class NoProba(torch.nn.Module):

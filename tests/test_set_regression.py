@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from zf_lightning.data.synthetic import ClassificationDataModule, MnistSumDataModule, SetSum
 from zf_lightning.lit.invariance import permutation_spread
 from zf_lightning.models import RNN, DeepSets, GaussianHead, ZForcing
+from zf_lightning.models.heads import label_nll
 from zf_lightning.runs.pipeline import compose_config, train
 from zf_lightning.types import IGNORE_VALUE, DataSpec, PredictsValues, SequenceBatch
 
@@ -57,6 +58,7 @@ def test_the_regression_label_is_the_plain_sum_at_the_last_step_only() -> None:
     # every other real step carries no value, and only the labelled step is scored
     assert torch.equal(batch.scored.sum(1), torch.ones(batch.batch_size))
     assert torch.equal(batch.scored[rows, lengths - 1], torch.ones(batch.batch_size))
+    assert torch.isnan(batch.targets[batch.mask == 0]).all()  # padding is no label of 0 either
     assert int(torch.isnan(batch.targets[..., 0]).logical_and(batch.mask > 0).sum()) == int(lengths.sum()) - len(rows)
     # sums above every training sum really occur in the test (sizes 20 > training sizes <= 6)
     assert float(batch.targets[rows, lengths - 1, 0].max()) > 9 * 6 or any(
@@ -77,13 +79,15 @@ def test_regression_is_on_the_plain_sum_and_mnist_sum_has_it_too() -> None:
     assert torch.equal(batch.scored.sum(1), torch.ones(batch.batch_size))
 
 
-def test_the_gaussian_head_scores_unlabelled_steps_zero_with_finite_gradients() -> None:
+def test_unlabelled_steps_score_zero_with_finite_gradients_but_only_for_regression() -> None:
     torch.manual_seed(0)
     head = GaussianHead(4, 1)
     h = torch.randn(3, 5, 4, requires_grad=True)
     target = torch.full((3, 5, 1), IGNORE_VALUE)
     target[:, -1, 0] = torch.tensor([2.0, 7.0, 11.0])
-    nll = head.nll(head(h), target)
+    # elsewhere a NaN target is bad data: the score stays NaN, so the objective's guard trips
+    assert torch.isnan(label_nll(head, head(h), target, DataSpec("real", 1, "sequence", 1))[:, :-1]).all()
+    nll = label_nll(head, head(h), target, SPEC)
     assert torch.equal(nll[:, :-1], torch.zeros(3, 4)) and torch.all(nll[:, -1] > 0)
     nll.sum().backward()
     assert torch.isfinite(h.grad).all() and torch.equal(h.grad[:, :-1], torch.zeros(3, 4, 4))
@@ -168,3 +172,27 @@ def test_zforcing_predicts_real_inputs_with_a_gaussian_backward_head_when_labels
     targets[:, -1] = 1
     terms = model(SequenceBatch(inputs, targets, mask))
     assert all(torch.isfinite(t).all() for t in (terms.nll, terms.kl, terms.bwd)) and bool((terms.bwd != 0).any())
+
+
+def test_a_latent_model_predicts_every_order_with_the_same_draws() -> None:
+    # sets of one repeated element: every order is the same sequence, so any flip or spread would
+    # be Z-Forcing's prior-sampling noise, which the flip rate must not count
+    from zf_lightning.lit.invariance import permutation_flips
+    from zf_lightning.models import CategoricalHead
+
+    torch.manual_seed(0)
+    classes = DataSpec("tokens", 10, "label", 1, classes=4, sets=True)
+    batch = value_batch([6, 3, 5] * 8, seed=2)
+    batch.inputs = batch.inputs[:, :1].expand_as(batch.inputs).contiguous()
+    for spec, head in ((SPEC, GaussianHead), (classes, CategoricalHead)):
+        model = ZForcing(spec, head, emb_dim=8, rnn_dim=8, z_dim=4, mlp_dim=8).eval()
+        generator = torch.Generator().manual_seed(0)
+        if spec.regression:
+            flips, trials, spread = permutation_spread(model, batch, 4, generator)
+            assert float(spread) == 0.0
+        else:
+            flips, trials = permutation_flips(model, batch, 4, generator)
+        assert trials == 4 * 24 and flips == 0
+        # while two separate predictions of the same sequence do differ (the draws are random)
+        assert not torch.equal(model.predict_value(batch) if spec.regression else model.predict_proba(batch),
+                               model.predict_value(batch) if spec.regression else model.predict_proba(batch))

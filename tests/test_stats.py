@@ -107,18 +107,19 @@ def test_jobs_from_before_the_diverged_flag_are_judged_by_their_curves(tmp_path:
     sweep = tmp_path / "sweep"
     for num, (seed, curve) in enumerate(((1, [(100, -50.0, 1.0), (200, -80.0, 1.0)]),    # got worse
                                          (2, [(100, -50.0, 1.0), (200, -40.0, 1.0)]),    # improved
-                                         (3, [(100, -50.0, 1.0), (200, -60.0, 1.0)]))):  # worse, flagged False
+                                         (3, [(100, -50.0, 1.0), (200, -60.0, 1.0)]),    # worse, flagged False
+                                         (4, [(100, -50.0, 1.0), (200, float("nan"), 1.0)]))):  # not finite
         job = make_job(sweep, num, ["ablation=aux", f"seed={seed}"], {"test/elbo": -1.0}, curve=curve,
                        config={"model": {"_target_": "zf_lightning.models.ZForcing"}})
         flag = {"diverged": False} if seed == 3 else {}  # a recorded flag wins over the curve
         (job / "status.json").write_text(json.dumps({"status": "completed", "stop_reason": "max_steps"} | flag))
-    job = make_job(sweep, 3, ["ablation=kla", "seed=1"], {"test/elbo": -1.0},
+    job = make_job(sweep, 4, ["ablation=kla", "seed=1"], {"test/elbo": -1.0},
                    curve=[(100, -50.0, 1.0), (200, -45.0, 1.0)],
                    config={"model": {"_target_": "zf_lightning.models.ZForcing"}})
     (job / "status.json").write_text(json.dumps({"status": "completed", "stop_reason": "max_steps"}))
     write_report(sweep)
     text = (sweep / "report.md").read_text()
-    assert "| Z-Forcing + aux | 3 | max_steps: 3 | 1 |" in text and "| Z-Forcing + kla | 1 | max_steps: 1 | 0 |" in text
+    assert "| Z-Forcing + aux | 4 | max_steps: 4 | 2 |" in text and "| Z-Forcing + kla | 1 | max_steps: 1 | 0 |" in text
 
 
 def test_an_unknown_baseline_is_a_clear_error(study: Path) -> None:

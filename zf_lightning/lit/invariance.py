@@ -37,8 +37,20 @@ def predicted_labels(model: PredictsClasses, batch: SequenceBatch, samples: int)
 
 def order_predictions(predict: Callable[[SequenceBatch], Tensor], batch: SequenceBatch, permutations: int,
                       generator: torch.Generator) -> Tensor:
-    """``[1 + permutations, B, T]``: ``predict`` on the batch as given, then on random orders of it."""
-    return torch.stack([predict(batch)] + [predict(permute_elements(batch, generator)) for _ in range(permutations)])
+    """``[1 + permutations, B, T]``: ``predict`` on the batch as given, then on random orders of it.
+
+    Every order is predicted with the same random numbers (a latent model's prior draws), so the
+    flip rate and spread measure the order alone, not sampling noise; the global RNG is left as
+    it was."""
+    orders = [batch] + [permute_elements(batch, generator) for _ in range(permutations)]
+    seed = int(torch.randint(2**62, (), generator=generator))
+    devices = [batch.inputs.device] if batch.inputs.device.type == "cuda" else []
+    out = []
+    for order in orders:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            out.append(predict(order))
+    return torch.stack(out)
 
 
 def flip_counts(predictions: Tensor, scored: Tensor) -> tuple[Tensor, Tensor]:

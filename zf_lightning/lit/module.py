@@ -217,7 +217,7 @@ class SequenceLitModule(L.LightningModule):
         hits = (predicted.round() == target).float() * scored
         metrics = self._totals(split)
         metrics["correct"].update(hits.sum())
-        metrics["abs_err"].update(((predicted - target).abs() * scored).sum())
+        metrics["abs_err"].update(torch.where(scored > 0, (predicted - target).abs(), 0.0).sum())
         self._accumulate_sizes(split, batch, hits, scored)
 
     def _accumulate_sizes(self, split: str, batch: SequenceBatch, hits: Tensor, scored: Tensor) -> None:

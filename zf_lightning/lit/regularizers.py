@@ -99,7 +99,8 @@ class SIRE(Regularizer):
             why = "it has no single-step function to read one element at a time"
         raise ValueError(
             f"regularizer=sire needs a model with a deterministic step function (DeterministicStep: model=rnn, "
-            f"lru or deepsets), but {type(model).__name__} cannot be used: {why}; use regularizer=none with it"
+            f"lru or deepsets; or model=zforcing with lit.regularizer.latent_path=prior_mean, the one latent model "
+            f"with a prior-mean path), but {type(model).__name__} cannot be used: {why}; use regularizer=none with it"
         )
 
     def _pairs(self, batch: SequenceBatch, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:

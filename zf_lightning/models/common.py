@@ -98,8 +98,8 @@ def check_head(head: nn.Module, spec: DataSpec) -> None:
         what = f"{spec.classes} classes" if spec.classes is not None else f"{spec.output_dim} values"
         raise ValueError(
             f"output head {type(head).__name__} predicts {size} values per step, but the data's targets are "
-            f"{what}; a model that sizes its head for the inputs cannot be trained on classification data "
-            "(use model=rnn, transformer, lru or zforcing there)"
+            f"{what}; a model that sizes its head for the inputs cannot be trained on labelled data (classes "
+            "or a regressed value; use model=rnn, transformer, lru, deepsets or zforcing there)"
         )
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from zf_lightning.models.common import mask_terms
-from zf_lightning.models.heads import OutputHead
+from zf_lightning.models.heads import OutputHead, label_nll
 from zf_lightning.types import DataSpec, PredictsClasses, PredictsValues, SequenceBatch, StepTerms
 
 
@@ -27,7 +27,7 @@ class DeterministicModel(nn.Module, PredictsClasses, PredictsValues):
         raise NotImplementedError
 
     def forward(self, batch: SequenceBatch) -> StepTerms:
-        nll = self.output_head.nll(self.output_head(self.states(batch.inputs)), batch.targets)
+        nll = label_nll(self.output_head, self.output_head(self.states(batch.inputs)), batch.targets, self.spec)
         return mask_terms(StepTerms.with_zeros(nll), batch.mask)
 
     def predict_proba(self, batch: SequenceBatch, samples: int = 1) -> Tensor:

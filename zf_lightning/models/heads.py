@@ -14,14 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zf_lightning.models.distributions import gaussian_log_prob
-from zf_lightning.types import InputKind
-
-
-def scored_values(target: Tensor) -> tuple[Tensor, Tensor]:
-    """(target with ``IGNORE_VALUE`` (NaN) replaced by 0, ``[...]`` bool: the step is scored).
-    The replacement keeps NaN out of the gradients; the caller zeroes the unscored steps' nll."""
-    missing = torch.isnan(target)
-    return torch.where(missing, 0.0, target), ~missing.any(-1)
+from zf_lightning.types import DataSpec, InputKind
 
 
 class OutputHead(nn.Module):
@@ -66,10 +59,8 @@ class GaussianHead(OutputHead):
         return 2 * dim  # mean, log-variance
 
     def nll(self, params: Tensor, target: Tensor) -> Tensor:
-        """-log p(target), 0 at steps whose target is ``IGNORE_VALUE``."""
         mean, logvar = params.chunk(2, dim=-1)
-        target, scored = scored_values(target)
-        return torch.where(scored, -gaussian_log_prob(target, mean, logvar), 0.0)
+        return -gaussian_log_prob(target, mean, logvar)
 
     def sample(self, params: Tensor) -> Tensor:
         mean, logvar = params.chunk(2, dim=-1)
@@ -139,11 +130,9 @@ class GMMHead(OutputHead):
         return torch.log_softmax(logits, dim=-1), means.reshape(shape), logvars.reshape(shape)
 
     def nll(self, params: Tensor, target: Tensor) -> Tensor:
-        """-log p(target), 0 at steps whose target is ``IGNORE_VALUE``."""
         log_w, means, logvars = self.split(params)
-        target, scored = scored_values(target)
         per_component = gaussian_log_prob(target.unsqueeze(-2), means, logvars)
-        return torch.where(scored, -torch.logsumexp(log_w + per_component, dim=-1), 0.0)
+        return -torch.logsumexp(log_w + per_component, dim=-1)
 
     def sample(self, params: Tensor) -> Tensor:
         log_w, means, logvars = self.split(params)
@@ -158,8 +147,24 @@ class GMMHead(OutputHead):
         return (log_w.exp().unsqueeze(-1) * means).sum(-2)
 
 
+# The plain head of each kind of data, in the order a head is looked up for a kind (each declares
+# the kinds it models in ``accepts``).
+PLAIN_HEADS: tuple[type[OutputHead], ...] = (CategoricalHead, BernoulliHead, GaussianHead)
+
+
 def natural_head(kind: InputKind) -> HeadFactory:
-    """The head that fits data of this kind: what a model uses to predict its *inputs* when the
-    configured head scores labels of another kind (Z-Forcing's backward cost on a set whose sum
-    is a real-valued label, or on MNIST-digit sets labelled with classes)."""
-    return {"tokens": CategoricalHead, "binary": BernoulliHead, "real": GaussianHead}[kind]
+    """The plain head that models data of this kind: what a model uses to predict its *inputs*
+    when the configured head scores labels (Z-Forcing's backward cost on MNIST-digit sets, whose
+    labels are classes or a real-valued sum)."""
+    return next(head for head in PLAIN_HEADS if kind in head.accepts)
+
+
+def label_nll(head: OutputHead, params: Tensor, targets: Tensor, spec: DataSpec) -> Tensor:
+    """``head.nll`` where a regression label's unlabelled steps (``IGNORE_VALUE``, NaN) score 0,
+    with NaN kept out of the gradients. Only for ``spec.regression``: a NaN anywhere else is bad
+    data and must make the loss non-finite (the objective's guard names it)."""
+    if not spec.regression:
+        return head.nll(params, targets)
+    missing = torch.isnan(targets)
+    nll = head.nll(params, torch.where(missing, 0.0, targets))
+    return torch.where(missing.any(-1), 0.0, nll)

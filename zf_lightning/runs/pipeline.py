@@ -137,7 +137,7 @@ def run_analyses(cfg: DictConfig, lit: SequenceLitModule, dm: SequenceDataModule
 def write_samples(cfg: DictConfig, lit: SequenceLitModule, dm: SequenceDataModule, directory: Path) -> list[Path]:
     """Draw ``samples.num`` sequences from the prior and render them in the data's format."""
     n = int(cfg.samples.num)
-    if n <= 0 or dm.spec.classes is not None or not isinstance(lit.model, CanGenerate):  # labels are no samples
+    if n <= 0 or dm.spec.labelled or not isinstance(lit.model, CanGenerate):  # labels are no samples
         return []
     L.seed_everything(int(cfg.seed), verbose=False)
     steps = int(cfg.samples.steps or dm.sample_length())

@@ -75,6 +75,12 @@ def checkpoint_step(path: str | Path | None, also_trusted: Collection[str] = ())
     return int(load_checkpoint(Path(path), also_trusted).get("global_step", 0)) if path else None
 
 
+def bound_diverged(first: float, last: float) -> bool:
+    """A bound (lower is better) diverged when its last value is not finite or is worse than
+    its first: the one rule for live runs and for reading old jobs' curves."""
+    return not math.isfinite(last) or (math.isfinite(first) and last > first)
+
+
 class DivergenceWatch(Callback):
     """Remembers the monitored validation bound (lower is better) at the first and the latest
     validation, across resumes (its state rides in the checkpoints), so a run whose bound ended
@@ -104,7 +110,7 @@ class DivergenceWatch(Callback):
     def diverged(self) -> bool:
         if self.first is None or self.last is None:
             return False
-        return not math.isfinite(self.last) or (math.isfinite(self.first) and self.last > self.first)
+        return bound_diverged(self.first, self.last)
 
     def report(self) -> dict[str, Any]:
         """Fields for status.json (none before two validations); warns when the run diverged."""

@@ -39,6 +39,7 @@ from omegaconf import OmegaConf
 
 from zf_lightning.runs.checkpoint import migrate_target
 from zf_lightning.runs.status import COMPLETED, job_folders, read_status
+from zf_lightning.runs.stopping import bound_diverged
 from zf_lightning.sweeps.heatmap import add_capacity_heatmaps, capacity_headline
 from zf_lightning.sweeps.size_curves import SizeSeries, add_job, has_curves, size_tables, write_size_curves
 from zf_lightning.sweeps.stats import higher_is_better, mean_std, paired_difference
@@ -342,7 +343,8 @@ def diverged(job: Job, key: str = "val/elbo") -> bool:
     if job.info.get("diverged") in ("True", "False"):
         return job.info["diverged"] == "True"
     points = job.curves.get(key) or []
-    return len(points) >= 2 and points[-1][1] < points[0][1]
+    # the curve is the ELBO (higher is better): its negation is the bound the rule reads
+    return len(points) >= 2 and bound_diverged(-points[0][1], -points[-1][1])
 
 
 def runs_table(rows: list[Row]) -> list[str]:
@@ -468,11 +470,13 @@ def write_csv(path: Path, rows: list[Row], keys: list[str], metrics: list[str]) 
 
 
 def mean_band(series: list[list[tuple[int, float]]]) -> tuple[list[int], list[float], list[float]]:
-    """Mean and sample standard deviation at every step any job logged (over the jobs that logged it)."""
+    """Mean and sample standard deviation at every step any job logged (over the jobs that logged a
+    finite value there: a diverged run's NaN would otherwise break the statistics and the plot)."""
     by_step: dict[int, list[float]] = {}
     for points in series:
         for step, value in points:
-            by_step.setdefault(step, []).append(value)
+            if math.isfinite(value):
+                by_step.setdefault(step, []).append(value)
     steps = sorted(by_step)
     means = [statistics.fmean(by_step[s]) for s in steps]
     stds = [statistics.stdev(by_step[s]) if len(by_step[s]) > 1 else 0.0 for s in steps]

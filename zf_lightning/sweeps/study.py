@@ -9,6 +9,7 @@ by hand below the ``NOTES`` marker survive a rewrite.
 from __future__ import annotations
 
 import datetime as dt
+import shlex
 from collections import Counter
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def study_notes(config: DictConfig, sweep_dir: Path) -> list[str]:
     wall = f"{(max(ends) - min(starts)).total_seconds() / 60:.0f} min" if starts and ends else "unknown"
     lines = [
         f"# Study: {name}", "",
-        "## Command", "", "```bash", " ".join(["python train.py -m", *typed]), "```", "",
+        "## Command", "", "```bash", " ".join(["python train.py -m", *(shlex.quote(o) for o in typed)]), "```", "",
         "Rerunning the same command continues the study: completed jobs are skipped, interrupted ones "
         "resume from their last checkpoint. The report is rebuilt from this folder's files alone with",
         "", "```bash",

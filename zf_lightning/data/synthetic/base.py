@@ -123,8 +123,11 @@ def as_item(example: Example, regression: bool = False) -> ClassificationItem:
 
 
 def classification_collate(items: Sequence[ClassificationItem]) -> SequenceBatch:
-    """Pad like every other data module, and carry each sequence's size."""
+    """Pad like every other data module (a real-valued label's padding is ``IGNORE_VALUE`` too,
+    so padding never reads as a label of 0), and carry each sequence's size."""
     batch = pad_collate([(x, y, label) for x, y, label, _ in items])
+    if batch.targets.dtype.is_floating_point:
+        batch.targets[batch.mask == 0] = IGNORE_VALUE
     return replace(batch, sizes=torch.as_tensor([size for *_, size in items], dtype=torch.long))
 
 

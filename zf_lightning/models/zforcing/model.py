@@ -32,7 +32,7 @@ from zf_lightning.models.common import (
     reverse_padded,
 )
 from zf_lightning.models.distributions import gaussian_log_prob, reparameterize
-from zf_lightning.models.heads import HeadFactory, natural_head
+from zf_lightning.models.heads import HeadFactory, label_nll, natural_head
 from zf_lightning.models.latent import LatentPath, latent_noise, latent_terms
 from zf_lightning.models.layers import ClippedLeakyReLU, GaussianMLP, ZLSTMCell, lstm_pointwise
 from zf_lightning.models.zforcing.cell import LoopLinear
@@ -121,8 +121,8 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
         self.prior = GaussianMLP(rnn_dim, mlp_dim, z_dim)
         self.output_head = head(rnn_dim, spec.output_dim)
         # predicts the inputs: with the configured head when the targets are the inputs, else
-        # with the head that fits the inputs (labelled data: the output head scores labels)
-        self.backward_head = (head if spec.output_kind == spec.kind else natural_head(spec.kind))(rnn_dim, spec.dim)
+        # with the plain head of the inputs' kind (labelled data: the output head scores labels)
+        self.backward_head = (natural_head(spec.kind) if spec.labelled else head)(rnn_dim, spec.dim)
         check_head(self.output_head, spec)
         # recurrence: z enters through a linear map (plain) or an MLP to 8H LN gains/biases
         if cond_layer_norm:
@@ -273,7 +273,7 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
         path = LatentPath(h_prev, z, *self.prior(h_prev), mean_q, logvar_q)
         return latent_terms(
             path,
-            self.output_head.nll(self.output_head(hs), batch.targets),
+            label_nll(self.output_head, self.output_head(hs), batch.targets, self.spec),
             batch.mask,
             aux=self.aux_cost(h_prev, z, b),
             bwd=self.backward_head.nll(self.backward_head(b), batch.inputs),
