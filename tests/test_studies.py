@@ -101,7 +101,9 @@ def study_rows(study: str) -> list[list[str]]:
 
     params = compose_config("train", [f"study={study}"], return_hydra_config=True).hydra.sweeper.params
     parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items() if k != "seed"])
-    swept = [[f"{o.key_or_group}={value}" for value in o.sweep_string_iterator()] for o in parsed]
+    swept = [[f"{o.get_key_element()}={value}" for value in
+              (o.sweep_string_iterator() if o.is_sweep_override() else [o.get_value_element_as_str()])]
+             for o in parsed]
     return [list(row) for row in itertools.product(*swept)]
 
 
