@@ -254,7 +254,8 @@ def group_rows(jobs: list[Job], keys: list[str]) -> list[Row]:
     for job in jobs:
         key = tuple((k, job.overrides.get(k, "")) for k in keys)
         if key not in rows:
-            label = ", ".join(f"{k}={v}" for k, v in key) or "all jobs"
+            # a key another study's jobs set but this job does not is no part of its label
+            label = ", ".join(f"{k}={v}" for k, v in key if v != "") or "all jobs"
             rows[key] = Row(key, label, [])
         rows[key].jobs.append(job)
     return list(rows.values())
