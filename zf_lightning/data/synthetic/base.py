@@ -71,6 +71,11 @@ class ClassificationTask(ABC):
         """Why a size is impossible for this task, or None when it is fine."""
         return None if size >= 1 else "sizes must be >= 1"
 
+    def label_spec(self) -> dict[str, object]:
+        """The ``DataSpec`` fields of the output side: the classes, or one regressed value."""
+        return {"classes": None if self.regression else self.classes, "sets": self.sets,
+                "regression": self.regression}
+
     def for_split(self, split: str) -> ClassificationTask:
         """The task as the ``train``, ``val`` or ``test`` split draws it: the same task by default;
         a task over a finite pool of elements (the MNIST digits of ``mnist_sum``) returns a view
@@ -257,8 +262,7 @@ class ClassificationDataModule(SequenceDataModule):
     @property
     def spec(self) -> DataSpec:
         return DataSpec(kind="tokens", dim=self.task.vocab_size(self.max_size), unit="label", dims_per_step=1,
-                        classes=None if self.task.regression else self.task.classes, sets=self.task.sets,
-                        regression=self.task.regression)
+                        **self.task.label_spec())
 
     def eval_sets(self) -> dict[str, list[Example]]:
         """Validation and test examples (drawn once; test sets per size after validation)."""

@@ -115,8 +115,7 @@ class MnistSumDataModule(ClassificationDataModule):
     @property
     def spec(self) -> DataSpec:
         return DataSpec(kind="real", dim=self.side * self.side, unit="label", dims_per_step=self.side * self.side,
-                        classes=None if self.task.regression else self.task.classes, sets=True,
-                        regression=self.task.regression)
+                        **self.task.label_spec())
 
     def collate_fn(self, items: Sequence[ClassificationItem]) -> SequenceBatch:
         """Pad the image ids like any classification batch, then look up their pixels ``[B, T, side**2]``

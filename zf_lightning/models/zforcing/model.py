@@ -17,6 +17,7 @@ step by step, and the tests hold the two equal.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -319,24 +320,23 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
         """
         if self.spec.classes is None:
             raise ValueError("ZForcing.predict_proba needs classification data (DataSpec.classes)")
-        if samples < 1:
-            raise ValueError(f"samples must be >= 1, got {samples}")
-        B, T = batch.mask.shape
-        states = self.prior_states(batch.inputs.repeat_interleave(samples, dim=0))
-        probs = torch.softmax(self.output_head(states), dim=-1)
-        return probs.view(B, samples, T, -1).mean(dim=1)
+        return self._prior_average(batch, samples, lambda params: torch.softmax(params, dim=-1))
 
     def predict_value(self, batch: SequenceBatch, samples: int = 1) -> Tensor:
         """Predicted values ``[B, T]``: the output head's mean averaged over ``samples`` prior
         paths (as ``predict_proba``, never from the posterior, which reads the label)."""
         if not self.spec.regression:
             raise ValueError("ZForcing.predict_value needs regression data (DataSpec.regression)")
+        return self._prior_average(batch, samples, lambda params: self.output_head.mean(params)[..., 0])
+
+    def _prior_average(self, batch: SequenceBatch, samples: int, readout: Callable[[Tensor], Tensor]) -> Tensor:
+        """``readout`` of the output head's parameters, averaged over ``samples`` prior paths run
+        side by side (the batch repeated), per sequence and step."""
         if samples < 1:
             raise ValueError(f"samples must be >= 1, got {samples}")
         B, T = batch.mask.shape
-        states = self.prior_states(batch.inputs.repeat_interleave(samples, dim=0))
-        values = self.output_head.mean(self.output_head(states))[..., 0]
-        return values.view(B, samples, T).mean(dim=1)
+        out = readout(self.output_head(self.prior_states(batch.inputs.repeat_interleave(samples, dim=0))))
+        return out.view(B, samples, T, *out.shape[2:]).mean(dim=1)
 
     def step(self, x: Tensor, state: tuple[Tensor, Tensor], z: Tensor | None = None) -> tuple[Tensor, Any]:
         """One forward-LSTM step driven by z_t (``z``, or drawn from p(z_t | h_{t-1})); the head
