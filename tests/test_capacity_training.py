@@ -16,7 +16,13 @@ from zf_lightning.lit import SequenceLitModule
 from zf_lightning.lit.module import EVAL_WEIGHTS
 from zf_lightning.models import LRU, RNN, CategoricalHead, Transformer
 from zf_lightning.runs.pipeline import CONF_DIR
-from zf_lightning.sweeps.heatmap import capacity_grid, capacity_headline, heatmap_tables
+from zf_lightning.sweeps.heatmap import (
+    capacity_grid,
+    capacity_headline,
+    heatmap_tables,
+    width_needed,
+    width_needed_table,
+)
 from zf_lightning.sweeps.report import HEADLINE, Job, build_report
 
 BUILDERS = {
@@ -104,9 +110,27 @@ def test_report_draws_accuracy_heatmaps_per_model(tmp_path: Path) -> None:
     report = (tmp_path / "report.md").read_text()
     assert (tmp_path / "heatmap.png").stat().st_size > 1000
     assert "## Capacity heatmaps" in report and "![test/acc" in report
+    assert "| rnn | 16 | > 16 |" in report  # the smallest width solving each length
     assert "## test/acc" in report  # classification sweeps lead with accuracy
     assert capacity_headline(jobs, "test/elbo", HEADLINE) == "test/acc"
     assert capacity_headline(jobs, "test/nll", HEADLINE) == "test/nll"  # an explicit choice wins
+
+
+def test_width_needed_is_the_smallest_width_that_solves_each_length() -> None:
+    # rnn: solves 8 from width 16 (width 32 fails to train there), never solves 32
+    jobs = [_job("rnn", 8, 8, 0.6), _job("rnn", 16, 8, 0.97), _job("rnn", 32, 8, 0.5), _job("rnn", 64, 8, 1.0)]
+    jobs += [_job("rnn", w, 32, 0.4) for w in (8, 16, 32, 64)]
+    # transformer: the mean over seeds decides (0.99 and 0.90 average to 0.945 < 0.95)
+    jobs += [_job("transformer", 8, 8, 0.99), _job("transformer", 8, 8, 0.90, seed=2), _job("transformer", 16, 8, 0.96)]
+    jobs += [_job("transformer", 8, 32, 0.95)]
+    grid = capacity_grid(jobs)
+    assert width_needed(grid["rnn"], 8) == 16
+    assert width_needed(grid["rnn"], 32) is None
+    assert width_needed(grid["transformer"], 8) == 16
+    assert width_needed(grid["transformer"], 32) == 8
+    assert width_needed(grid["rnn"], 8, threshold=0.99) == 64
+    table = "\n".join(width_needed_table(grid))
+    assert "| rnn | 16 | > 64 |" in table and "| transformer | 16 | 8 |" in table
 
 
 def test_sweeps_without_width_and_length_get_no_heatmap(tmp_path: Path) -> None:

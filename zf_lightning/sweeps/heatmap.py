@@ -16,6 +16,7 @@ PANEL_KEY = "model"
 WIDTH_KEY = "width"
 LENGTH_KEY = "data.length"
 ACCURACY = "test/acc"
+SOLVED = 0.95  # mean accuracy at which a (model, width, length) cell counts as solving the task
 
 # panel -> (width, length) -> accuracies of the jobs (one per seed)
 Grid = dict[str, dict[tuple[int, int], list[float]]]
@@ -74,6 +75,35 @@ def heatmap_tables(grid: Grid, metric: str = ACCURACY) -> list[str]:
     return lines
 
 
+def width_needed(cells: Mapping[tuple[int, int], list[float]], length: int,
+                 threshold: float = SOLVED) -> int | None:
+    """The smallest width whose mean accuracy at ``length`` reaches ``threshold`` (None: no width
+    run did). This is the quantity the separations are about: how the width a model needs grows
+    with the length."""
+    solved = [w for (w, n), values in cells.items() if n == length and statistics.fmean(values) >= threshold]
+    return min(solved, default=None)
+
+
+def width_needed_table(grid: Grid, threshold: float = SOLVED) -> list[str]:
+    """Markdown: rows = models, columns = lengths, cells = the smallest width that solves the
+    length (``> w_max`` when none of the widths run did)."""
+    lengths = sorted({n for cells in grid.values() for _, n in cells})
+    lines = [f"### Smallest width with mean accuracy >= {threshold:g}", "",
+             "| model \\ length | " + " | ".join(str(n) for n in lengths) + " |",
+             "|---" * (len(lengths) + 1) + "|"]
+    for panel, cells in grid.items():
+        widest = max(w for w, _ in cells)
+        entries = []
+        for length in lengths:
+            if not any(n == length for _, n in cells):
+                entries.append("–")
+                continue
+            needed = width_needed(cells, length, threshold)
+            entries.append(str(needed) if needed is not None else f"> {widest}")
+        lines.append(f"| {panel} | " + " | ".join(entries) + " |")
+    return [*lines, ""]
+
+
 def write_heatmaps(path: Path, grid: Grid, metric: str = ACCURACY) -> None:
     """One panel per model: width (rows) x length (columns), colour = mean metric in [0, 1]."""
     import matplotlib
@@ -123,6 +153,8 @@ def add_capacity_heatmaps(jobs: Iterable[SweepJob], out_dir: Path, report: Path,
     write_heatmaps(out_dir / "heatmap.png", grid, metric)
     section = ["## Capacity heatmaps", "", f"![{metric} by width and length, one panel per model](heatmap.png)", "",
                *heatmap_tables(grid, metric)]
+    if metric == ACCURACY:
+        section += width_needed_table(grid)
     with report.open("a") as fh:
         fh.write("\n" + "\n".join(section))
     return True
