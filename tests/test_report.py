@@ -227,3 +227,19 @@ def test_the_report_ignores_the_keys_hydra_leaves_out_of_a_job_name() -> None:
     cfg = compose_config("train", ["paths.output_dir=unused"], return_hydra_config=True)
     excluded = set(cfg.hydra.job.config.override_dirname.exclude_keys)
     assert {k for k in excluded if not k.startswith("hydra.")} <= {p for p in IGNORED_PREFIXES if not p.endswith(".")}
+
+
+def test_curves_csv_keeps_the_validation_accuracy_of_classification_jobs(tmp_path: Path) -> None:
+    # whether a capacity run was still learning at its cap is read from val/acc over updates
+    sweep = tmp_path / "sweep"
+    job = make_job(sweep, 0, ["model=rnn", "width=8", "data.length=8"], {"test/acc": 0.9})
+    (job / "csv").mkdir()
+    with (job / "csv" / "metrics.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["epoch", "step", "val/elbo", "val/kl", "val/acc"])
+        writer.writeheader()
+        writer.writerows([{"epoch": 0, "step": 249, "val/elbo": -1.2, "val/kl": 0.0, "val/acc": 0.4},
+                          {"epoch": 0, "step": 499, "val/elbo": -0.3, "val/kl": 0.0, "val/acc": 0.9}])
+    main([str(sweep), "--out", str(tmp_path / "out")])
+    with (tmp_path / "out" / "curves.csv").open(newline="") as fh:
+        acc = [(r["step"], float(r["value"])) for r in csv.DictReader(fh) if r["metric"] == "val/acc"]
+    assert acc == [("249", 0.4), ("499", 0.9)]

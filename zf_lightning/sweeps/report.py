@@ -52,7 +52,7 @@ SEED_KEYS = ("seed",)
 IGNORED_PREFIXES = ("hydra.", "paths.", "ckpt_path", "auto_resume", "continue_on_failure", "trainer.max_steps",
                     "torch_threads", "skip_completed")
 CURVE_KEYS = ("val/elbo", "val/kl")  # plotted
-EXPORT_CURVE_KEYS = (*CURVE_KEYS, "val/aux")  # kept in curves.csv
+EXPORT_CURVE_KEYS = (*CURVE_KEYS, "val/aux", "val/acc")  # kept in curves.csv (acc: classification tasks)
 HEADLINE = "test/elbo"
 JOBS_CSV, CURVES_CSV = "jobs.csv", "curves.csv"
 # per-job facts that are not metrics: why it stopped, how long it ran, which code ran it
