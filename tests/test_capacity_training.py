@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from zf_lightning.data.synthetic import ClassificationDataModule, IndexLookup
@@ -94,6 +95,20 @@ def _job(model: str, width: int, length: int, acc: float, seed: int = 1, ok: boo
     metrics = {"test/acc": acc, "test/elbo": -1.0} if ok else {}
     return Job(name=f"{model}-{width}-{length}-{seed}", overrides=overrides, status="completed" if ok else "failed",
                metrics=metrics)
+
+
+@pytest.mark.parametrize("task", ["index_lookup", "dyck", "string_equality", "nearest_neighbor"])
+def test_every_length_of_the_capacity_sweep_draws_its_sets(compose_train: Callable[..., DictConfig],
+                                                            task: str) -> None:
+    # the sweep's lengths must suit every task: 8 brackets or 8-bit strings have too few distinct
+    # sequences for disjoint validation and test sets, which fails only when the sets are drawn
+    lengths = str(OmegaConf.load(CONF_DIR / "sweep" / "capacity.yaml").hydra.sweeper.params["data.length"])
+    for length in lengths.split(","):
+        cfg = compose_train("sweep=capacity", f"data={task}", f"data.length={length}", tiny=False)
+        dm = instantiate(cfg.data)
+        dm.setup("fit")
+        dm.setup("test")
+        assert len(dm.val_dataloader().dataset) == cfg.data.num_val
 
 
 def test_report_draws_accuracy_heatmaps_per_model(tmp_path: Path) -> None:
