@@ -17,6 +17,7 @@ from zf_lightning.data.synthetic import (
     NearestNeighbor,
     StringEquality,
 )
+from zf_lightning.data.synthetic.base import majority_copy_accuracy
 from zf_lightning.data.synthetic.dyck import END, completions, is_member
 from zf_lightning.types import IGNORE_TARGET
 
@@ -225,3 +226,43 @@ def test_training_draws_under_ddp_are_sharded_and_fresh_every_epoch(fresh: bool)
         assert epochs[0] == list(range(12)) and epochs[1] == list(range(12, 24))
     else:
         assert epochs[0] == epochs[1] == list(range(12))
+
+
+@pytest.mark.parametrize(("size", "classes"), [(1, 2), (2, 2), (3, 3), (5, 2), (4, 4)])
+def test_majority_copy_accuracy_equals_enumeration_over_every_labelling(size: int, classes: int) -> None:
+    total = 0.0
+    for labels in itertools.product(range(classes), repeat=size):
+        total += max(labels.count(c) for c in range(classes)) / size  # P(picked label is a most frequent one)
+    assert majority_copy_accuracy(size, classes) == pytest.approx(total / classes**size, rel=1e-12)
+
+
+def _blind_majority_hits(stored: list[int], label: int) -> float:
+    """The query-blind rule on one example: guess a most frequent stored label (ties split evenly)."""
+    counts = {c: stored.count(c) for c in set(stored)}
+    best = [c for c, n in counts.items() if n == max(counts.values())]
+    return (label in best) / len(best)
+
+
+@pytest.mark.parametrize(("task", "size"), [(NearestNeighbor(dim=4), 2), (NearestNeighbor(dim=4), 8),
+                                            (IndexLookup(symbols=4), 8), (IndexLookup(symbols=4), 32)])
+def test_chance_accuracy_of_lookup_tasks_is_what_the_query_blind_guess_scores_on_the_test_set(
+        task: ClassificationTask, size: int) -> None:
+    data = ClassificationDataModule(task, length=size, num_val=10, num_test=2000, seed=3)
+    hits = []
+    for tokens, label, _ in data.eval_sets()["test"]:
+        if isinstance(task, NearestNeighbor):
+            pairs = tokens[: size * (task.dim + 1)].reshape(size, task.dim + 1)
+            stored = [int(t) - 2 for t in pairs[:, task.dim]]
+        else:
+            stored = [int(t) for t in tokens[:size]]
+        hits.append(_blind_majority_hits(stored, label))
+    chance = task.chance_accuracy(size)
+    assert chance > 1 / task.classes
+    assert float(np.mean(hits)) == pytest.approx(chance, abs=0.035)  # ~3 standard errors of 2,000 draws
+
+
+def test_chance_accuracy_falls_towards_one_over_classes_and_is_one_half_for_balanced_binary_tasks() -> None:
+    lookup = [IndexLookup(symbols=4).chance_accuracy(n) for n in (8, 16, 32, 64, 256)]
+    assert lookup == sorted(lookup, reverse=True) and 0.25 < lookup[-1] < 0.3
+    assert NearestNeighbor(dim=4).chance_accuracy(2) == pytest.approx(0.75)
+    assert BoundedDyck().chance_accuracy(16) == StringEquality().chance_accuracy(10) == 0.5

@@ -9,6 +9,7 @@ knob, e.g. the N of index lookup), reported per test size as ``test/acc_len<size
 from __future__ import annotations
 
 import logging
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -76,11 +77,39 @@ class ClassificationTask(ABC):
         return {"classes": None if self.regression else self.classes, "sets": self.sets,
                 "regression": self.regression}
 
+    def chance_accuracy(self, size: int) -> float | None:
+        """The expected test accuracy of the best guess that does not solve the task: the floor a
+        capacity cell is read against. With class-balanced test sets that is ``1 / classes``
+        unless a task says otherwise (lookup tasks, whose label is one of the input's own labels,
+        do better by guessing the most frequent one); None where it is not derived (unbalanced
+        tasks)."""
+        return 1.0 / self.classes if self.balanced else None
+
     def for_split(self, split: str) -> ClassificationTask:
         """The task as the ``train``, ``val`` or ``test`` split draws it: the same task by default;
         a task over a finite pool of elements (the MNIST digits of ``mnist_sum``) returns a view
         on that split's own pool, so test elements are never seen in training."""
         return self
+
+
+def majority_copy_accuracy(size: int, classes: int) -> float:
+    """Accuracy of guessing the most frequent of ``size`` labels drawn uniformly from ``classes``
+    when the true label is one of them picked uniformly: E[largest count] / size, summed exactly
+    over the multinomial counts. It is the chance level of index lookup and nearest neighbour, and
+    it is well above ``1 / classes`` for few labels (0.75 for 2 binary labels)."""
+    if size < 1 or classes < 1:
+        raise ValueError(f"majority_copy_accuracy needs size >= 1 and classes >= 1, got {size}, {classes}")
+    # (labels placed so far, largest count among the classes so far) -> number of ways; one class at a time
+    ways: dict[tuple[int, int], int] = {(0, 0): 1}
+    for _ in range(classes):
+        grown: dict[tuple[int, int], int] = {}
+        for (placed, largest), n in ways.items():
+            for here in range(size - placed + 1):
+                key = (placed + here, max(largest, here))
+                grown[key] = grown.get(key, 0) + n * math.comb(size - placed, here)
+        ways = grown
+    expected_largest = sum(largest * n for (placed, largest), n in ways.items() if placed == size)
+    return expected_largest / (classes**size * size)
 
 
 def draw_unique(task: ClassificationTask, sizes: Sequence[int], count: int, rng: np.random.Generator,

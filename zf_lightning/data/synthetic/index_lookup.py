@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from zf_lightning.data.synthetic.base import ClassificationTask
+from zf_lightning.data.synthetic.base import ClassificationTask, majority_copy_accuracy
 
 
 class IndexLookup(ClassificationTask):
@@ -29,6 +29,11 @@ class IndexLookup(ClassificationTask):
         string = rng.integers(0, self.symbols, size=size)
         position = int(rng.integers(0, size))
         return np.append(string, self.symbols + position).astype(np.int64), int(string[position])
+
+    def chance_accuracy(self, size: int) -> float:
+        """Guessing the most frequent of the N symbols without reading the query: the label is
+        one of them, picked uniformly, so this beats ``1 / classes`` at small sizes."""
+        return majority_copy_accuracy(size, self.classes)
 
     def label(self, tokens: np.ndarray) -> int:
         position = int(tokens[-1]) - self.symbols

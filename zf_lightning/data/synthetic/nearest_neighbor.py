@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from zf_lightning.data.synthetic.base import ClassificationTask
+from zf_lightning.data.synthetic.base import ClassificationTask, majority_copy_accuracy
 
 _REDRAWS = 1000
 
@@ -58,6 +58,11 @@ class NearestNeighbor(ClassificationTask):
                 return tokens.astype(np.int64), int(labels[nearest[0]])
         raise ValueError(f"nearest_neighbor: no query with a unique nearest vector among {size} vectors of "
                          f"{self.dim} bits in {_REDRAWS} draws; raise data.task.dim or lower the length")
+
+    def chance_accuracy(self, size: int) -> float:
+        """Guessing the most frequent of the k stored labels without reading the query: the label is
+        one of them, picked uniformly, so this beats ``1 / classes`` at small sizes."""
+        return majority_copy_accuracy(size, self.classes)
 
     def label(self, tokens: np.ndarray) -> int:
         split = int(np.flatnonzero(tokens == self.query_token)[-1])
