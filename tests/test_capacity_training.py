@@ -20,6 +20,7 @@ from zf_lightning.runs.pipeline import CONF_DIR
 from zf_lightning.sweeps.heatmap import (
     capacity_grid,
     capacity_headline,
+    chance_by_length,
     heatmap_tables,
     width_needed,
     width_needed_table,
@@ -78,6 +79,10 @@ def test_train_writes_accuracy_per_test_length(compose_train: Callable[..., Dict
     assert 0.0 <= metrics["test/acc"] <= 1.0
     assert metrics["test/acc"] == pytest.approx((metrics["test/acc_len4"] + metrics["test/acc_len7"]) / 2)
     assert metrics["test/pred_nll"] > 0 and "val/acc" in metrics
+    # the data's chance level rides along (4 symbols: the most frequent of N guessed blind)
+    assert metrics["test/chance_acc_len4"] == pytest.approx(IndexLookup(4).chance_accuracy(4))
+    assert metrics["test/chance_acc"] == pytest.approx(
+        (IndexLookup(4).chance_accuracy(4) + IndexLookup(4).chance_accuracy(7)) / 2)
 
 
 def test_capacity_sweep_composes_and_the_data_can_be_chosen(compose_train: Callable[..., DictConfig]) -> None:
@@ -129,6 +134,20 @@ def test_report_draws_accuracy_heatmaps_per_model(tmp_path: Path) -> None:
     assert "## test/acc" in report  # classification sweeps lead with accuracy
     assert capacity_headline(jobs, "test/elbo", HEADLINE) == "test/acc"
     assert capacity_headline(jobs, "test/nll", HEADLINE) == "test/nll"  # an explicit choice wins
+
+
+def test_heatmap_tables_end_with_the_chance_level_the_jobs_logged(tmp_path: Path) -> None:
+    jobs = [_job("rnn", 8, n, acc=0.7) for n in (8, 32)] + [_job("lru", 8, 8, acc=0.9)]
+    for job in jobs:
+        job.metrics["test/chance_acc"] = {"8": 0.442, "32": 0.344}[job.overrides["data.length"]]
+    jobs.append(_job("lru", 8, 32, acc=0.2, ok=False))
+    jobs[-1].metrics["test/chance_acc"] = 0.9  # failed jobs are not read
+    assert chance_by_length(jobs) == {8: 0.442, 32: 0.344}
+    build_report(jobs, tmp_path, "capacity")
+    report = (tmp_path / "report.md").read_text()
+    assert "| 8 | 0.700 | 0.700 |\n| chance | 0.442 | 0.344 |" in report
+    assert "| 8 | 0.900 |\n| chance | 0.442 |\n" in report  # only the lengths this panel ran
+    assert "chance" not in "\n".join(heatmap_tables(capacity_grid(jobs)))  # jobs without it: no row
 
 
 def test_width_needed_is_the_smallest_width_that_solves_each_length() -> None:

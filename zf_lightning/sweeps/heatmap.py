@@ -16,6 +16,7 @@ PANEL_KEY = "model"
 WIDTH_KEY = "width"
 LENGTH_KEY = "data.length"
 ACCURACY = "test/acc"
+CHANCE = "test/chance_acc"  # the data's chance level (``reference_metrics`` of the classification tasks)
 SOLVED = 0.95  # mean accuracy at which a (model, width, length) cell counts as solving the task
 
 # panel -> (width, length) -> accuracies of the jobs (one per seed)
@@ -52,12 +53,25 @@ def capacity_grid(jobs: Iterable[SweepJob], metric: str = ACCURACY) -> Grid:
     return grid
 
 
+def chance_by_length(jobs: Iterable[SweepJob]) -> dict[int, float]:
+    """The chance accuracy of each length, from the jobs that logged it (it depends only on the
+    data, so every model's job at a length carries the same value)."""
+    chance: dict[int, float] = {}
+    for job in jobs:
+        length, value = _as_int(job.overrides.get(LENGTH_KEY)), job.metrics.get(CHANCE, math.nan)
+        if job.ok and length is not None and math.isfinite(value):
+            chance.setdefault(length, value)
+    return chance
+
+
 def _axes(cells: Mapping[tuple[int, int], list[float]]) -> tuple[list[int], list[int]]:
     return sorted({w for w, _ in cells}), sorted({n for _, n in cells})
 
 
-def heatmap_tables(grid: Grid, metric: str = ACCURACY) -> list[str]:
-    """Markdown: per model, rows = widths, columns = lengths, cells = mean metric (n seeds when > 1)."""
+def heatmap_tables(grid: Grid, metric: str = ACCURACY, chance: Mapping[int, float] | None = None) -> list[str]:
+    """Markdown: per model, rows = widths, columns = lengths, cells = mean metric (n seeds when > 1);
+    a last row ``chance`` where the jobs logged the data's chance level (accuracy only)."""
+    chance = chance or {}
     lines: list[str] = []
     for panel, cells in grid.items():
         widths, lengths = _axes(cells)
@@ -71,6 +85,8 @@ def heatmap_tables(grid: Grid, metric: str = ACCURACY) -> list[str]:
                 text = f"{statistics.fmean(values):.3f}" if values else "–"
                 entries.append(text + (f" (n={len(values)})" if len(values) > 1 else ""))
             lines.append(f"| {width} | " + " | ".join(entries) + " |")
+        if metric == ACCURACY and any(n in chance for n in lengths):
+            lines.append("| chance | " + " | ".join(f"{chance[n]:.3f}" if n in chance else "–" for n in lengths) + " |")
         lines.append("")
     return lines
 
@@ -147,12 +163,13 @@ def capacity_headline(jobs: Iterable[SweepJob], headline: str, default: str) -> 
 def add_capacity_heatmaps(jobs: Iterable[SweepJob], out_dir: Path, report: Path, metric: str = ACCURACY) -> bool:
     """Write ``heatmap.png`` and append the heatmap section to ``report`` when the sweep varies
     width and length; returns whether it did."""
+    jobs = list(jobs)
     grid = capacity_grid(jobs, metric)
     if not grid:
         return False
     write_heatmaps(out_dir / "heatmap.png", grid, metric)
     section = ["## Capacity heatmaps", "", f"![{metric} by width and length, one panel per model](heatmap.png)", "",
-               *heatmap_tables(grid, metric)]
+               *heatmap_tables(grid, metric, chance_by_length(jobs))]
     if metric == ACCURACY:
         section += width_needed_table(grid)
     with report.open("a") as fh:

@@ -308,6 +308,21 @@ class ClassificationDataModule(SequenceDataModule):
             self._eval_sets, self._eval_keys = sets, keys
         return self._eval_sets
 
+    def reference_metrics(self) -> dict[str, float]:
+        """``<split>/chance_acc`` (and ``test/chance_acc_len<size>``): the task's chance level on
+        the validation and test sets, so a capacity cell is read against the level a model reaches
+        without solving the task (0.32-0.75 on the lookup tasks, not 1 / classes). Empty where the
+        task does not derive it."""
+        sizes = {split: [size for _, _, size in examples] for split, examples in self.eval_sets().items()}
+        chance: dict[int, float] = {}
+        for size in {*sizes["val"], *sizes["test"]}:
+            level = self.task.chance_accuracy(size)
+            if level is None:
+                return {}
+            chance[size] = level
+        out = {f"{split}/chance_acc": float(np.mean([chance[n] for n in drawn])) for split, drawn in sizes.items()}
+        return out | {f"test/chance_acc_len{size}": chance[size] for size in self.test_sizes}
+
     def setup(self, stage: str | None = None) -> None:
         sets = self.eval_sets()
         self.val_set = FixedSet(sets["val"], self.task.regression)
