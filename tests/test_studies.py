@@ -163,3 +163,21 @@ def test_every_row_of_the_set_study_trains_and_reports_its_flip_rate(row: str, t
     metrics = train(cfg)
     assert metrics["train/updates"] == 3 and 0.0 <= metrics["test/perm_flip_rate"] <= 1.0
     assert {"test/acc_len10", "test/acc_len100"} <= set(metrics)
+
+
+@pytest.mark.parametrize(("study", "twin"), [("capacity_index_lookup_1layer", "capacity_index_lookup"),
+                                             ("capacity_dyck_1layer", "capacity_dyck")])
+def test_one_layer_transformer_studies_differ_from_their_twin_only_in_the_layers(study: str, twin: str) -> None:
+    # the theorems are about one layer; their rows are read next to the 2-layer study's, so data,
+    # widths, lengths and budget must stay the same if either study changes
+    rows = study_rows(study)
+    assert rows == [row for row in study_rows(twin) if row[0] == "model=transformer"]
+    for row in (rows[0], rows[-1]):
+        one = compose_config("train", [f"study={study}", *row])
+        two = compose_config("train", [f"study={twin}", *row])
+        assert one.model.layers == 1 and two.model.layers == 2
+        assert one.study.name == study and one.study.results_dir == f"results/{study}"
+        for key in ("data", "trainer", "callbacks", "optim", "lit", "seed"):
+            assert one[key] == two[key], key
+        one.model.layers = 2
+        assert one.model == two.model
