@@ -15,6 +15,7 @@ from zf_lightning.data.synthetic import (
     ClassificationTask,
     IndexLookup,
     NearestNeighbor,
+    SetParity,
     StringEquality,
 )
 from zf_lightning.data.synthetic.base import majority_copy_accuracy
@@ -261,8 +262,57 @@ def test_chance_accuracy_of_lookup_tasks_is_what_the_query_blind_guess_scores_on
     assert float(np.mean(hits)) == pytest.approx(chance, abs=0.035)  # ~3 standard errors of 2,000 draws
 
 
-def test_chance_accuracy_falls_towards_one_over_classes_and_is_one_half_for_balanced_binary_tasks() -> None:
+def test_chance_accuracy_of_lookup_tasks_falls_towards_one_over_classes() -> None:
     lookup = [IndexLookup(symbols=4).chance_accuracy(n) for n in (8, 16, 32, 64, 256)]
     assert lookup == sorted(lookup, reverse=True) and 0.25 < lookup[-1] < 0.3
     assert NearestNeighbor(dim=4).chance_accuracy(2) == pytest.approx(0.75)
-    assert BoundedDyck().chance_accuracy(16) == StringEquality().chance_accuracy(10) == 0.5
+
+
+@pytest.mark.parametrize(("size", "max_differences"), [(1, 2), (3, 1), (4, 2), (5, 3), (6, 2)])
+def test_string_equality_chance_is_the_best_rule_on_the_counts_by_enumeration(size: int,
+                                                                              max_differences: int) -> None:
+    # every first string and every flip set, weighted as the generator draws them; the best rule
+    # on the bag of tokens picks, for each count of zeros and ones, the likelier class
+    from collections import Counter
+
+    joint: Counter[tuple[int, int]] = Counter()  # (ones in both strings, label) -> probability
+    flips = range(1, min(max_differences, size) + 1)
+    for first in itertools.product((0, 1), repeat=size):
+        joint[(2 * sum(first), 1)] += 0.5 / 2**size
+        for c in flips:
+            sets = list(itertools.combinations(range(size), c))
+            for flipped in sets:
+                second = [b ^ (i in flipped) for i, b in enumerate(first)]
+                joint[(sum(first) + sum(second), 0)] += 0.5 / 2**size / len(flips) / len(sets)
+    totals = {t for t, _ in joint}
+    best = sum(max(joint[(t, 0)], joint[(t, 1)]) for t in totals)
+    assert StringEquality(max_differences).chance_accuracy(size) == pytest.approx(best, abs=1e-12)
+
+
+def test_string_equality_parity_rule_scores_its_chance_on_the_test_set() -> None:
+    data = ClassificationDataModule(StringEquality(max_differences=2), length=16, num_val=10, num_test=2000, seed=3)
+    hits = [int(tokens[:-1].tolist().count(1) % 2 == 0) == label for tokens, label, _ in data.eval_sets()["test"]]
+    assert float(np.mean(hits)) == pytest.approx(StringEquality(2).chance_accuracy(16), abs=0.035)
+    assert StringEquality(2).chance_accuracy(16) == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize(("negative", "chance"), [("substitute", 1.0), ("swap", 0.5)])
+def test_dyck_counts_decide_substituted_negatives_and_tell_nothing_about_swapped_ones(negative: str,
+                                                                                       chance: float) -> None:
+    data = ClassificationDataModule(BoundedDyck(negative), length=16, num_val=10, num_test=500, seed=1)
+    hits = []
+    for tokens, label, _ in data.eval_sets()["test"]:
+        counts = np.bincount(tokens[:-1], minlength=4)
+        balanced = counts[0] == counts[1] and counts[2] == counts[3]
+        hits.append(int(balanced) == label)
+    assert float(np.mean(hits)) == pytest.approx(chance)  # balanced classes: swap's rule says "member" always
+    assert BoundedDyck(negative).chance_accuracy(16) == chance
+
+
+def test_set_tasks_and_skewed_tasks_log_no_chance_level() -> None:
+    assert SetParity().chance_accuracy(5) is None  # order carries nothing there: counts are the task
+    assert ClassificationDataModule(SetParity(), length=8, num_val=20, num_test=20).reference_metrics() == {}
+    metrics = ClassificationDataModule(StringEquality(), length=10, test_lengths=[10, 12], num_val=20,
+                                       num_test=20).reference_metrics()
+    assert metrics == {"val/chance_acc": 0.75, "test/chance_acc": 0.75, "test/chance_acc_len10": 0.75,
+                       "test/chance_acc_len12": 0.75}

@@ -147,7 +147,16 @@ def test_heatmap_tables_end_with_the_chance_level_the_jobs_logged(tmp_path: Path
     report = (tmp_path / "report.md").read_text()
     assert "| 8 | 0.700 | 0.700 |\n| chance | 0.442 | 0.344 |" in report
     assert "| 8 | 0.900 |\n| chance | 0.442 |\n" in report  # only the lengths this panel ran
-    assert "chance" not in "\n".join(heatmap_tables(capacity_grid(jobs)))  # jobs without it: no row
+    # jobs that did not log it (studies run before it existed) get no row; jobs that disagree
+    # at a length (the sweep varied the data too) get no value there
+    for job in jobs:
+        del job.metrics["test/chance_acc"]
+    assert chance_by_length(jobs) == {}
+    build_report(jobs, tmp_path / "old", "capacity")
+    assert "| chance |" not in (tmp_path / "old" / "report.md").read_text()
+    jobs[0].metrics["test/chance_acc"], jobs[2].metrics["test/chance_acc"] = 0.44, 0.5
+    jobs[1].metrics["test/chance_acc"] = 0.34
+    assert chance_by_length(jobs) == {32: 0.34}
 
 
 def test_width_needed_is_the_smallest_width_that_solves_each_length() -> None:

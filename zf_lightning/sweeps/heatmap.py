@@ -16,7 +16,7 @@ PANEL_KEY = "model"
 WIDTH_KEY = "width"
 LENGTH_KEY = "data.length"
 ACCURACY = "test/acc"
-CHANCE = "test/chance_acc"  # the data's chance level (``reference_metrics`` of the classification tasks)
+CHANCE = "test/chance_acc"  # the data's order-blind chance level (``ClassificationTask.chance_accuracy``)
 SOLVED = 0.95  # mean accuracy at which a (model, width, length) cell counts as solving the task
 
 # panel -> (width, length) -> accuracies of the jobs (one per seed)
@@ -54,14 +54,16 @@ def capacity_grid(jobs: Iterable[SweepJob], metric: str = ACCURACY) -> Grid:
 
 
 def chance_by_length(jobs: Iterable[SweepJob]) -> dict[int, float]:
-    """The chance accuracy of each length, from the jobs that logged it (it depends only on the
-    data, so every model's job at a length carries the same value)."""
-    chance: dict[int, float] = {}
+    """The chance accuracy of each length, from the jobs that logged it. It depends only on the
+    data, so every job at a length should carry the same value; a length whose jobs disagree
+    (a sweep that also varied the data, e.g. the task's label count) gets none rather than one
+    picked at random."""
+    seen: dict[int, set[float]] = {}
     for job in jobs:
         length, value = _as_int(job.overrides.get(LENGTH_KEY)), job.metrics.get(CHANCE, math.nan)
         if job.ok and length is not None and math.isfinite(value):
-            chance.setdefault(length, value)
-    return chance
+            seen.setdefault(length, set()).add(round(value, 9))
+    return {length: values.pop() for length, values in seen.items() if len(values) == 1}
 
 
 def _axes(cells: Mapping[tuple[int, int], list[float]]) -> tuple[list[int], list[int]]:

@@ -13,6 +13,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -78,12 +79,13 @@ class ClassificationTask(ABC):
                 "regression": self.regression}
 
     def chance_accuracy(self, size: int) -> float | None:
-        """The expected test accuracy of the best guess that does not solve the task: the floor a
-        capacity cell is read against. With class-balanced test sets that is ``1 / classes``
-        unless a task says otherwise (lookup tasks, whose label is one of the input's own labels,
-        do better by guessing the most frequent one); None where it is not derived (unbalanced
-        tasks)."""
-        return 1.0 / self.classes if self.balanced else None
+        """The best expected accuracy of a rule that sees which tokens the input holds and how
+        often, but not their order: the floor a capacity cell is read against, since these tasks
+        are about what a model makes of the order. It is not always ``1 / classes``: on the
+        lookup tasks the most frequent stored label is a guess well above it, and counts alone
+        decide Dyck with substituted negatives. None where a task does not derive it (set tasks,
+        whose order carries nothing by design, and tasks with skewed labels)."""
+        return None
 
     def for_split(self, split: str) -> ClassificationTask:
         """The task as the ``train``, ``val`` or ``test`` split draws it: the same task by default;
@@ -92,6 +94,7 @@ class ClassificationTask(ABC):
         return self
 
 
+@cache
 def majority_copy_accuracy(size: int, classes: int) -> float:
     """Accuracy of guessing the most frequent of ``size`` labels drawn uniformly from ``classes``
     when the true label is one of them picked uniformly: E[largest count] / size, summed exactly

@@ -110,5 +110,11 @@ class BoundedDyck(ClassificationTask):
         brackets = word if member else self.near_miss(word, rng)
         return np.append(brackets, END).astype(np.int64), int(member)
 
+    def chance_accuracy(self, size: int) -> float:
+        """Substituted negatives break a bracket type's open/close balance, so counts alone decide
+        (1.0); swapped ones hold the same counts as the member they came from, so counts tell
+        nothing (0.5)."""
+        return 1.0 if self.negative == "substitute" else 0.5
+
     def label(self, tokens: np.ndarray) -> int:
         return int(is_member(tokens[:-1], self.max_depth))

@@ -31,8 +31,8 @@ class IndexLookup(ClassificationTask):
         return np.append(string, self.symbols + position).astype(np.int64), int(string[position])
 
     def chance_accuracy(self, size: int) -> float:
-        """Guessing the most frequent of the N symbols without reading the query: the label is
-        one of them, picked uniformly, so this beats ``1 / classes`` at small sizes."""
+        """Without order the query position points nowhere, so the best guess is the most frequent
+        of the N symbols: the label is one of them, picked uniformly (above ``1 / classes``)."""
         return majority_copy_accuracy(size, self.classes)
 
     def label(self, tokens: np.ndarray) -> int:

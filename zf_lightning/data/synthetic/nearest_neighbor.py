@@ -60,8 +60,8 @@ class NearestNeighbor(ClassificationTask):
                          f"{self.dim} bits in {_REDRAWS} draws; raise data.task.dim or lower the length")
 
     def chance_accuracy(self, size: int) -> float:
-        """Guessing the most frequent of the k stored labels without reading the query: the label is
-        one of them, picked uniformly, so this beats ``1 / classes`` at small sizes."""
+        """Without order no label can be tied to its vector, so the best guess is the most frequent
+        of the k stored labels: the label is one of them, picked uniformly (above ``1 / classes``)."""
         return majority_copy_accuracy(size, self.classes)
 
     def label(self, tokens: np.ndarray) -> int:
