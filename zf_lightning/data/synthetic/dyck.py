@@ -3,9 +3,10 @@
 Tokens: ``(`` 0, ``)`` 1, ``[`` 2, ``]`` 3, end 4. A sequence of size n is n brackets then
 END (n + 1 steps; n even), labelled at END: 1 when the brackets are a well-nested word of
 depth <= 2, else 0. Positives are uniform over the language's words of length n. Negatives
-are near misses of a positive, the same length: ``substitute`` changes one symbol (the
-issue's definition; it always leaves the language, but per-type counts then differ by one),
-``swap`` exchanges two different symbols (counts unchanged, so no counter solves it). A
+are near misses of a positive, the same length: ``swap`` (the default) exchanges two
+different symbols, so the bracket counts stay those of a member and no counter solves it;
+``substitute`` changes one symbol, which always leaves the language but unbalances one bracket
+type, so counts alone decide it (``chance_accuracy`` 1.0). A
 recurrent model needs only constant state; a one-layer Transformer needs width linear in n.
 """
 
@@ -52,11 +53,11 @@ def is_member(tokens: np.ndarray | list[int], max_depth: int = 2) -> bool:
 
 
 class BoundedDyck(ClassificationTask):
-    """Args: negative: ``substitute`` | ``swap`` near misses; max_depth: nesting bound (2)."""
+    """Args: negative: ``swap`` | ``substitute`` near misses; max_depth: nesting bound (2)."""
 
     classes = 2
 
-    def __init__(self, negative: NegativeKind = "substitute", max_depth: int = 2) -> None:
+    def __init__(self, negative: NegativeKind = "swap", max_depth: int = 2) -> None:
         if negative not in ("substitute", "swap"):
             raise ValueError(f"data.task.negative must be substitute or swap, got {negative!r}")
         if max_depth < 1:
