@@ -243,3 +243,13 @@ def test_curves_csv_keeps_the_validation_accuracy_of_classification_jobs(tmp_pat
     with (tmp_path / "out" / "curves.csv").open(newline="") as fh:
         acc = [(r["step"], float(r["value"])) for r in csv.DictReader(fh) if r["metric"] == "val/acc"]
     assert acc == [("249", 0.4), ("499", 0.9)]
+
+
+def test_study_notes_with_several_folders_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    # it used to be ignored without a word, leaving a STUDY.md that described only one folder
+    sweep = tmp_path / "sweep"
+    make_job(sweep, 0, ["seed=1"], {"test/elbo": -1.0})
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit):
+        main([str(sweep), str(sweep), "--out", str(out), "--study-notes"])
+    assert not out.exists()

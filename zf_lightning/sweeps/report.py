@@ -617,6 +617,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--study-notes", action="store_true",
                         help="also write STUDY.md into --out from the study's job folder (its multirun.yaml)")
     args = parser.parse_args(argv)
+    if args.study_notes and (args.wandb or len(args.sweep_dirs) != 1):
+        # checked before anything is written: the flag used to be ignored here without a word
+        parser.error("--study-notes writes STUDY.md from one study's job folder; give exactly that folder "
+                     "(pooling several folders writes the report only; say how they were pooled in the "
+                     "STUDY.md notes)")
     if args.wandb:
         out = args.out or Path(f"report-{args.wandb.replace('/', '_')}" + (f"-{args.group}" if args.group else ""))
         jobs = read_wandb(args.wandb, args.group)
