@@ -87,6 +87,8 @@ def test_an_old_checkpoint_resumes(tmp_path: Path) -> None:
 def test_the_skipped_update_counters_ride_in_the_checkpoint_under_their_key() -> None:
     from types import SimpleNamespace
 
+    from lightning.pytorch.trainer.states import TrainerFn
+
     from tests.test_lit import fixed_module
     from zf_lightning.runs.checkpoint import NONFINITE_KEY, StoreConfig
 
@@ -97,7 +99,8 @@ def test_the_skipped_update_counters_ride_in_the_checkpoint_under_their_key() ->
     callback.on_save_checkpoint(SimpleNamespace(loggers=[], is_global_zero=True), saved, checkpoint)
     assert checkpoint[NONFINITE_KEY] == {"total": 3, "streak": 1} and checkpoint[CONFIG_KEY] == {"seed": 1}
     restored, _ = fixed_module()
-    callback.on_load_checkpoint(SimpleNamespace(), restored, checkpoint)
+    fitting = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.FITTING))
+    callback.on_load_checkpoint(fitting, restored, checkpoint)
     assert (restored.nonfinite_total, restored.nonfinite_streak) == (3, 1)
-    callback.on_load_checkpoint(SimpleNamespace(), restored, {})  # a checkpoint without counters
+    callback.on_load_checkpoint(fitting, restored, {})  # a checkpoint without counters
     assert (restored.nonfinite_total, restored.nonfinite_streak) == (0, 0)

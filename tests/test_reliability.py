@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -257,8 +258,9 @@ def test_a_sentence_file_that_is_empty_or_not_text_is_refused_naming_it(content:
 def test_a_diverged_run_is_flagged_in_the_log_and_status(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     run = tmp_path / "run"
     with caplog.at_level(logging.WARNING, logger="zf_lightning.runs.status"):
-        train(short_run(run, "optim.lr=10", "trainer.limit_train_batches=null", "trainer.max_steps=30",
-                        "trainer.val_check_interval=1"))
+        train(short_run(run, "trainer.limit_train_batches=null", "trainer.max_steps=12", "trainer.val_check_interval=2",
+                        "+callbacks.break_weights._target_=tests.helpers.ScaleWeightsAt",
+                        "+callbacks.break_weights.step=6", "+callbacks.break_weights.factor=50"))
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "completed" and status["diverged"] is True
     assert status["divergence"]["last"] > status["divergence"]["first"]
@@ -429,3 +431,52 @@ def test_the_fsdd_regex_example_in_the_config_parses_as_written() -> None:
     parsed = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(overrides)}
     assert parsed["data.test_pattern"] == r"_[0-4]\.wav$" and parsed["data.label_pattern"] == r"^(\d+)_"
 
+
+
+# ------------------------------------------------------------------------------ through train.py and eval.py
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_script(script: str, *overrides: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"} | {"WANDB_MODE": "offline"}
+    return subprocess.run([sys.executable, script, *overrides], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.slow
+def test_through_train_py_a_completed_run_stays_byte_for_byte(tmp_path: Path) -> None:
+    """Hydra's records (.hydra/, train.log) are the job's: a repeated command, ``ckpt_path=last``
+    and a refused command leave every file of a completed folder, subfolders included, as it was."""
+    run = tmp_path / "run"
+    command = [*TINY, *SHORT, f"hydra.run.dir={run}", f"paths.cache_dir={tmp_path / 'cache'}"]
+    first = run_script("train.py", *command)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (run / ".hydra" / "overrides.yaml").is_file() and "training stopped" in (run / "train.log").read_text()
+    before = snapshot(run)
+    again = run_script("train.py", *command)
+    assert again.returncode == 0 and "holds a completed run" in again.stdout + again.stderr
+    assert snapshot(run) == before
+    last = run_script("train.py", "ckpt_path=last", f"hydra.run.dir={run}")
+    assert last.returncode == 0, last.stderr[-3000:]
+    assert snapshot(run) == before
+    refused = run_script("train.py", *command, "model.z_dim=64")
+    assert refused.returncode != 0 and "model.z_dim: stored 4, now 64" in refused.stderr
+    assert snapshot(run) == before
+
+
+@pytest.mark.slow
+def test_through_the_scripts_an_unwritable_output_folder_is_named(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        trained = run_script("train.py", *TINY, *SHORT, f"hydra.run.dir={locked / 'run'}")
+        evaluated = run_script("eval.py", f"ckpt_path={FIXTURES / 'text_zforcing_before_layout.ckpt'}",
+                               f"hydra.run.dir={locked / 'eval'}")
+    finally:
+        locked.chmod(0o755)
+    for result, folder in ((trained, locked / "run"), (evaluated, locked / "eval")):
+        assert result.returncode != 0
+        assert f"cannot write the run folder {folder}" in result.stderr
+        assert "PermissionError" not in result.stderr and "Unable to configure handler" not in result.stderr
+    assert not (locked / "run").exists() and not (locked / "eval").exists()

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +21,7 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
 from tests.conftest import TINY, compose_config
-from zf_lightning.runs.checkpoint import LAST, find_checkpoint
+from zf_lightning.runs.checkpoint import LAST, find_checkpoint, load_checkpoint
 from zf_lightning.runs.pipeline import train
 from zf_lightning.runs.resume import ResumePoint, _before, _rng_state, _set_rng_state, apply_overrides
 
@@ -194,3 +196,161 @@ def test_rng_state_survives_a_weights_only_checkpoint(tmp_path: Path) -> None:
     _set_rng_state(torch.load(tmp_path / "s.pt", weights_only=True)["rng"])
     again = (torch.rand(3), np.random.rand(2), random.random())
     assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1]) and expected[2] == again[2]
+
+
+# ---------------------------------------------------------------------------- exact mid-epoch resumes
+# 5 batches per epoch, a validation after the third batch of every epoch (updates 3, 8, 13, 18)
+MID = [*(o for o in RUN if not o.startswith("logger=")), "logger=csv", "trainer.max_epochs=-1",
+       "trainer.val_check_interval=3"]
+LEARNING_RATE_ROWS = "lr-"  # LearningRateMonitor: logged when an epoch starts
+
+
+def csv_rows(run_dir: Path, skip: str | None = None) -> list[dict[str, str]]:
+    """Every CSV row with its non-empty values (optionally without the rows of keys starting ``skip``)."""
+    with (run_dir / "csv" / "metrics.csv").open() as fh:
+        rows = [{k: v for k, v in r.items() if v} for r in csv.DictReader(fh)]
+    return [r for r in rows if skip is None or not any(k.startswith(skip) for k in r)]
+
+
+@pytest.fixture(scope="module")
+def straight_mid(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, float], Path]:
+    """20 updates in one go with validations in the middle of epochs."""
+    out = tmp_path_factory.mktemp("straight_mid")
+    metrics = train(compose_run(out / "run", out / "cache", *MID, "trainer.max_steps=20"))
+    return metrics, out / "run"
+
+
+@pytest.mark.parametrize("cut", [7, 8, 13])
+def test_a_run_capped_mid_epoch_and_continued_is_the_run_that_never_stopped(straight_mid, cut: int,
+                                                                           tmp_path: Path) -> None:
+    """Capped at update 7 (mid-epoch), 8 (a validation) or 13: raising the cap continues the
+    completed run from its final state; the CSV, every validation and the final metrics are
+    those of the straight run, and the data order continued mid-epoch."""
+    reference, reference_dir = straight_mid
+    run = tmp_path / "run"
+    first = train(compose_run(run, tmp_path / "cache", *MID, f"trainer.max_steps={cut}"))
+    assert first["train/updates"] == cut
+    assert load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == cut
+    resumed = train(compose_run(run, tmp_path / "cache", *MID, "trainer.max_steps=20"))
+    for key in COMPARED:
+        assert resumed[key] == reference[key], key
+    assert csv_rows(run) == csv_rows(reference_dir)
+    assert json.loads((run / "status.json").read_text())["resumed_from"].endswith("last.ckpt")
+
+
+def test_a_cap_at_an_epochs_end_continues_with_the_next_epoch(straight_mid, tmp_path: Path) -> None:
+    """Capped at update 10, the end of the second epoch. The values and steps are the straight
+    run's; only the learning-rate row of the next epoch's start is not logged again (Lightning
+    closes the capped epoch on resume without the next epoch's start hooks)."""
+    reference, reference_dir = straight_mid
+    run = tmp_path / "run"
+    train(compose_run(run, tmp_path / "cache", *MID, "trainer.max_steps=10"))
+    resumed = train(compose_run(run, tmp_path / "cache", *MID, "trainer.max_steps=20"))
+    for key in COMPARED:
+        assert resumed[key] == reference[key], key
+    assert csv_rows(run, skip=LEARNING_RATE_ROWS) == csv_rows(reference_dir, skip=LEARNING_RATE_ROWS)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_completed_run_is_never_trained_again(straight_mid, tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """The same command, and ``ckpt_path=last``, on a completed run change no file; a converged
+    run is not continued by a raised cap."""
+    run = tmp_path / "run"
+    done = train(compose_run(run, tmp_path / "cache", *MID, "trainer.max_steps=6"))
+    before = snapshot(run)
+    with caplog.at_level(logging.INFO, logger="zf_lightning.runs.resume"):
+        again = train(compose_run(run, tmp_path / "cache", *MID, "trainer.max_steps=6"))
+        last = train(compose_run(run, tmp_path / "cache", *MID, "trainer.max_steps=6", "ckpt_path=last"))
+    assert again == last == json.loads((run / "metrics.json").read_text())
+    assert again["test/elbo"] == done["test/elbo"]
+    assert snapshot(run) == before
+    assert "holds a completed run (max_steps after 6 updates): nothing to do" in caplog.text
+    assert "Raise trainer.max_steps to continue it" in caplog.text
+
+    converged = tmp_path / "converged"
+    early = ["callbacks=early_stopping", "callbacks.early_stopping.patience=1",
+             "callbacks.early_stopping.min_delta=1e9"]
+    train(compose_run(converged, tmp_path / "cache", *MID, *early, "trainer.max_steps=20"))
+    assert json.loads((converged / "status.json").read_text())["stop_reason"] == "converged"
+    before = snapshot(converged)
+    train(compose_run(converged, tmp_path / "cache", *MID, *early, "trainer.max_steps=40"))
+    assert snapshot(converged) == before
+
+
+def test_a_moved_run_folder_resumes_and_chooses_its_best_among_its_own_checkpoints(straight_mid,
+                                                                                   tmp_path: Path) -> None:
+    reference, _ = straight_mid
+    first = tmp_path / "first"
+    train(compose_run(first, tmp_path / "cache", *MID, "trainer.max_steps=7"))
+    moved = tmp_path / "moved"
+    shutil.move(first, moved)
+    resumed = train(compose_run(moved, tmp_path / "cache", *MID, "trainer.max_steps=20"))
+    assert str(resumed["test/checkpoint"]).startswith(str(moved / "checkpoints"))
+    for key in COMPARED:
+        assert resumed[key] == reference[key], key
+
+
+class PauseAfter(Callback):
+    """Test helper: after update ``step`` (its batch's end), announce itself and wait while the
+    ``flag`` file exists, so the test can signal the run at a known update."""
+
+    def __init__(self, step: int, flag: str) -> None:
+        self.step = step
+        self.flag = Path(flag)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and self.flag.exists():
+            self.flag.with_suffix(".ready").touch()
+            for _ in range(6000):
+                if not self.flag.exists():
+                    break
+                time.sleep(0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
+def test_a_run_stopped_by_a_signal_mid_epoch_and_rerun_ends_where_a_straight_run_ends(
+        straight_mid, how: str, tmp_path: Path) -> None:
+    """Ctrl+C after update 11 stores that update's state and ends the run as interrupted; ``kill -9``
+    there leaves the checkpoint of the validation at update 8. Rerunning the same command ends
+    with the straight run's CSV, validations and metrics."""
+    reference, reference_dir = straight_mid
+    run, flag = tmp_path / "run", tmp_path / "pause.flag"
+    flag.touch()
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"} | {"WANDB_MODE": "offline",
+                                                                          "PYTHONPATH": str(REPO),
+                                                                          "ZF_TRUSTED_TARGETS": "tests."}
+    cmd = [sys.executable, "train.py", *MID, "trainer.max_steps=20", f"hydra.run.dir={run}",
+           f"paths.cache_dir={tmp_path / 'cache'}", "+callbacks.pause._target_=tests.test_resume.PauseAfter",
+           "+callbacks.pause.step=11", f"+callbacks.pause.flag={flag}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(6000):  # polls until the run has made update 11 (no timing is asserted)
+            if flag.with_suffix(".ready").exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.stderr.read()[-3000:] if proc.stderr else ""
+        os.kill(proc.pid, getattr(signal, how))
+        flag.unlink()
+        proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    status = json.loads((run / "status.json").read_text())
+    stored_step = load_checkpoint(run / "checkpoints" / "last.ckpt", {f"{__name__}.PauseAfter"})["global_step"]
+    if how == "SIGINT":
+        assert proc.returncode != 0 and status["status"] == "interrupted" and stored_step == 11
+    else:
+        assert status["status"] == "running" and stored_step == 8
+    assert not (run / "metrics.json").exists()
+
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in COMPARED:
+        assert metrics[key] == pytest.approx(reference[key], abs=1e-6), key
+    assert csv_rows(run) == csv_rows(reference_dir)

@@ -62,13 +62,15 @@ def test_min_steps_holds_early_stopping_back_and_the_cap_is_recorded(tmp_path: P
 
 
 @pytest.mark.slow
-def test_a_completed_job_is_not_run_again_with_skip_completed(tmp_path: Path) -> None:
+def test_a_completed_job_is_not_run_again_and_a_raised_cap_continues_it(tmp_path: Path) -> None:
     first, _ = run(tmp_path, "trainer.max_steps=5")
     stamp = (tmp_path / "metrics.json").stat().st_mtime_ns
-    again, status = run(tmp_path, "trainer.max_steps=10", "skip_completed=true")
+    again, status = run(tmp_path, "trainer.max_steps=5")
     assert again == json.loads((tmp_path / "metrics.json").read_text())
     assert again["test/elbo"] == first["test/elbo"] and status["updates"] == 5
     assert (tmp_path / "metrics.json").stat().st_mtime_ns == stamp
+    extended, status = run(tmp_path, "trainer.max_steps=10")
+    assert extended["train/updates"] == status["updates"] == 10 and status["resumed_from"].endswith("last.ckpt")
 
 
 def test_there_are_studies() -> None:
@@ -80,7 +82,7 @@ def test_there_are_studies() -> None:
 def test_each_study_composes_and_its_first_updates_run(study: str, tmp_path: Path) -> None:
     cfg = compose_config("train", [f"study={study}", f"paths.output_dir={tmp_path}"], return_hydra_config=True)
     assert cfg.hydra.sweep.dir.endswith(f"studies/{study}") and cfg.study.results_dir == f"results/{study}"
-    assert cfg.skip_completed and cfg.continue_on_failure and cfg.torch_threads == 1
+    assert cfg.continue_on_failure and cfg.torch_threads == 1
     assert cfg.trainer.max_steps > 0 and cfg.callbacks.early_stopping.patience > 0
     root = cfg.data.get("root")
     if root is not None and str(root).startswith("../shared") and not SHARED_DATA.is_dir():
@@ -145,9 +147,14 @@ def test_a_completed_folder_of_another_job_is_refused_not_reported(tmp_path: Pat
     (tmp_path / "metrics.json").write_text(json.dumps({"test/elbo": -1.0}))
     (tmp_path / "status.json").write_text(json.dumps({"status": "completed",
                                                       "job": {"override_dirname": "ablation=plain,seed=1"}}))
-    monkeypatch.setattr(status, "job_identity", lambda: {"override_dirname": "ablation=plain,seed=1"})
+    monkeypatch.setattr(status, "job_identity", lambda: {"override_dirname": "ablation=plain,seed=1",
+                                                         "mode": "multirun"})
     assert status.completed_metrics(tmp_path) == {"test/elbo": -1.0}
-    monkeypatch.setattr(status, "job_identity", lambda: {"override_dirname": "ablation=kla,seed=1"})
+    # a single run may continue the folder with other overrides (ckpt_path=last, a raised cap)
+    monkeypatch.setattr(status, "job_identity", lambda: {"override_dirname": "ckpt_path=last", "mode": "run"})
+    assert status.completed_metrics(tmp_path) == {"test/elbo": -1.0}
+    monkeypatch.setattr(status, "job_identity", lambda: {"override_dirname": "ablation=kla,seed=1",
+                                                         "mode": "multirun"})
     with pytest.raises(ValueError, match=r"holds a completed run of another job \('ablation=plain,seed=1'\)"):
         status.completed_metrics(tmp_path)
 

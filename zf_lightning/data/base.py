@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypedDict
 
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from zf_lightning.types import DataSpec, SequenceBatch
 
@@ -36,6 +36,44 @@ def pad_collate(items: Sequence[SequenceItem]) -> SequenceBatch:
     if all(lbl is not None for _, _, lbl in items):
         labels = torch.as_tensor([int(lbl) for _, _, lbl in items], dtype=torch.long)
     return SequenceBatch(inputs=inputs, targets=targets, mask=mask, labels=labels)
+
+
+class EpochSampler(Sampler[int]):
+    """The training order of one epoch as a function of ``(seed, epoch)`` alone, so a resumed run
+    reads the same examples in the same order as one that never stopped.
+
+    Lightning calls ``set_epoch`` before every epoch. ``resume_at`` makes the next pass over the
+    given epoch start after the examples its checkpoint had already trained on (the batches
+    already used are skipped, the rest come in the order they would have)."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+        self._resume: tuple[int, int] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def resume_at(self, epoch: int, examples_done: int) -> None:
+        """Continue with ``epoch``, whose pass skips its first ``examples_done`` examples (once)."""
+        self.epoch = epoch
+        self._resume = (epoch, examples_done)
+
+    def order(self) -> list[int]:
+        """Every index of the epoch, in the order it is read: a permutation seeded by seed and epoch."""
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(self.size, generator=generator).tolist()
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.order()
+        if self._resume is not None and self._resume[0] == self.epoch:
+            order = order[self._resume[1]:]
+            self._resume = None
+        return iter(order)
 
 
 class LoaderOptions(TypedDict, total=False):
@@ -76,6 +114,8 @@ class SequenceDataModule(L.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
+        self.order_seed = 0
+        self._resume: tuple[int, int] | None = None
 
     @property
     @abstractmethod
@@ -93,17 +133,40 @@ class SequenceDataModule(L.LightningDataModule):
         torch.save(samples.detach().cpu(), path)
         return [path]
 
-    def _loader(self, dataset: Dataset | None, split: str, shuffle: bool) -> DataLoader:
+    def seed_order(self, seed: int) -> None:
+        """The seed of the training order (the run's seed): epoch e reads a permutation of
+        ``(seed, e)``, drawn from its own generator and never from the global random state."""
+        self.order_seed = int(seed)
+
+    def resume_at(self, epoch: int, batches_done: int, processes: int = 1) -> None:
+        """Continue a run mid-epoch: the next pass over ``epoch`` skips the batches its checkpoint
+        had trained on (``processes``: data-parallel processes, each of which read a batch)."""
+        self._resume = (int(epoch), int(batches_done) * self.batch_size * max(1, int(processes)))
+
+    def train_sampler(self) -> EpochSampler:
+        """Which training examples an epoch reads, and in which order."""
+        return EpochSampler(len(self.dataset("train")), self.order_seed)  # type: ignore[arg-type]
+
+    def _loader(self, dataset: Dataset | None, split: str, sampler: EpochSampler | None = None) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}: the {split} split is not set up; call setup() first")
+        if sampler is not None and self._resume is not None:
+            sampler.resume_at(*self._resume)
+            self._resume = None
+        # During training, loaders have generators of their own: starting an epoch or a validation
+        # then draws nothing from the global random state, so a resumed run samples what the run
+        # that never stopped did (Lightning may build the validation iterator again on resume).
+        # The test loader keeps torch's default, so older checkpoints evaluate as they did.
+        generator = torch.Generator().manual_seed(self.order_seed) if split != "test" else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             collate_fn=self.collate_fn,
             persistent_workers=self.num_workers > 0,
+            generator=generator,
         )
 
     def dataset(self, split: str) -> Dataset:
@@ -120,13 +183,13 @@ class SequenceDataModule(L.LightningDataModule):
         return dataset
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, "train", shuffle=True)
+        return self._loader(self.train_set, "train", self.train_sampler() if self.train_set is not None else None)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, "val", shuffle=False)
+        return self._loader(self.val_set, "val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, "test", shuffle=False)
+        return self._loader(self.test_set, "test")
 
     def transfer_batch_to_device(
         self, batch: SequenceBatch, device: torch.device, dataloader_idx: int

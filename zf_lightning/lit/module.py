@@ -383,3 +383,14 @@ class SequenceLitModule(L.LightningModule):
     def restore_nonfinite_state(self, state: dict[str, Any]) -> None:
         self.nonfinite_total = int(state.get("total", 0))
         self.nonfinite_streak = int(state.get("streak", 0))
+
+    def train_sums_state(self) -> dict[str, Tensor]:
+        """The running sums of the training epoch in progress: a run resumed mid-epoch reports the
+        whole epoch, not only the batches after the resume (runs/checkpoint.py stores them)."""
+        return {k: m.compute().detach().cpu() for k, m in self._totals("train").items() if m.update_called}
+
+    def restore_train_sums(self, state: dict[str, Tensor]) -> None:
+        for k, m in self._totals("train").items():
+            m.reset()
+            if k in state:
+                m.update(state[k].to(self.device))

@@ -8,8 +8,12 @@ configs on load, so checkpoints written before the move keep loading and resumin
 
 from __future__ import annotations
 
+import csv
+import logging
 import os
 import pickle
+import signal
+import threading
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -17,17 +21,22 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.callbacks import Callback, Checkpoint
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, OmegaConf
 
 from zf_lightning.data.cache import remove_stale_temps, temporary_name
 from zf_lightning.lit import SequenceLitModule
 
+log = logging.getLogger(__name__)
+
 CONFIG_KEY = "zf_config"
 CHOICES_KEY = "zf_choices"
 WANDB_KEY = "wandb_run"  # id, name, group and tags of the job's W&B run
 WANDB_ID_KEY = "wandb_run_id"  # the id alone (checkpoints written before WANDB_KEY existed)
+CSV_ROWS_KEY = "zf_csv_rows"  # rows metrics.csv held when the checkpoint was written (a resume keeps those)
+TRAIN_SUMS_KEY = "zf_train_sums"  # the training epoch's running sums (SequenceLitModule.train_sums_state)
 NONFINITE_KEY = "nonfinite"  # the objective's skipped-update counters (SequenceLitModule.nonfinite_state)
 STATE_DICT_KEY = "state_dict"  # Lightning's: the LightningModule's weights
 LAST = "last"  # ckpt_path=last: the newest last*.ckpt of the run folder
@@ -176,6 +185,29 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
     return container
 
 
+def read_csv_rows(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def flush_csv(loggers: list[Logger]) -> None:
+    for lg in loggers:
+        if isinstance(lg, CSVLogger):
+            lg.save()
+
+
+def csv_row_count(loggers: list[Logger]) -> int | None:
+    """Rows the CSV logger has logged so far (None without one), flushed to metrics.csv first: a
+    checkpoint records how many rows its state had logged, so a resume keeps exactly those."""
+    flush_csv(loggers)
+    for lg in loggers:
+        if isinstance(lg, CSVLogger):
+            return len(read_csv_rows(Path(lg.log_dir) / "metrics.csv"))
+    return None
+
+
 class StoreConfig(Callback):
     """Puts the resolved run configuration, its group choices, the W&B run identity and the
     objective's skipped-update counters into every checkpoint, so eval.py and resumes rebuild
@@ -188,8 +220,10 @@ class StoreConfig(Callback):
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         checkpoint[CONFIG_KEY] = self.config
         checkpoint[CHOICES_KEY] = self.choices
+        checkpoint[CSV_ROWS_KEY] = csv_row_count(trainer.loggers)
         if isinstance(pl_module, SequenceLitModule):
             checkpoint[NONFINITE_KEY] = pl_module.nonfinite_state()
+            checkpoint[TRAIN_SUMS_KEY] = pl_module.train_sums_state()
         for lg in trainer.loggers:
             if isinstance(lg, WandbLogger) and trainer.is_global_zero:
                 run = lg.experiment
@@ -200,3 +234,110 @@ class StoreConfig(Callback):
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         if isinstance(pl_module, SequenceLitModule):
             pl_module.restore_nonfinite_state(checkpoint.get(NONFINITE_KEY) or {})
+            if trainer.state.fn == TrainerFn.FITTING:
+                pl_module.restore_train_sums(checkpoint.get(TRAIN_SUMS_KEY) or {})
+
+
+LAST_FILE = f"{LAST}.ckpt"
+
+
+class LastCheckpoint(Checkpoint):
+    """Owns ``checkpoints/last.ckpt``: the newest state of the run, written after every validation
+    (once the best checkpoint is chosen), at the end of training, and when the run is interrupted,
+    so that continuing a run starts where it stopped.
+
+    Ctrl+C (SIGINT) asks the run to stop after the current update (and its validation, if one is
+    due): the state after that update is written and the run ends as interrupted.
+    (An interrupt in the middle of an update would store half an optimizer step and a random
+    state no uninterrupted run passes through.) A second Ctrl+C stops at once; the run then
+    continues from the last validation's checkpoint. A ``kill -9`` also leaves that one."""
+
+    def __init__(self, dirpath: str | Path) -> None:
+        self.path = Path(dirpath) / LAST_FILE
+        self.saved_step: int | None = None
+        self.interrupted = False
+        self._pending: dict[str, Any] | None = None
+        self._pending_until_end = False
+        self._previous_handler: Any = None
+
+    def save(self, trainer: L.Trainer) -> None:
+        if trainer.global_step != self.saved_step:
+            trainer.save_checkpoint(self.path)
+            self.saved_step = trainer.global_step
+
+    def _write_pending(self, trainer: L.Trainer) -> None:
+        """Write the state taken at the end of an update, once that update's metrics are logged
+        (an epoch that ended with that update is summarized in the CSV by now, and its running
+        sums are spent: a resume starts the next epoch)."""
+        if self._pending is None:
+            return
+        self._pending[CSV_ROWS_KEY] = csv_row_count(trainer.loggers)
+        if self._pending_until_end:
+            self._pending[TRAIN_SUMS_KEY] = {}
+        trainer.strategy.save_checkpoint(self._pending, self.path)
+        trainer.strategy.barrier("LastCheckpoint")
+        self.saved_step, self._pending = int(self._pending["global_step"]), None
+
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        self.interrupted = True
+        signal.signal(signal.SIGINT, self._previous_handler)  # a second Ctrl+C stops at once
+        log.warning("interrupted: the run stops after this update and stores its state in %s "
+                    "(Ctrl+C again stops at once)", self.path)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGINT, self._request_stop)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_handler()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_handler()
+
+    def _restore_handler(self) -> None:
+        if self._previous_handler is not None and threading.current_thread() is threading.main_thread():
+            if signal.getsignal(signal.SIGINT) == self._request_stop:
+                signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None
+
+    def _stop_if_saved(self, trainer: L.Trainer) -> None:
+        if self.interrupted and self.saved_step == trainer.global_step:
+            raise KeyboardInterrupt(f"interrupted at update {trainer.global_step}; its state is in {self.path}")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        capped = 0 < trainer.max_steps <= trainer.global_step
+        if not (self.interrupted or capped):
+            return
+        # A validation due now belongs to this update: last.ckpt is written once it is done. At an
+        # epoch's end the state is taken once the epoch is closed (at the cap: on_train_end; when
+        # interrupted: after the next update). Otherwise it is taken here, before Lightning closes
+        # the epoch early at the update cap (so a raised cap continues mid-epoch), and written once
+        # this update's metrics are logged.
+        epoch_loop = trainer.fit_loop.epoch_loop
+        if epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher):
+            return
+        self._pending = trainer._checkpoint_connector.dump_checkpoint()
+        self._pending_until_end = epoch_loop.batch_progress.is_last_batch
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._write_pending(trainer)
+        self._stop_if_saved(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        self.save(trainer)
+        self._stop_if_saved(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # taken at an epoch's last update, the state is written once the epoch's own summary is
+        # logged (a resume closes that epoch without logging it again)
+        if not self._pending_until_end:
+            self._write_pending(trainer)
+            self._stop_if_saved(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write_pending(trainer)
+        self.save(trainer)

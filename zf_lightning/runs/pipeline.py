@@ -23,13 +23,27 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from zf_lightning.data.base import SequenceDataModule
 from zf_lightning.lit import SequenceLitModule
-from zf_lightning.runs.checkpoint import AtomicCheckpointIO, StoreConfig, config_targets, resolved_config
+from zf_lightning.runs.checkpoint import (
+    AtomicCheckpointIO,
+    LastCheckpoint,
+    StoreConfig,
+    config_targets,
+    resolved_config,
+)
 from zf_lightning.runs.ddp import JobDDPStrategy, distributed_job
 from zf_lightning.runs.guard import RunLock, check_config, check_writable, holds_run, sync_learning_rate
+from zf_lightning.runs.hydra_job import JobLog, record_job
 from zf_lightning.runs.loggers import build_loggers, close_loggers, log_samples
 from zf_lightning.runs.policy import failure_value, global_rank, threads_per_job
-from zf_lightning.runs.resume import ResumePoint, ResumeState, hydra_choices, keep_csv_history, resume_from
-from zf_lightning.runs.status import JobStatus, completed_metrics, write_json
+from zf_lightning.runs.resume import (
+    ResumePoint,
+    ResumeState,
+    completed_run,
+    hydra_choices,
+    keep_csv_history,
+    resume_from,
+)
+from zf_lightning.runs.status import JobStatus, write_json
 from zf_lightning.runs.stopping import DivergenceWatch, checkpoint_step, stop_reason
 from zf_lightning.types import CanGenerate
 
@@ -89,11 +103,16 @@ def build_callbacks(cfg: DictConfig, resume: ResumePoint | None = None) -> list[
     that names no groups."""
     choices = resume.choices if resume is not None and resume.choices else hydra_choices()
     monitor = str(cfg.get("optimized_metric") or "val/neg_elbo")
-    callbacks: list[Callback] = [StoreConfig(resolved_config(cfg), choices), ResumeState(), DivergenceWatch(monitor)]
+    out_dir = Path(cfg.paths.output_dir)
+    callbacks: list[Callback] = [StoreConfig(resolved_config(cfg), choices), ResumeState(out_dir),
+                                 DivergenceWatch(monitor)]
     for cb_cfg in (cfg.get("callbacks") or {}).values():
         if cb_cfg is not None and "_target_" in cb_cfg:
-            callbacks.append(instantiate(cb_cfg))
-    return callbacks
+            callback = instantiate(cb_cfg)
+            if isinstance(callback, ModelCheckpoint):
+                callback.save_last = False  # last.ckpt is LastCheckpoint's (stored configs may still ask for it)
+            callbacks.append(callback)
+    return [*callbacks, LastCheckpoint(out_dir / "checkpoints")]  # after the best checkpoint is chosen
 
 
 def _finite(metrics: dict[str, Any]) -> dict[str, float]:
@@ -177,6 +196,7 @@ def _build(cfg: DictConfig, resume: ResumePoint | None) -> tuple[SequenceDataMod
     L.seed_everything(int(cfg.seed), workers=True)
     hint = None if resume is None else "python train.py ckpt_path=last hydra.run.dir=<run> data.{key}=<new place>"
     dm = build_datamodule(cfg, moved_hint=hint)
+    dm.seed_order(int(cfg.seed))
     return dm, build_module(cfg, dm)
 
 
@@ -236,15 +256,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
     there: the folder is writable, no other live run holds it (``RunLock``), the checkpoint to
     resume is trusted and readable and matches the config, the settings are sound, the data
     and model build. A command refused then leaves a folder that holds a run untouched
-    (a fresh folder records the failure in status.json, for sweeps).
+    (a fresh folder records the failure in status.json, for sweeps). A folder whose run has
+    completed is left as it is (its metrics are returned) unless the command raises the cap
+    that ended it, which continues the run from its final state.
     """
     out_dir = Path(cfg.paths.output_dir)
-    if cfg.get("skip_completed", False) and (done := completed_metrics(out_dir)) is not None:
-        log.info("%s already holds a completed run (skip_completed=true): not run again", out_dir)
-        return done
+    composed = cfg
     rank = global_rank()
     status = JobStatus(out_dir, rank)
     lock = RunLock(out_dir)
+    journal = JobLog()
     had_run = holds_run(out_dir)
     failed, started = True, False
     try:
@@ -254,10 +275,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
             if rank == 0:
                 lock.acquire()
             cfg, resume = resume_from(cfg)
+            if (done := completed_run(out_dir, resume, cfg)) is not None:
+                failed = False
+                return done
             sync_learning_rate(cfg)
             check_config(cfg)
             set_threads(cfg)
             dm, lit = _build(cfg, resume)
+            if rank == 0:
+                record_job(out_dir, composed)
+                journal.accept(out_dir)
             status.started()
             started = True
             if resume is not None:
@@ -271,6 +298,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         return metrics
     except BaseException as error:
         if started or rank > 0 or (lock.held and not had_run):
+            if rank == 0:
+                record_job(out_dir, composed)
+                journal.accept(out_dir)
             if not started:
                 status.started()
             status.failed(error)
@@ -281,3 +311,4 @@ def train(cfg: DictConfig) -> dict[str, float]:
     finally:
         lock.release()
         close_loggers(failed)
+        journal.close()

@@ -15,7 +15,9 @@ posterior samples both come from the global RNG).
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import logging
+import math
 import os
 import random
 from collections.abc import Collection
@@ -33,18 +35,24 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from zf_lightning.data.base import SequenceDataModule
 from zf_lightning.runs.checkpoint import (
     CHOICES_KEY,
     CONFIG_KEY,
+    CSV_ROWS_KEY,
     LAST,
     WANDB_ID_KEY,
     WANDB_KEY,
     UnreadableCheckpointError,
     config_targets,
     find_checkpoint,
+    flush_csv,
     load_checkpoint,
+    read_csv_rows,
     resolved_config,
 )
+from zf_lightning.runs.status import completed_metrics, read_status
+from zf_lightning.runs.stopping import MAX_EPOCHS, MAX_STEPS, TIME_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +77,8 @@ class ResumePoint:
     wandb: dict[str, Any] = field(default_factory=dict)  # id, name, group, tags of the W&B run
     choices: dict[str, Any] = field(default_factory=dict)  # the stored run's config-group choices
     damaged: list[Path] = field(default_factory=list)  # unreadable newer checkpoints passed over
+    csv_rows: int | None = None  # rows metrics.csv held when the checkpoint was written
+    stored_trainer: dict[str, Any] = field(default_factory=dict)  # the stored run's trainer settings
 
     def set_damaged_aside(self) -> None:
         """Rename the passed-over damaged checkpoints to ``<name>.damaged`` (kept for inspection), so the
@@ -79,9 +89,25 @@ class ResumePoint:
                 log.warning("kept the damaged %s as %s.damaged", path, path.name)
 
 
+def data_position(checkpoint: dict[str, Any]) -> tuple[int, int]:
+    """The epoch a checkpoint was written in and how many of its batches had been trained on
+    (Lightning's loop progress), which is where the data must continue."""
+    loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    epochs = (loop.get("epoch_progress") or {}).get("current") or {}
+    epoch = int(epochs.get("processed", 0))  # epochs finished, i.e. the index of the one in progress
+    if int(epochs.get("started", 0)) <= epoch:  # written between two epochs
+        return epoch, 0
+    batches = loop.get("epoch_loop.batch_progress") or {}
+    total = batches.get("total") or {}
+    if batches.get("is_last_batch") and int(total.get("completed", 0)) == int(total.get("processed", 0)) - 1:
+        return epoch + 1, 0  # at the end of an epoch's last update: Lightning closes that epoch on resume
+    return epoch, int((batches.get("current") or {}).get("processed", 0))
+
+
 def _replace_prefix(node: Any, old: str, new: str) -> Any:
+    """``node`` with every string path under ``old`` (values and keys) moved under ``new``."""
     if isinstance(node, dict):
-        return {k: _replace_prefix(v, old, new) for k, v in node.items()}
+        return {_replace_prefix(k, old, new): _replace_prefix(v, old, new) for k, v in node.items()}
     if isinstance(node, list):
         return [_replace_prefix(v, old, new) for v in node]
     if isinstance(node, str) and (node == old or node.startswith(old + "/")):
@@ -239,10 +265,64 @@ def resume_from(cfg: DictConfig) -> tuple[DictConfig, ResumePoint | None]:
         cfg.ckpt_path = str(path)
     point = ResumePoint(path, int(checkpoint.get("epoch", 0)), int(checkpoint.get("global_step", 0)),
                         dict(checkpoint.get(WANDB_KEY) or {}), dict(checkpoint.get(CHOICES_KEY) or {}), damaged)
+    point.csv_rows = checkpoint.get(CSV_ROWS_KEY)
+    point.stored_trainer = dict((stored or {}).get("trainer") or {}) if isinstance(stored, dict) else {}
     if not point.wandb and checkpoint.get(WANDB_ID_KEY):
         point.wandb = {"id": checkpoint[WANDB_ID_KEY]}
     log.info("resuming from %s (epoch %d, step %d)", path, point.epoch, point.global_step)
     return cfg, point
+
+
+# ---------------------------------------------------------------------------- completed runs
+# the trainer setting whose cap ended a run, by the stop reason it records
+CAPS = {MAX_STEPS: "max_steps", MAX_EPOCHS: "max_epochs", TIME_LIMIT: "max_time"}
+
+
+def _cap_value(key: str, value: Any) -> float:
+    """A cap as a number (seconds for ``max_time``); no cap (None, -1) is infinite."""
+    if value is None or (key != "max_time" and int(value) < 0):
+        return math.inf
+    if key != "max_time":
+        return float(value)
+    if isinstance(value, str):
+        days, hours, minutes, seconds = (float(p) for p in value.split(":"))
+        return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    if isinstance(value, dict):
+        return dt.timedelta(**{k: float(v) for k, v in value.items()}).total_seconds()
+    return float(value.total_seconds()) if isinstance(value, dt.timedelta) else float(value)
+
+
+def extension(status: dict[str, Any], point: ResumePoint, cfg: DictConfig) -> str | None:
+    """Why this command continues a completed run (its cap was raised past where the run stopped),
+    or None when it does not: a converged run, or one whose cap is unchanged, is complete."""
+    key = CAPS.get(str(status.get("stop_reason")))
+    if key is None:
+        return None
+    stored, now = point.stored_trainer.get(key), (cfg.get("trainer") or {}).get(key)
+    if _cap_value(key, now) <= _cap_value(key, stored):
+        return None
+    return f"trainer.{key} raised from {stored} to {now}"
+
+
+def completed_run(output_dir: Path, point: ResumePoint | None, cfg: DictConfig) -> dict[str, Any] | None:
+    """The metrics of the completed run in ``output_dir`` when this command leaves it as it is
+    (None: run, i.e. start, resume or extend it). A completed run is never trained again or
+    re-tested: the same command says so and changes nothing; a raised cap continues it from its
+    final state."""
+    metrics = completed_metrics(output_dir)
+    if metrics is None or point is None:
+        return metrics
+    status = read_status(output_dir)
+    reason = extension(status, point, cfg)
+    if reason is not None:
+        log.info("%s holds a completed run (%s after %s updates); %s: continuing it", output_dir,
+                 status.get("stop_reason"), status.get("updates"), reason)
+        return None
+    cap = CAPS.get(str(status.get("stop_reason")))
+    hint = f" Raise trainer.{cap} to continue it." if cap else " A converged run is not continued."
+    log.info("%s holds a completed run (%s after %s updates): nothing to do, nothing was written.%s",
+             output_dir, status.get("stop_reason"), status.get("updates"), hint)
+    return metrics
 
 
 # ---------------------------------------------------------------------------- RNG state
@@ -289,13 +369,31 @@ class ResumeState(Callback):
             torch.distributed.all_gather_object(states, _rng_state())
         return {"rng": states}
 
-    def __init__(self) -> None:
+    def __init__(self, output_dir: str | Path | None = None) -> None:
+        self.output_dir = None if output_dir is None else str(output_dir)
         self.fitting = False
         self.restored = False
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         # Lightning also restores callbacks for trainer.test(ckpt_path=...), which is seeded on its own
         self.fitting = trainer.state.fn == TrainerFn.FITTING
+        stored_dir = ((checkpoint.get(CONFIG_KEY) or {}).get("paths") or {}).get("output_dir")
+        if self.output_dir is not None and stored_dir and str(stored_dir) != self.output_dir:
+            # a run folder that was moved or copied: its checkpoints' paths name the new place
+            checkpoint["callbacks"] = _replace_prefix(checkpoint.get("callbacks") or {}, str(stored_dir),
+                                                      self.output_dir)
+        for state in (checkpoint.get("callbacks") or {}).values():
+            best = state.get("best_model_path") if isinstance(state, dict) else None
+            if best and not Path(best).is_file():
+                # a checkpoint continued in another folder: the best is chosen anew among this folder's
+                log.warning("the best checkpoint %s is not in this run folder; the best is chosen again from "
+                            "the validations of this folder", best)
+                for key in ("best_k_models", "kth_best_model_path", "kth_value", "last_model_path"):
+                    state.pop(key, None)  # Lightning's defaults: nothing chosen yet
+                state.update(best_model_path="", best_model_score=None)
+        if self.fitting and isinstance(trainer.datamodule, SequenceDataModule):
+            epoch, batches = data_position(checkpoint)
+            trainer.datamodule.resume_at(epoch, batches, trainer.world_size)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         states = state_dict.get("rng") or []
@@ -319,27 +417,11 @@ class ResumeState(Callback):
             random.seed(seed)
         self.restored = False
 
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        flush_csv(trainer.loggers)
-
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         flush_csv(trainer.loggers)
 
 
-def flush_csv(loggers: list[Logger]) -> None:
-    for lg in loggers:
-        if isinstance(lg, CSVLogger):
-            lg.save()
-
-
 # ---------------------------------------------------------------------------- CSV history
-def read_csv_rows(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
 def _before(row: dict[str, str], point: ResumePoint) -> bool:
     """Whether a CSV row was logged up to the checkpoint (so a resumed run will not log it again)."""
     try:
@@ -356,12 +438,15 @@ def keep_csv_history(loggers: list[Logger], point: ResumePoint) -> None:
     """Carry the rows logged before the checkpoint into the resumed run's metrics.csv.
 
     Lightning's CSV logger deletes an existing metrics.csv when it starts; rows from after
-    the checkpoint are dropped because the resumed run logs them again."""
+    the checkpoint are dropped because the resumed run logs them again (or, like the summary of
+    an epoch cut short by the update cap, never logs them). The checkpoint says how many rows
+    came before it; older checkpoints are read by step and epoch."""
     for lg in loggers:
         if not isinstance(lg, CSVLogger):
             continue
         path = Path(lg.log_dir) / "metrics.csv"
-        rows = [r for r in read_csv_rows(path) if _before(r, point)]
+        rows = read_csv_rows(path)
+        rows = rows[:point.csv_rows] if point.csv_rows is not None else [r for r in rows if _before(r, point)]
         writer = lg.experiment  # creating the writer deletes the old file
         if not rows or not hasattr(writer, "metrics_keys"):
             continue

@@ -99,8 +99,9 @@ def completed_metrics(directory: Path) -> dict[str, Any] | None:
     status = read_status(directory)
     if status.get("status") != COMPLETED or not metrics.is_file():
         return None
-    stored, current = (status.get("job") or {}).get("override_dirname"), job_identity().get("override_dirname")
-    if stored is not None and current is not None and stored != current:
+    job = job_identity()
+    stored, current = (status.get("job") or {}).get("override_dirname"), job.get("override_dirname")
+    if job.get("mode") == "multirun" and stored is not None and current is not None and stored != current:
         raise ValueError(
             f"{directory} holds a completed run of another job ({stored!r}), not of this one ({current!r}): "
             "the sweep's grid changed since it ran. Run the changed sweep into a new folder "

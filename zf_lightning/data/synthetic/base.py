@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from functools import cache
 from pathlib import Path
@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
-from zf_lightning.data.base import SequenceDataModule, pad_collate
+from zf_lightning.data.base import EpochSampler, SequenceDataModule, pad_collate
 from zf_lightning.types import IGNORE_TARGET, IGNORE_VALUE, DataSpec, SequenceBatch
 
 log = logging.getLogger(__name__)
@@ -215,28 +215,22 @@ class DrawnSet(Dataset):
         return as_item(self.example(draw), self.task.regression)
 
 
-class DrawSampler(Sampler[int]):
+class DrawSampler(EpochSampler):
     """Which training draws an epoch reads: ``fresh`` gives epoch e the new draws
-    ``[e n, (e + 1) n)``; otherwise the same ``n`` draws every epoch, shuffled per epoch.
-    Lightning calls ``set_epoch`` before every epoch, so a resumed run continues the sequence."""
+    ``[e n, (e + 1) n)``; otherwise the same ``n`` draws every epoch, shuffled per epoch."""
 
     def __init__(self, draws_per_epoch: int, fresh: bool, seed: int) -> None:
-        self.n = draws_per_epoch
+        super().__init__(draws_per_epoch, seed)
         self.fresh = fresh
-        self.seed = seed
-        self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    @property
+    def n(self) -> int:
+        return self.size
 
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator[int]:
+    def order(self) -> list[int]:
         if self.fresh:
-            return iter(range(self.epoch * self.n, (self.epoch + 1) * self.n))
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
-        return iter(order.tolist())
+            return list(range(self.epoch * self.n, (self.epoch + 1) * self.n))
+        return super().order()
 
 
 class ClassificationDataModule(SequenceDataModule):
@@ -333,13 +327,8 @@ class ClassificationDataModule(SequenceDataModule):
         self.train_set = DrawnSet(self.task.for_split("train"), self.train_sizes, self.num_train, self.seed,
                                   self._eval_keys)
 
-    def train_dataloader(self) -> DataLoader:
-        if self.train_set is None:
-            raise RuntimeError(f"{type(self).__name__}: the train split is not set up; call setup() first")
-        return DataLoader(self.train_set, batch_size=self.batch_size,
-                          sampler=DrawSampler(self.num_train, self.fresh_train, self.seed),
-                          num_workers=self.num_workers, pin_memory=self.pin_memory, collate_fn=self.collate_fn,
-                          persistent_workers=self.num_workers > 0)
+    def train_sampler(self) -> DrawSampler:
+        return DrawSampler(self.num_train, self.fresh_train, self.seed)
 
     def sample_length(self) -> int:
         return 1  # nothing worth generating: see write_samples
