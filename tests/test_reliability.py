@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import subprocess
 import threading
@@ -221,10 +222,13 @@ def test_a_resume_that_names_no_groups_keeps_the_stored_choices(tmp_path: Path) 
     ("trainer.max_steps=abc", "trainer.max_steps"),
     ("trainer.max_epochs=1.5", "trainer.max_epochs"),
     ("data.batch_size=0", "data.batch_size"),
+    ("optim.optimizer.lr=0", "optim.optimizer.lr"),
+    ("optim.lr=-0.001", "optim.lr"),
 ])
 def test_a_bad_size_or_count_is_refused_naming_its_key(override: str, key: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=rf"{key}=.*must be"):
         train(short_run(tmp_path / "run", override))
+    assert not any((tmp_path / "run" / name).exists() for name in ("checkpoints", "config_resolved.yaml", "csv"))
 
 
 def test_optim_lr_is_the_learning_rate_and_the_old_key_still_works(tmp_path: Path) -> None:
@@ -254,11 +258,24 @@ def test_a_sentence_file_that_is_empty_or_not_text_is_refused_naming_it(content:
         dm.prepare_data()
 
 
-def test_a_diverged_run_is_flagged_in_the_log_and_status(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+class SpoilWeightsAfterFirstValidation(Callback):
+    """Test helper: scales every weight by 10 right after the first validation, so the bound ends
+    worse than it started whatever the optimizer does (a high learning rate's path is chaotic)."""
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking and trainer.global_step == 1:
+            with torch.no_grad():
+                for p in pl_module.parameters():
+                    p.mul_(10.0)
+
+
+def test_a_diverged_run_is_flagged_in_the_log_and_status(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZF_TRUSTED_TARGETS", "tests")  # the spoiling callback is stored in the checkpoints
     run = tmp_path / "run"
-    with caplog.at_level(logging.WARNING, logger="zf_lightning.runs.status"):
-        train(short_run(run, "optim.lr=10", "trainer.limit_train_batches=null", "trainer.max_steps=30",
-                        "trainer.val_check_interval=1"))
+    with caplog.at_level(logging.WARNING, logger="zf_lightning.runs.stopping"):
+        train(short_run(run, "trainer.max_steps=3", "trainer.val_check_interval=1",
+                        "+callbacks.spoil._target_=tests.test_reliability.SpoilWeightsAfterFirstValidation"))
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "completed" and status["diverged"] is True
     assert status["divergence"]["last"] > status["divergence"]["first"]
@@ -266,6 +283,25 @@ def test_a_diverged_run_is_flagged_in_the_log_and_status(tmp_path: Path, caplog:
     sane = tmp_path / "sane"
     train(short_run(sane, "trainer.max_epochs=2"))
     assert json.loads((sane / "status.json").read_text())["diverged"] is False
+
+
+def test_a_model_broken_by_a_huge_learning_rate_reports_a_nonfinite_bound(tmp_path: Path) -> None:
+    """NaN bounds stay NaN (torchmetrics would drop them and report 0.0), mark the run diverged, and
+    are written to metrics.json as null with their keys listed: strict JSON, never a number."""
+    run = tmp_path / "run"
+    metrics = train(short_run(run, "optim.optimizer.lr=1e30", "trainer.limit_train_batches=6", "trainer.max_steps=6",
+                              "test=true", "trainer.limit_test_batches=1"))
+    assert math.isnan(metrics["val/neg_elbo"]) and math.isnan(metrics["test/neg_elbo"])
+
+    def no_constants(name: str) -> None:
+        raise AssertionError(f"not strict JSON: {name}")
+
+    record = json.loads((run / "metrics.json").read_text(), parse_constant=no_constants)
+    assert record["val/neg_elbo"] is None and record["test/elbo"] is None
+    assert {"val/neg_elbo", "test/neg_elbo", "test/elbo"} <= set(record["nonfinite_keys"])
+    assert all(record[k] is None for k in record["nonfinite_keys"])
+    status = json.loads((run / "status.json").read_text(), parse_constant=no_constants)
+    assert status["status"] == "completed" and status["diverged"] is True
 
 
 # ------------------------------------------------------------------------------ 5. damaged files

@@ -30,10 +30,10 @@ def run(tmp_path: Path, *overrides: str) -> tuple[dict, dict]:
 
 @pytest.mark.slow
 def test_early_stopping_ends_a_flat_run_and_says_so(tmp_path: Path) -> None:
-    # lr 0: the validation bound moves only by posterior-sampling noise, far below min_delta, so
+    # lr 1e-12: the validation bound moves only by posterior-sampling noise, far below min_delta, so
     # patience 2 ends the run at the third validation
     metrics, status = run(tmp_path, "callbacks=early_stopping", "callbacks.early_stopping.patience=2",
-                          "callbacks.early_stopping.min_delta=1000", "optim.optimizer.lr=0.0", "trainer.max_steps=200",
+                          "callbacks.early_stopping.min_delta=1000", "optim.lr=1e-12", "trainer.max_steps=200",
                           *VALIDATE_EVERY_5)
     assert status["stop_reason"] == metrics["stop_reason"] == CONVERGED
     assert status["updates"] == metrics["train/updates"] == 15
@@ -47,7 +47,7 @@ def test_validations_before_start_step_do_not_use_up_the_patience(tmp_path: Path
     # validations at 5, 10, 15, 20: the one at 5 is neither counted nor remembered, so patience 2
     # runs out at 20 (counted from update 5 it would have run out at 15)
     metrics, status = run(tmp_path, "callbacks=early_stopping", "callbacks.early_stopping.patience=2",
-                          "callbacks.early_stopping.min_delta=1000", "optim.optimizer.lr=0.0", "trainer.max_steps=200",
+                          "callbacks.early_stopping.min_delta=1000", "optim.lr=1e-12", "trainer.max_steps=200",
                           "callbacks.early_stopping.start_step=10", *VALIDATE_EVERY_5)
     assert status["stop_reason"] == CONVERGED and status["updates"] == metrics["train/updates"] == 20
 
@@ -55,7 +55,7 @@ def test_validations_before_start_step_do_not_use_up_the_patience(tmp_path: Path
 @pytest.mark.slow
 def test_min_steps_holds_early_stopping_back_and_the_cap_is_recorded(tmp_path: Path) -> None:
     _, status = run(tmp_path, "callbacks=early_stopping", "callbacks.early_stopping.patience=1",
-                    "callbacks.early_stopping.min_delta=1000", "optim.optimizer.lr=0.0", "trainer.max_steps=20",
+                    "callbacks.early_stopping.min_delta=1000", "optim.lr=1e-12", "trainer.max_steps=20",
                     "trainer.min_steps=20", *VALIDATE_EVERY_5)
     # early stopping wanted to stop at update 10; the cap it ran into is what ended the run
     assert status["stop_reason"] == MAX_STEPS and status["updates"] == 20

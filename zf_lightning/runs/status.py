@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import os
 import platform
 import socket
@@ -30,9 +31,41 @@ def _now() -> str:
     return dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
+NONFINITE_KEYS = "nonfinite_keys"  # in a written record: the keys whose values were NaN or infinite
+
+
+def _strict(node: Any, key: str, nonfinite: list[str]) -> Any:
+    """``node`` with every NaN or infinite number replaced by None, its dotted key added to ``nonfinite``."""
+    if isinstance(node, dict):
+        return {k: _strict(v, f"{key}.{k}" if key else str(k), nonfinite) for k, v in node.items()}
+    if isinstance(node, list | tuple):
+        return [_strict(v, f"{key}[{i}]", nonfinite) for i, v in enumerate(node)]
+    if isinstance(node, float) and not math.isfinite(node):
+        nonfinite.append(key)
+        return None
+    return node
+
+
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """A job's JSON record (status.json, metrics.json), written atomically: a reader never sees half a file."""
-    atomic_write_json(path, payload, indent=2)
+    """A job's JSON record (status.json, metrics.json), written atomically: a reader never sees half a file.
+
+    The file is strict JSON: a NaN or infinite value (a diverged model's bound) is written as
+    null and its key listed under ``nonfinite_keys``, never as a number and never as the
+    ``NaN`` that Python writes and other JSON readers reject."""
+    nonfinite: list[str] = []
+    record = _strict(dict(payload), "", nonfinite)
+    if nonfinite:
+        record[NONFINITE_KEYS] = nonfinite
+    atomic_write_json(path, record, indent=2)
+
+
+def read_metrics(path: Path) -> dict[str, Any]:
+    """A metrics.json as the job returned it: the values listed as non-finite are NaN again."""
+    record = json.loads(path.read_text())
+    for key in record.pop(NONFINITE_KEYS, None) or []:
+        if key in record and record[key] is None:
+            record[key] = math.nan
+    return record
 
 
 def job_identity() -> dict[str, Any]:
@@ -106,7 +139,7 @@ def completed_metrics(directory: Path) -> dict[str, Any] | None:
             "the sweep's grid changed since it ran. Run the changed sweep into a new folder "
             "(hydra.sweep.dir=...), or move the old one away"
         )
-    return json.loads(metrics.read_text())
+    return read_metrics(metrics)
 
 
 def code_version() -> dict[str, Any]:
