@@ -110,6 +110,29 @@ def test_a_stored_config_that_would_build_code_is_refused(tmp_path: Path) -> Non
     assert not marker.exists()
 
 
+def test_a_stored_target_reached_through_a_trusted_module_is_refused_everywhere(tmp_path: Path) -> None:
+    """``zf_lightning.runs.checkpoint.os.makedirs`` starts like a trusted name but is os.makedirs:
+    refused by load_checkpoint, by eval.py and by a resume, and nothing is built."""
+    made = tmp_path / "made_by_the_checkpoint"
+    config = {"data": {"_target_": "zf_lightning.runs.checkpoint.os.makedirs", "name": str(made)},
+              "model": {"_target_": "zf_lightning.models.ZForcing"}, "paths": {"output_dir": str(tmp_path)}}
+    run = tmp_path / "run"
+    ckpt = run / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"state_dict": {}, "epoch": 0, "global_step": 3, CONFIG_KEY: config}, ckpt)
+    refused = r"is not a trusted checkpoint: its stored config would build zf_lightning\.runs\.checkpoint\.os\.makedirs"
+    with pytest.raises(ValueError, match=refused + r" \(defined in os\)"):
+        load_checkpoint(ckpt)
+    cfg = compose_config("eval", [f"ckpt_path={ckpt}", f"paths.output_dir={tmp_path / 'eval'}"])
+    with pytest.raises(ValueError, match=refused):
+        evaluate(cfg)
+    before = snapshot(run)
+    with pytest.raises(ValueError, match=refused):
+        train(short_run(run, "ckpt_path=last"))
+    assert not made.exists()
+    assert snapshot(run) == before
+
+
 # ------------------------------------------------------------------------------ 2. protected run folders
 def test_a_run_that_cannot_continue_a_folder_leaves_it_byte_for_byte_unchanged(completed: Path,
                                                                                   tmp_path: Path) -> None:

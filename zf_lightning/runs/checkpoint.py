@@ -8,6 +8,8 @@ configs on load, so checkpoints written before the move keep loading and resumin
 
 from __future__ import annotations
 
+import functools
+import importlib
 import os
 import pickle
 from collections.abc import Collection
@@ -33,16 +35,60 @@ STATE_DICT_KEY = "state_dict"  # Lightning's: the LightningModule's weights
 LAST = "last"  # ckpt_path=last: the newest last*.ckpt of the run folder
 
 # What a stored config may build: a checkpoint is data, and ``instantiate`` on a ``_target_``
-# such as ``os.system`` would run code, so targets outside these packages are refused on load.
+# such as ``os.system`` would run code, so a stored target must name an object defined in one of
+# these packages (or be exactly one of the names listed); anything else is refused on load.
 # Your own packages (a model or callback of your own in a config) are added with the
-# environment variable ZF_TRUSTED_TARGETS, comma-separated prefixes such as "mylab.models.".
-TRUSTED_TARGETS = ("zf_lightning.", "lightning.pytorch.", "torch.optim.", "torch.nn.", "datetime.timedelta")
+# environment variable ZF_TRUSTED_TARGETS, comma-separated names such as "mylab.models".
+TRUSTED_TARGETS = ("zf_lightning", "lightning.pytorch", "torch.optim", "torch.nn", "datetime.timedelta")
 TRUSTED_TARGETS_ENV = "ZF_TRUSTED_TARGETS"
 
 
 def trusted_targets() -> tuple[str, ...]:
+    """Trusted packages and names (a trailing dot, as in ``mylab.models.``, is allowed and ignored)."""
     extra = [p.strip() for p in os.environ.get(TRUSTED_TARGETS_ENV, "").split(",") if p.strip()]
-    return (*TRUSTED_TARGETS, *extra)
+    return tuple(p.rstrip(".") for p in (*TRUSTED_TARGETS, *extra))
+
+
+def _under(name: str, packages: Collection[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in packages)
+
+
+def _locate_trusted(target: str, packages: tuple[str, ...]) -> Any:
+    """The object ``target`` names, importing only modules inside ``packages`` (None if it names nothing).
+
+    Unlike Hydra's locator, this never imports a module outside the trusted packages, so checking
+    a stored target cannot itself run untrusted code."""
+    parts = target.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        module_name = ".".join(parts[:cut])
+        if not _under(module_name, packages):
+            break
+        try:
+            obj: Any = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr, None)
+            if obj is None:
+                return None
+        return obj
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _target_trusted(target: str, packages: tuple[str, ...]) -> bool:
+    """Whether a stored ``_target_`` names an object defined in a trusted package.
+
+    A name under a trusted package is not enough: ``zf_lightning.runs.checkpoint.os.makedirs``
+    is ``os.makedirs`` reached through a module that imports ``os``. The object it resolves to must
+    itself be defined there (its ``__module__``); objects without one (modules, some builtins) are refused."""
+    if target in packages:
+        return True
+    if not _under(target, packages):
+        return False
+    obj = _locate_trusted(target, packages)
+    module = getattr(obj, "__module__", None) if obj is not None else None
+    return isinstance(module, str) and _under(module, packages)
 
 # ``_target_`` paths stored in checkpoints written before a module moved -> where they live now
 MOVED_TARGETS: dict[str, str] = {
@@ -113,11 +159,12 @@ def load_checkpoint(path: Path, also_trusted: Collection[str] = ()) -> dict[str,
         checkpoint[CONFIG_KEY] = migrate_config(checkpoint[CONFIG_KEY])
         untrusted = sorted(set(untrusted_targets(checkpoint[CONFIG_KEY])) - set(also_trusted))
         if untrusted:
+            named = ", ".join(map(_described, untrusted))
             raise ValueError(
-                f"{path} is not a trusted checkpoint: its stored config would build {', '.join(untrusted)}, "
-                f"and a stored config may only name classes and functions under {', '.join(trusted_targets())} "
+                f"{path} is not a trusted checkpoint: its stored config would build {named}, "
+                f"and a stored config may only name classes and functions defined in {', '.join(trusted_targets())} "
                 f"(building anything else from a file could run arbitrary code; add your own packages with "
-                f"{TRUSTED_TARGETS_ENV}=prefix,...)"
+                f"{TRUSTED_TARGETS_ENV}=package,...)"
             )
     return checkpoint
 
@@ -133,14 +180,19 @@ def config_targets(node: Any) -> set[str]:
 
 
 def untrusted_targets(node: Any) -> list[str]:
-    """Every ``_target_`` in a stored config that is not under the trusted prefixes."""
-    trusted = trusted_targets()
-    if isinstance(node, dict):
-        found = [str(v) for k, v in node.items() if k == "_target_" and not str(v).startswith(trusted)]
-        return found + [t for v in node.values() for t in untrusted_targets(v)]
-    if isinstance(node, list):
-        return [t for v in node for t in untrusted_targets(v)]
-    return []
+    """Every ``_target_`` in a stored config that does not name an object defined in a trusted package."""
+    packages = trusted_targets()
+    return sorted(t for t in config_targets(node) if not _target_trusted(t, packages))
+
+
+def _described(target: str) -> str:
+    """A refused target, with where the object it reaches is defined when it reaches one."""
+    packages = trusted_targets()
+    obj = _locate_trusted(target, packages) if _under(target, packages) else None
+    module = getattr(obj, "__module__", None) if obj is not None else None
+    if obj is None:
+        return target
+    return f"{target} (defined in {module})" if isinstance(module, str) else f"{target} (a {type(obj).__name__})"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
