@@ -27,7 +27,13 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tests.conftest import TINY, compose_config
-from zf_lightning.runs.checkpoint import CHOICES_KEY, CONFIG_KEY, AtomicCheckpointIO, load_checkpoint
+from zf_lightning.runs.checkpoint import (
+    CHOICES_KEY,
+    CONFIG_KEY,
+    AtomicCheckpointIO,
+    UnreadableCheckpointError,
+    load_checkpoint,
+)
 from zf_lightning.runs.evaluate import evaluate
 from zf_lightning.runs.guard import LOCK_FILE, RunFolderError, RunLock
 from zf_lightning.runs.pipeline import train
@@ -375,6 +381,27 @@ def test_an_unreadable_last_ckpt_falls_back_to_the_newest_readable_one(
     assert status["status"] == "completed" and status["resumed_from"] == str(best)
     assert load_checkpoint(last)["global_step"] == 6  # a whole last.ckpt again
     assert (run / "checkpoints" / "last.ckpt.damaged").is_file()  # the damaged one, kept aside
+
+
+@pytest.mark.parametrize("content", [b"epoch 3, step 12\n", b'{"state_dict": {}}\n', b"zf_config:\n  seed: 1\n", b""])
+def test_a_file_that_is_not_a_checkpoint_says_so_and_a_run_falls_back_from_it(
+        content: bytes, completed: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A text, JSON or YAML file is not a checkpoint (not 'KeyError: 101', not 'could run code'); as a
+    run's last.ckpt it is passed over like a damaged one."""
+    notes = tmp_path / "notes.ckpt"
+    notes.write_bytes(content)
+    with pytest.raises(UnreadableCheckpointError, match=rf"{notes} is not a checkpoint: it (holds text|is empty)"):
+        load_checkpoint(notes)
+    cfg = compose_config("eval", [f"ckpt_path={notes}", f"paths.output_dir={tmp_path / 'eval'}"])
+    with pytest.raises(UnreadableCheckpointError, match=rf"{notes} is not a checkpoint"):
+        evaluate(cfg)
+    run = copy_run(completed, tmp_path / "run")
+    last, best = run / "checkpoints" / "last.ckpt", next((run / "checkpoints").glob("best-*.ckpt"))
+    last.write_bytes(content)
+    with caplog.at_level(logging.WARNING, logger="zf_lightning.runs.resume"):
+        train(short_run(run, "trainer.max_epochs=2"))
+    assert f"{last} is not a checkpoint" in caplog.text and f"resuming from {best}" in caplog.text
+    assert load_checkpoint(last)["global_step"] == 6
 
 
 def test_eval_of_a_truncated_checkpoint_names_the_file(completed: Path, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ configs on load, so checkpoints written before the move keep loading and resumin
 
 from __future__ import annotations
 
+import codecs
 import functools
 import importlib
 import os
@@ -134,12 +135,41 @@ class UnreadableCheckpointError(ValueError):
     """A checkpoint file that cannot be read (truncated by a kill or a full disk, or not a checkpoint)."""
 
 
+# how the files torch.save writes begin: a zip archive, or (the legacy format) a pickle's protocol opcode
+CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def _check_is_checkpoint(path: Path) -> None:
+    """Refuse a file that is not in torch.save's format at all (a text, JSON or YAML file given as a
+    checkpoint) before unpickling it, which would fail with a bare ``KeyError`` or be taken for a
+    pickle that runs code. Raises ``UnreadableCheckpointError``, so a run's ``last.ckpt`` that is
+    not a checkpoint is passed over like a damaged one."""
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    if head.startswith(CHECKPOINT_MAGIC):
+        return
+    if not head:
+        what = "it is empty"
+    else:
+        try:  # incremental: a character cut at the end of the head is not an error
+            text = codecs.getincrementaldecoder("utf-8")().decode(head)
+        except UnicodeDecodeError:
+            what = f"it starts with the bytes {head[:8]!r}"
+        else:
+            first = text.strip().splitlines()[0][:40] if text.strip() else ""
+            what = f"it holds text ({first!r}...)" if first else "it holds only blank text"
+    raise UnreadableCheckpointError(
+        f"{path} is not a checkpoint: {what}, not the zip archive (or legacy pickle) that torch.save writes"
+    )
+
+
 def load_checkpoint(path: Path, also_trusted: Collection[str] = ()) -> dict[str, Any]:
     """A checkpoint on the CPU, with its non-tensor entries (stored config, choices, W&B identity).
 
     Checkpoints are data: they are unpickled with ``weights_only=True``, which refuses any
     object that could run code (``ValueError``: not a trusted checkpoint). A damaged file raises
     ``UnreadableCheckpointError`` naming it. The stored config is migrated (``MOVED_TARGETS``)."""
+    _check_is_checkpoint(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -147,7 +177,7 @@ def load_checkpoint(path: Path, also_trusted: Collection[str] = ()) -> dict[str,
             f"{path} is not a trusted checkpoint: it holds objects other than tensors and plain data, "
             f"which are refused because loading them could run code ({str(err).splitlines()[0]})"
         ) from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as err:
         if isinstance(err, FileNotFoundError):
             raise
         raise UnreadableCheckpointError(
