@@ -59,9 +59,24 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     atomic_write_json(path, record, indent=2)
 
 
+class UnreadableRecordError(ValueError):
+    """A job's status.json or metrics.json that is not valid JSON (edited by hand, damaged)."""
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """A job's JSON record; one that cannot be parsed raises ``UnreadableRecordError`` naming the file."""
+    try:
+        record = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UnreadableRecordError(f"{path} is not readable JSON ({err})") from err
+    if not isinstance(record, dict):
+        raise UnreadableRecordError(f"{path} is not a job record: it holds a JSON {type(record).__name__}")
+    return record
+
+
 def read_metrics(path: Path) -> dict[str, Any]:
     """A metrics.json as the job returned it: the values listed as non-finite are NaN again."""
-    record = json.loads(path.read_text())
+    record = read_record(path)
     for key in record.pop(NONFINITE_KEYS, None) or []:
         if key in record and record[key] is None:
             record[key] = math.nan
@@ -170,10 +185,10 @@ def machine() -> dict[str, Any]:
 def read_status(directory: Path) -> dict[str, Any]:
     """A job's status record; a worker's failure wins over rank 0's 'running' (rank 0 was killed)."""
     path = directory / STATUS_FILE
-    record: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    record: dict[str, Any] = read_record(path) if path.is_file() else {}
     if record.get("status") in (None, RUNNING):
         for worker in sorted(directory.glob("status.rank*.json")):
-            failure = json.loads(worker.read_text())
+            failure = read_record(worker)
             if failure.get("status") == FAILED:
                 return record | {k: failure[k] for k in ("status", "error", "traceback", "finished") if k in failure}
     return record
@@ -197,11 +212,28 @@ def job_folders(sweep_dir: Path) -> list[Path]:
     return sorted(jobs, key=order)
 
 
+def error_summary(error: str, limit: int = 300) -> str:
+    """A job's error on one line: its informative lines joined (``invalid settings:`` alone says
+    nothing; the keys it lists on the next lines do), cut at ``limit`` characters."""
+    summary = ""
+    for line in (raw.strip() for raw in error.splitlines()):
+        if line:
+            summary += line if not summary else (" " if summary.endswith(":") else "; ") + line
+    return summary if len(summary) <= limit else summary[: limit - 3].rstrip() + "..."
+
+
 def failed_jobs(sweep_dir: Path) -> list[tuple[Path, str]]:
-    """Jobs that failed or never finished (no metrics.json), with their error."""
+    """Jobs that failed or never finished (no metrics.json), with their error; a job whose
+    status.json or metrics.json cannot be read counts as failed, naming the file."""
     failures = []
     for job in job_folders(sweep_dir):
-        status = read_status(job)
+        try:
+            status = read_status(job)
+            if (job / "metrics.json").is_file():
+                read_record(job / "metrics.json")
+        except UnreadableRecordError as err:
+            failures.append((job, str(err)))
+            continue
         state = status.get("status")
         if state == COMPLETED and (job / "metrics.json").is_file():
             continue
