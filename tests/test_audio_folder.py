@@ -9,10 +9,10 @@ import pytest
 import soundfile as sf
 import torch
 
+from tests.conftest import SHARED_DATA, require_shared
 from tests.fixtures_audio import signal, write_sound
 from zf_lightning.data.audio import AudioFolderDataModule, AudioReadError
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SPEAKERS = ("ann", "bob", "cat")
 
 
@@ -167,8 +167,7 @@ def test_bad_folders_and_files(digits: Path, tmp_path: Path) -> None:
 
 def _fsdd() -> Path:
     root = SHARED_DATA / "fsdd"
-    if not (root / "recordings").is_dir():
-        pytest.skip(f"FSDD recordings absent at {root}")
+    require_shared(root / "recordings")
     return root
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import SHARED_DATA, TINY
+from tests.conftest import TINY, missing_data, require_shared
 from zf_lightning.data.synthetic import ClassificationDataModule
 from zf_lightning.runs.guard import check_config
 from zf_lightning.runs.pipeline import CONF_DIR, build_datamodule, build_module, compose_config, train
@@ -82,14 +82,14 @@ def test_each_study_composes_and_its_first_updates_run(study: str, tmp_path: Pat
     assert cfg.hydra.sweep.dir.endswith(f"studies/{study}") and cfg.study.results_dir == f"results/{study}"
     assert cfg.skip_completed and cfg.continue_on_failure and cfg.torch_threads == 1
     assert cfg.trainer.max_steps > 0 and cfg.callbacks.early_stopping.patience > 0
-    root = cfg.data.get("root")
-    if root is not None and str(root).startswith("../shared") and not SHARED_DATA.is_dir():
-        pytest.skip(f"{study} reads {root}, which is not on this machine")
+    if missing := missing_data(cfg.data):
+        require_shared(*missing)
     # tiny sizes for whichever of them the study's model has (an LSTM has no z_dim)
     sizes = {"emb_dim": 8, "rnn_dim": 8, "z_dim": 2, "mlp_dim": 8}
     tiny = [f"model.{k}={v}" for k, v in sizes.items() if k in cfg.model] + ["trainer.max_steps=2",
             "callbacks.early_stopping.start_step=0", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-            "trainer.val_check_interval=1", "logger=csv", "analysis=none", "samples.num=0"]
+            "trainer.val_check_interval=1", "logger=csv", "analysis=none", "samples.num=0",
+            "continue_on_failure=false"]  # a failure raises here, instead of returning the worst value
     cfg = compose_config("train", [f"study={study}", f"paths.output_dir={tmp_path}",
                                    f"paths.cache_dir={tmp_path / 'cache'}", *tiny])
     metrics = train(cfg)
@@ -117,9 +117,8 @@ def test_every_row_of_every_study_builds_its_data_and_model(study: str, tmp_path
     # experiment and failed to build), so every row must compose, pass the checks and build
     rows = study_rows(study)
     assert rows
-    root = compose_config("train", [f"study={study}"]).data.get("root")
-    if root is not None and str(root).startswith("../shared") and not SHARED_DATA.is_dir():
-        pytest.skip(f"{study} reads {root}, which is not on this machine")
+    if missing := missing_data(compose_config("train", [f"study={study}"]).data):
+        require_shared(*missing)
     drawn: set[str] = set()
     for row in rows:
         cfg = compose_config("train", [f"study={study}", *row, f"paths.output_dir={tmp_path}",
