@@ -91,6 +91,7 @@ def _target_trusted(target: str, packages: tuple[str, ...]) -> bool:
     module = getattr(obj, "__module__", None) if obj is not None else None
     return isinstance(module, str) and _under(module, packages)
 
+
 # ``_target_`` paths stored in checkpoints written before a module moved -> where they live now
 MOVED_TARGETS: dict[str, str] = {
     "zf_lightning.data.text.SentencesDataModule": "zf_lightning.data.text.modules.SentencesDataModule",
