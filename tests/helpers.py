@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from lightning.pytorch.callbacks import Callback
 
 from zf_lightning.models import BernoulliHead, CategoricalHead, GaussianHead, ZForcing
 from zf_lightning.types import DataSpec, SequenceBatch
@@ -37,16 +36,3 @@ def make_model(kind: str = "real", D: int = 5, seed: int = 0, **kwargs) -> ZForc
     sizes = {"emb_dim": 7, "rnn_dim": 6, "z_dim": 3, "mlp_dim": 4} | kwargs
     return ZForcing(spec, HEADS[kind], **sizes)
 
-
-class ScaleWeightsAt(Callback):
-    """Test callback: multiply every weight by ``factor`` before update ``step``, a run that
-    trained sanely and then breaks (its bound ends far worse than at its first validation)."""
-
-    def __init__(self, step: int, factor: float) -> None:
-        self.step, self.factor = step, factor
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            with torch.no_grad():
-                for p in pl_module.parameters():
-                    p.mul_(self.factor)

@@ -9,10 +9,10 @@ import pytest
 import soundfile as sf
 import torch
 
+from tests.conftest import SHARED_DATA, require_shared
 from tests.fixtures_audio import signal, write_sound
 from zf_lightning.data.audio import AudioFolderDataModule, AudioReadError
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SPEAKERS = ("ann", "bob", "cat")
 
 
@@ -74,6 +74,27 @@ def test_speaker_split_and_string_labels(digits: Path, tmp_path: Path) -> None:
     assert {f.split("_")[1] for f in only_test.split_files["val"]} <= {"bob", "cat"}
     with pytest.raises(ValueError, match=r"speakers \['dan'\] not found.*\['ann', 'bob', 'cat'\]"):
         _module(digits, tmp_path, split="speakers", speaker_pattern=r"^\d+_([a-z]+)_", test_speakers=["dan"])
+
+
+def test_every_pattern_is_matched_against_the_file_name_in_fsdds_layout(tmp_path: Path) -> None:
+    """FSDD keeps its files in ``recordings/``: the documented speaker, test and label patterns
+    (anchored with ^ at the name) work there exactly as on a flat folder."""
+    root = tmp_path / "fsdd"
+    for d in range(2):
+        for s, speaker in enumerate(SPEAKERS):
+            for k in range(6):
+                pcm = signal(1200 + 50 * k, seed=100 * d + 10 * s + k)
+                write_sound(root / "recordings" / f"{d}_{speaker}_{k}.wav", pcm, 8000)
+    by_speaker = _module(root, tmp_path, split="speakers", speaker_pattern=r"^\d+_([a-z]+)_",
+                         test_speakers=["cat"], label_pattern=r"^(\d+)_")
+    assert {f.split("_")[1] for f in by_speaker.split_files["test"]} == {"cat"}
+    assert all(f.startswith("recordings/") for f in by_speaker.split_files["train"])
+    batch = next(iter(by_speaker.test_dataloader()))
+    assert batch.labels is not None
+    assert batch.labels.tolist() == [int(Path(f).name[0]) for f in by_speaker.split_files["test"][:6]]
+    by_name = _module(root, tmp_path, split="regex", test_pattern=r"^1_.*_[0-2]\.wav$")
+    assert sorted(Path(f).name for f in by_name.split_files["test"]) == sorted(
+        f"1_{speaker}_{k}.wav" for speaker in SPEAKERS for k in range(3))
 
 
 def test_statistics_from_training_files_only(digits: Path, tmp_path: Path) -> None:
@@ -146,8 +167,7 @@ def test_bad_folders_and_files(digits: Path, tmp_path: Path) -> None:
 
 def _fsdd() -> Path:
     root = SHARED_DATA / "fsdd"
-    if not (root / "recordings").is_dir():
-        pytest.skip(f"FSDD recordings absent at {root}")
+    require_shared(root / "recordings")
     return root
 
 
@@ -167,6 +187,19 @@ def test_fsdd_subset_batches_with_the_conventional_split(tmp_path: Path) -> None
     assert batch.labels is not None and set(batch.labels.tolist()) <= set(range(10))
     frames = torch.cat([dm.train_set[i][0] for i in range(len(dm.train_set))])
     assert abs(frames.mean().item()) < 0.05 and abs(frames.std().item() - 1) < 0.05
+
+
+def test_fsdd_held_out_speakers_with_the_documented_pattern(tmp_path: Path) -> None:
+    root = _fsdd()
+    dm = AudioFolderDataModule(
+        root=root, sample_rate=8000, patterns=["*_theo_[0-4].wav", "*_jackson_[0-4].wav", "*_george_[0-4].wav"],
+        split="speakers", speaker_pattern=r"^\d+_([a-z]+)_", test_speakers=["theo"], val_speakers=["george"],
+        label_pattern=r"^(\d+)_", cache_dir=tmp_path, cache_next_to_data=False, batch_size=8,
+    )  # fmt: skip
+    dm.setup()
+    speakers = {k: {Path(f).name.split("_")[1] for f in v} for k, v in dm.split_files.items()}
+    assert speakers == {"train": {"jackson"}, "val": {"george"}, "test": {"theo"}}
+    assert {k: len(v) for k, v in dm.split_files.items()} == {"train": 50, "val": 50, "test": 50}
 
 
 @pytest.mark.slow

@@ -13,13 +13,13 @@ from omegaconf import DictConfig
 from torch import distributions as D
 from torch import nn
 
+from tests.conftest import SHARED_DATA, require_shared
 from tests.helpers import HEADS, make_batch
 from zf_lightning.models import RNN, SRNN, VRNN, BernoulliHead, GaussianHead, GMMHead, ZForcing
 from zf_lightning.models.layers import lstm_pointwise
 from zf_lightning.runs.pipeline import CONF_DIR, compose_config
 from zf_lightning.types import DataSpec, SequenceBatch, StepTerms
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TERMS = ("nll", "kl", "aux", "bwd", "log_p_z", "log_q_z")
 LATENT = {"z_dim": 3, "mlp_dim": 4}
 MODELS = {
@@ -305,8 +305,7 @@ def test_every_model_lowers_its_loss_on_embedded_mnist(name: str, mnist_batch: S
 def fsdd_batch(tmp_path_factory: pytest.TempPathFactory) -> SequenceBatch:
     """Six utterances of one FSDD speaker (8 kHz, 200-sample frames), cached under a temp folder."""
     root = SHARED_DATA / "fsdd"
-    if not (root / "recordings").is_dir():
-        pytest.skip(f"FSDD recordings absent at {root}")
+    require_shared(root / "recordings")
     folder = pytest.importorskip("zf_lightning.data.audio.folder", reason="audio_folder data module absent")
     dm = folder.AudioFolderDataModule(
         root=root, sample_rate=8000, patterns=["*_jackson_[0-3]?.wav"], split="random",
@@ -437,8 +436,7 @@ def test_table1_rows_train_on_fsdd_and_write_metrics(variant: str, tmp_path: Pat
     from zf_lightning.runs.pipeline import train
 
     root = SHARED_DATA / "fsdd"
-    if not (root / "recordings").is_dir():
-        pytest.skip(f"FSDD recordings absent at {root}")
+    require_shared(root / "recordings")
     sizes = ["model.emb_dim=8", "model.rnn_dim=16"] + ([] if variant.startswith("rnn") else
                                                          ["model.z_dim=4", "model.mlp_dim=8"])
     cfg = compose_train(

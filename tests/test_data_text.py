@@ -8,14 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import SHARED_DATA, require_shared
 from zf_lightning.data.cache import CACHE_SUBDIR, fallback_cache_dirs, first_writable
 from zf_lightning.data.text import modules as text
 from zf_lightning.data.text.modules import ImdbDataModule, SentencesDataModule
 from zf_lightning.data.text.tokens import Vocab, split_sentences, tokenize
 from zf_lightning.runs.pipeline import compose_config
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 
 # -- tokenizer and sentence splitter -----------------------------------------------------
 
@@ -343,8 +341,7 @@ def test_data_configs_compose_with_the_categorical_head(name: str) -> None:
 
 def test_rt_polarity_batches(tmp_path: Path) -> None:
     folder = SHARED_DATA / "rt-polarity"
-    if not (folder / "rt-polarity.pos").is_file():
-        pytest.skip(f"rt-polarity data absent at {folder}")
+    require_shared(folder / "rt-polarity.neg", folder / "rt-polarity.pos")
     files = [str(folder / "rt-polarity.neg"), str(folder / "rt-polarity.pos")]
     dm = SentencesDataModule(files=files, vocab_size=5000, max_len=40, cache_dir=str(tmp_path), batch_size=32)
     assert dm.spec.dim == 5004 and dm.spec.kind == "tokens"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -27,7 +28,13 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tests.conftest import TINY, compose_config
-from zf_lightning.runs.checkpoint import CHOICES_KEY, CONFIG_KEY, AtomicCheckpointIO, load_checkpoint
+from zf_lightning.runs.checkpoint import (
+    CHOICES_KEY,
+    CONFIG_KEY,
+    AtomicCheckpointIO,
+    UnreadableCheckpointError,
+    load_checkpoint,
+)
 from zf_lightning.runs.evaluate import evaluate
 from zf_lightning.runs.guard import LOCK_FILE, RunFolderError, RunLock
 from zf_lightning.runs.pipeline import train
@@ -108,6 +115,29 @@ def test_a_stored_config_that_would_build_code_is_refused(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match=r"is not a trusted checkpoint: its stored config would build os\.system"):
         evaluate(cfg)
     assert not marker.exists()
+
+
+def test_a_stored_target_reached_through_a_trusted_module_is_refused_everywhere(tmp_path: Path) -> None:
+    """``zf_lightning.runs.checkpoint.os.makedirs`` starts like a trusted name but is os.makedirs:
+    refused by load_checkpoint, by eval.py and by a resume, and nothing is built."""
+    made = tmp_path / "made_by_the_checkpoint"
+    config = {"data": {"_target_": "zf_lightning.runs.checkpoint.os.makedirs", "name": str(made)},
+              "model": {"_target_": "zf_lightning.models.ZForcing"}, "paths": {"output_dir": str(tmp_path)}}
+    run = tmp_path / "run"
+    ckpt = run / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"state_dict": {}, "epoch": 0, "global_step": 3, CONFIG_KEY: config}, ckpt)
+    refused = r"is not a trusted checkpoint: its stored config would build zf_lightning\.runs\.checkpoint\.os\.makedirs"
+    with pytest.raises(ValueError, match=refused + r" \(defined in os\)"):
+        load_checkpoint(ckpt)
+    cfg = compose_config("eval", [f"ckpt_path={ckpt}", f"paths.output_dir={tmp_path / 'eval'}"])
+    with pytest.raises(ValueError, match=refused):
+        evaluate(cfg)
+    before = snapshot(run)
+    with pytest.raises(ValueError, match=refused):
+        train(short_run(run, "ckpt_path=last"))
+    assert not made.exists()
+    assert snapshot(run) == before
 
 
 # ------------------------------------------------------------------------------ 2. protected run folders
@@ -222,10 +252,13 @@ def test_a_resume_that_names_no_groups_keeps_the_stored_choices(tmp_path: Path) 
     ("trainer.max_steps=abc", "trainer.max_steps"),
     ("trainer.max_epochs=1.5", "trainer.max_epochs"),
     ("data.batch_size=0", "data.batch_size"),
+    ("optim.optimizer.lr=0", "optim.optimizer.lr"),
+    ("optim.lr=-0.001", "optim.lr"),
 ])
 def test_a_bad_size_or_count_is_refused_naming_its_key(override: str, key: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=rf"{key}=.*must be"):
         train(short_run(tmp_path / "run", override))
+    assert not any((tmp_path / "run" / name).exists() for name in ("checkpoints", "config_resolved.yaml", "csv"))
 
 
 def test_optim_lr_is_the_learning_rate_and_the_old_key_still_works(tmp_path: Path) -> None:
@@ -255,12 +288,24 @@ def test_a_sentence_file_that_is_empty_or_not_text_is_refused_naming_it(content:
         dm.prepare_data()
 
 
-def test_a_diverged_run_is_flagged_in_the_log_and_status(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+class SpoilWeightsAfterFirstValidation(Callback):
+    """Test helper: scales every weight by 10 right after the first validation, so the bound ends
+    worse than it started whatever the optimizer does (a high learning rate's path is chaotic)."""
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking and trainer.global_step == 1:
+            with torch.no_grad():
+                for p in pl_module.parameters():
+                    p.mul_(10.0)
+
+
+def test_a_diverged_run_is_flagged_in_the_log_and_status(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZF_TRUSTED_TARGETS", "tests")  # the spoiling callback is stored in the checkpoints
     run = tmp_path / "run"
-    with caplog.at_level(logging.WARNING, logger="zf_lightning.runs.status"):
-        train(short_run(run, "trainer.limit_train_batches=null", "trainer.max_steps=12", "trainer.val_check_interval=2",
-                        "+callbacks.break_weights._target_=tests.helpers.ScaleWeightsAt",
-                        "+callbacks.break_weights.step=6", "+callbacks.break_weights.factor=50"))
+    with caplog.at_level(logging.WARNING, logger="zf_lightning.runs.stopping"):
+        train(short_run(run, "trainer.max_steps=3", "trainer.val_check_interval=1",
+                        "+callbacks.spoil._target_=tests.test_reliability.SpoilWeightsAfterFirstValidation"))
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "completed" and status["diverged"] is True
     assert status["divergence"]["last"] > status["divergence"]["first"]
@@ -268,6 +313,25 @@ def test_a_diverged_run_is_flagged_in_the_log_and_status(tmp_path: Path, caplog:
     sane = tmp_path / "sane"
     train(short_run(sane, "trainer.max_epochs=2"))
     assert json.loads((sane / "status.json").read_text())["diverged"] is False
+
+
+def test_a_model_broken_by_a_huge_learning_rate_reports_a_nonfinite_bound(tmp_path: Path) -> None:
+    """NaN bounds stay NaN (torchmetrics would drop them and report 0.0), mark the run diverged, and
+    are written to metrics.json as null with their keys listed: strict JSON, never a number."""
+    run = tmp_path / "run"
+    metrics = train(short_run(run, "optim.optimizer.lr=1e30", "trainer.limit_train_batches=6", "trainer.max_steps=6",
+                              "test=true", "trainer.limit_test_batches=1"))
+    assert math.isnan(metrics["val/neg_elbo"]) and math.isnan(metrics["test/neg_elbo"])
+
+    def no_constants(name: str) -> None:
+        raise AssertionError(f"not strict JSON: {name}")
+
+    record = json.loads((run / "metrics.json").read_text(), parse_constant=no_constants)
+    assert record["val/neg_elbo"] is None and record["test/elbo"] is None
+    assert {"val/neg_elbo", "test/neg_elbo", "test/elbo"} <= set(record["nonfinite_keys"])
+    assert all(record[k] is None for k in record["nonfinite_keys"])
+    status = json.loads((run / "status.json").read_text(), parse_constant=no_constants)
+    assert status["status"] == "completed" and status["diverged"] is True
 
 
 # ------------------------------------------------------------------------------ 5. damaged files
@@ -318,6 +382,27 @@ def test_an_unreadable_last_ckpt_falls_back_to_the_newest_readable_one(
     assert status["status"] == "completed" and status["resumed_from"] == str(best)
     assert load_checkpoint(last)["global_step"] == 6  # a whole last.ckpt again
     assert (run / "checkpoints" / "last.ckpt.damaged").is_file()  # the damaged one, kept aside
+
+
+@pytest.mark.parametrize("content", [b"epoch 3, step 12\n", b'{"state_dict": {}}\n', b"zf_config:\n  seed: 1\n", b""])
+def test_a_file_that_is_not_a_checkpoint_says_so_and_a_run_falls_back_from_it(
+        content: bytes, completed: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A text, JSON or YAML file is not a checkpoint (not 'KeyError: 101', not 'could run code'); as a
+    run's last.ckpt it is passed over like a damaged one."""
+    notes = tmp_path / "notes.ckpt"
+    notes.write_bytes(content)
+    with pytest.raises(UnreadableCheckpointError, match=rf"{notes} is not a checkpoint: it (holds text|is empty)"):
+        load_checkpoint(notes)
+    cfg = compose_config("eval", [f"ckpt_path={notes}", f"paths.output_dir={tmp_path / 'eval'}"])
+    with pytest.raises(UnreadableCheckpointError, match=rf"{notes} is not a checkpoint"):
+        evaluate(cfg)
+    run = copy_run(completed, tmp_path / "run")
+    last, best = run / "checkpoints" / "last.ckpt", next((run / "checkpoints").glob("best-*.ckpt"))
+    last.write_bytes(content)
+    with caplog.at_level(logging.WARNING, logger="zf_lightning.runs.resume"):
+        train(short_run(run, "trainer.max_epochs=2"))
+    assert f"{last} is not a checkpoint" in caplog.text and f"resuming from {best}" in caplog.text
+    assert load_checkpoint(last)["global_step"] == 6
 
 
 def test_eval_of_a_truncated_checkpoint_names_the_file(completed: Path, tmp_path: Path) -> None:

@@ -253,3 +253,37 @@ def test_study_notes_with_several_folders_is_refused_before_anything_is_written(
     with pytest.raises(SystemExit):
         main([str(sweep), str(sweep), "--out", str(out), "--study-notes"])
     assert not out.exists()
+
+
+def test_a_job_with_a_corrupt_record_is_listed_as_unreadable_and_the_rest_reported(ablation_sweep) -> None:
+    sweep, elbos = ablation_sweep
+    (sweep / "0" / "metrics.json").write_text('{"test/elbo": -101.')  # cut short
+    (sweep / "4" / "status.json").write_text("not json at all")
+    assert main([str(sweep)]) == 0
+    text = (sweep / "report.md").read_text()
+    assert "12 jobs, 9 completed, 3 failed" in text
+    assert f"`0` (ablation=plain, seed=1): {sweep / '0' / 'metrics.json'} is not readable JSON" in text
+    assert f"`4` (ablation=kla, seed=2): {sweep / '4' / 'status.json'} is not readable JSON" in text
+    with (sweep / "jobs.csv").open() as fh:
+        jobs = {row["job"]: row for row in csv.DictReader(fh)}
+    assert jobs["0"]["status"] == jobs["4"]["status"] == "unreadable"
+    assert float(jobs["1"]["test/elbo"]) == pytest.approx(elbos["plain"][1])
+    failures = dict(failed_jobs(sweep))
+    assert "metrics.json is not readable JSON" in failures[sweep / "0"]
+    assert "status.json is not readable JSON" in failures[sweep / "4"]
+
+
+def test_a_failed_jobs_reason_shows_the_keys_its_message_names(tmp_path: Path) -> None:
+    error = ("ValueError: invalid settings:\n  model.z_dim=0: a layer size must be a positive integer\n"
+             "  data.batch_size=0: must be >= 1")
+    make_job(tmp_path, 0, ["seed=1"], {"test/elbo": -100.0})
+    make_job(tmp_path, 1, ["seed=2"], None, status="failed", error=error)
+    reason = ("ValueError: invalid settings: model.z_dim=0: a layer size must be a positive integer; "
+              "data.batch_size=0: must be >= 1")
+    write_report(tmp_path)
+    assert f"`1` (seed=2): {reason}" in (tmp_path / "report.md").read_text()
+    with (tmp_path / "jobs.csv").open() as fh:
+        assert [row["error"] for row in csv.DictReader(fh)] == ["", reason]
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    with pytest.raises(SystemExit, match=reason):
+        SweepStatus(report=False).on_multirun_end(config=config)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import SHARED_DATA, TINY
+from tests.conftest import TINY, missing_data, require_shared
 from zf_lightning.data.synthetic import ClassificationDataModule
 from zf_lightning.runs.guard import check_config
 from zf_lightning.runs.pipeline import CONF_DIR, build_datamodule, build_module, compose_config, train
@@ -30,10 +30,10 @@ def run(tmp_path: Path, *overrides: str) -> tuple[dict, dict]:
 
 @pytest.mark.slow
 def test_early_stopping_ends_a_flat_run_and_says_so(tmp_path: Path) -> None:
-    # lr 0: the validation bound moves only by posterior-sampling noise, far below min_delta, so
+    # lr 1e-12: the validation bound moves only by posterior-sampling noise, far below min_delta, so
     # patience 2 ends the run at the third validation
     metrics, status = run(tmp_path, "callbacks=early_stopping", "callbacks.early_stopping.patience=2",
-                          "callbacks.early_stopping.min_delta=1000", "optim.optimizer.lr=0.0", "trainer.max_steps=200",
+                          "callbacks.early_stopping.min_delta=1000", "optim.lr=1e-12", "trainer.max_steps=200",
                           *VALIDATE_EVERY_5)
     assert status["stop_reason"] == metrics["stop_reason"] == CONVERGED
     assert status["updates"] == metrics["train/updates"] == 15
@@ -47,7 +47,7 @@ def test_validations_before_start_step_do_not_use_up_the_patience(tmp_path: Path
     # validations at 5, 10, 15, 20: the one at 5 is neither counted nor remembered, so patience 2
     # runs out at 20 (counted from update 5 it would have run out at 15)
     metrics, status = run(tmp_path, "callbacks=early_stopping", "callbacks.early_stopping.patience=2",
-                          "callbacks.early_stopping.min_delta=1000", "optim.optimizer.lr=0.0", "trainer.max_steps=200",
+                          "callbacks.early_stopping.min_delta=1000", "optim.lr=1e-12", "trainer.max_steps=200",
                           "callbacks.early_stopping.start_step=10", *VALIDATE_EVERY_5)
     assert status["stop_reason"] == CONVERGED and status["updates"] == metrics["train/updates"] == 20
 
@@ -55,7 +55,7 @@ def test_validations_before_start_step_do_not_use_up_the_patience(tmp_path: Path
 @pytest.mark.slow
 def test_min_steps_holds_early_stopping_back_and_the_cap_is_recorded(tmp_path: Path) -> None:
     _, status = run(tmp_path, "callbacks=early_stopping", "callbacks.early_stopping.patience=1",
-                    "callbacks.early_stopping.min_delta=1000", "optim.optimizer.lr=0.0", "trainer.max_steps=20",
+                    "callbacks.early_stopping.min_delta=1000", "optim.lr=1e-12", "trainer.max_steps=20",
                     "trainer.min_steps=20", *VALIDATE_EVERY_5)
     # early stopping wanted to stop at update 10; the cap it ran into is what ended the run
     assert status["stop_reason"] == MAX_STEPS and status["updates"] == 20
@@ -84,14 +84,14 @@ def test_each_study_composes_and_its_first_updates_run(study: str, tmp_path: Pat
     assert cfg.hydra.sweep.dir.endswith(f"studies/{study}") and cfg.study.results_dir == f"results/{study}"
     assert cfg.continue_on_failure and cfg.torch_threads == 1
     assert cfg.trainer.max_steps > 0 and cfg.callbacks.early_stopping.patience > 0
-    root = cfg.data.get("root")
-    if root is not None and str(root).startswith("../shared") and not SHARED_DATA.is_dir():
-        pytest.skip(f"{study} reads {root}, which is not on this machine")
+    if missing := missing_data(cfg.data):
+        require_shared(*missing)
     # tiny sizes for whichever of them the study's model has (an LSTM has no z_dim)
     sizes = {"emb_dim": 8, "rnn_dim": 8, "z_dim": 2, "mlp_dim": 8}
     tiny = [f"model.{k}={v}" for k, v in sizes.items() if k in cfg.model] + ["trainer.max_steps=2",
             "callbacks.early_stopping.start_step=0", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-            "trainer.val_check_interval=1", "logger=csv", "analysis=none", "samples.num=0"]
+            "trainer.val_check_interval=1", "logger=csv", "analysis=none", "samples.num=0",
+            "continue_on_failure=false"]  # a failure raises here, instead of returning the worst value
     cfg = compose_config("train", [f"study={study}", f"paths.output_dir={tmp_path}",
                                    f"paths.cache_dir={tmp_path / 'cache'}", *tiny])
     metrics = train(cfg)
@@ -119,9 +119,8 @@ def test_every_row_of_every_study_builds_its_data_and_model(study: str, tmp_path
     # experiment and failed to build), so every row must compose, pass the checks and build
     rows = study_rows(study)
     assert rows
-    root = compose_config("train", [f"study={study}"]).data.get("root")
-    if root is not None and str(root).startswith("../shared") and not SHARED_DATA.is_dir():
-        pytest.skip(f"{study} reads {root}, which is not on this machine")
+    if missing := missing_data(compose_config("train", [f"study={study}"]).data):
+        require_shared(*missing)
     drawn: set[str] = set()
     for row in rows:
         cfg = compose_config("train", [f"study={study}", *row, f"paths.output_dir={tmp_path}",

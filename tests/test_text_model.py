@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from tests.conftest import SHARED_DATA, compose_config
+from tests.conftest import SHARED_DATA, compose_config, require_shared
 from zf_lightning.data.text.modules import SentencesDataModule
 from zf_lightning.evaluation.probes import latent_probe
 from zf_lightning.evaluation.text import decode_with_latents, resample_words
@@ -215,8 +215,7 @@ def test_text_experiments_compose(tmp_path: Path) -> None:
 def test_a_few_steps_on_rt_polarity_lower_the_loss_and_report_the_text_metrics(
     compose_train: Callable[..., DictConfig], tmp_path: Path
 ) -> None:
-    if not (RT_POLARITY / "rt-polarity.pos").is_file():
-        pytest.skip(f"rt-polarity data absent at {RT_POLARITY}")
+    require_shared(RT_POLARITY / "rt-polarity.neg", RT_POLARITY / "rt-polarity.pos")
     from zf_lightning.runs.evaluate import evaluate
     from zf_lightning.runs.pipeline import train
 

@@ -141,13 +141,19 @@ class SequenceLitModule(L.LightningModule):
         self.nonfinite_streak = 0
         # keyed "<split>_totals": a ModuleDict key may not shadow Module.train
         sums = _SUMS + (_CLASS_SUMS if spec.classes is not None else _VALUE_SUMS if spec.regression else ())
+        # nan_strategy="disable": torchmetrics would otherwise drop NaN values, so a broken model's
+        # NaN bound would be summed as 0 and reported as a perfect score; a NaN must stay a NaN
         self.totals = nn.ModuleDict(
-            {f"{split}_totals": nn.ModuleDict({k: SumMetric() for k in sums}) for split in _SPLITS}
+            {f"{split}_totals": nn.ModuleDict({k: SumMetric(nan_strategy="disable") for k in sums})
+             for split in _SPLITS}
         )
-        self.flip_totals = nn.ModuleDict({k: SumMetric() for k in _FLIP_SUMS} if self.measures_flips else {})
+        self.flip_totals = nn.ModuleDict(
+            {k: SumMetric(nan_strategy="disable") for k in _FLIP_SUMS} if self.measures_flips else {}
+        )
         # accuracy per task size (validation and test): per-sequence series, gathered at epoch end
         self.size_series = nn.ModuleDict(
-            {f"{split}_sizes": nn.ModuleDict({k: CatMetric() for k in _SIZE_SERIES}) for split in ("val", "test")}
+            {f"{split}_sizes": nn.ModuleDict({k: CatMetric(nan_strategy="disable") for k in _SIZE_SERIES})
+             for split in ("val", "test")}
             if spec.labelled else {}
         )
 

@@ -8,7 +8,10 @@ configs on load, so checkpoints written before the move keep loading and resumin
 
 from __future__ import annotations
 
+import codecs
 import csv
+import functools
+import importlib
 import logging
 import os
 import pickle
@@ -42,16 +45,61 @@ STATE_DICT_KEY = "state_dict"  # Lightning's: the LightningModule's weights
 LAST = "last"  # ckpt_path=last: the newest last*.ckpt of the run folder
 
 # What a stored config may build: a checkpoint is data, and ``instantiate`` on a ``_target_``
-# such as ``os.system`` would run code, so targets outside these packages are refused on load.
+# such as ``os.system`` would run code, so a stored target must name an object defined in one of
+# these packages (or be exactly one of the names listed); anything else is refused on load.
 # Your own packages (a model or callback of your own in a config) are added with the
-# environment variable ZF_TRUSTED_TARGETS, comma-separated prefixes such as "mylab.models.".
-TRUSTED_TARGETS = ("zf_lightning.", "lightning.pytorch.", "torch.optim.", "torch.nn.", "datetime.timedelta")
+# environment variable ZF_TRUSTED_TARGETS, comma-separated names such as "mylab.models".
+TRUSTED_TARGETS = ("zf_lightning", "lightning.pytorch", "torch.optim", "torch.nn", "datetime.timedelta")
 TRUSTED_TARGETS_ENV = "ZF_TRUSTED_TARGETS"
 
 
 def trusted_targets() -> tuple[str, ...]:
+    """Trusted packages and names (a trailing dot, as in ``mylab.models.``, is allowed and ignored)."""
     extra = [p.strip() for p in os.environ.get(TRUSTED_TARGETS_ENV, "").split(",") if p.strip()]
-    return (*TRUSTED_TARGETS, *extra)
+    return tuple(p.rstrip(".") for p in (*TRUSTED_TARGETS, *extra))
+
+
+def _under(name: str, packages: Collection[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in packages)
+
+
+def _locate_trusted(target: str, packages: tuple[str, ...]) -> Any:
+    """The object ``target`` names, importing only modules inside ``packages`` (None if it names nothing).
+
+    Unlike Hydra's locator, this never imports a module outside the trusted packages, so checking
+    a stored target cannot itself run untrusted code."""
+    parts = target.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        module_name = ".".join(parts[:cut])
+        if not _under(module_name, packages):
+            break
+        try:
+            obj: Any = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr, None)
+            if obj is None:
+                return None
+        return obj
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _target_trusted(target: str, packages: tuple[str, ...]) -> bool:
+    """Whether a stored ``_target_`` names an object defined in a trusted package.
+
+    A name under a trusted package is not enough: ``zf_lightning.runs.checkpoint.os.makedirs``
+    is ``os.makedirs`` reached through a module that imports ``os``. The object it resolves to must
+    itself be defined there (its ``__module__``); objects without one (modules, some builtins) are refused."""
+    if target in packages:
+        return True
+    if not _under(target, packages):
+        return False
+    obj = _locate_trusted(target, packages)
+    module = getattr(obj, "__module__", None) if obj is not None else None
+    return isinstance(module, str) and _under(module, packages)
+
 
 # ``_target_`` paths stored in checkpoints written before a module moved -> where they live now
 MOVED_TARGETS: dict[str, str] = {
@@ -97,12 +145,41 @@ class UnreadableCheckpointError(ValueError):
     """A checkpoint file that cannot be read (truncated by a kill or a full disk, or not a checkpoint)."""
 
 
+# how the files torch.save writes begin: a zip archive, or (the legacy format) a pickle's protocol opcode
+CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def _check_is_checkpoint(path: Path) -> None:
+    """Refuse a file that is not in torch.save's format at all (a text, JSON or YAML file given as a
+    checkpoint) before unpickling it, which would fail with a bare ``KeyError`` or be taken for a
+    pickle that runs code. Raises ``UnreadableCheckpointError``, so a run's ``last.ckpt`` that is
+    not a checkpoint is passed over like a damaged one."""
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    if head.startswith(CHECKPOINT_MAGIC):
+        return
+    if not head:
+        what = "it is empty"
+    else:
+        try:  # incremental: a character cut at the end of the head is not an error
+            text = codecs.getincrementaldecoder("utf-8")().decode(head)
+        except UnicodeDecodeError:
+            what = f"it starts with the bytes {head[:8]!r}"
+        else:
+            first = text.strip().splitlines()[0][:40] if text.strip() else ""
+            what = f"it holds text ({first!r}...)" if first else "it holds only blank text"
+    raise UnreadableCheckpointError(
+        f"{path} is not a checkpoint: {what}, not the zip archive (or legacy pickle) that torch.save writes"
+    )
+
+
 def load_checkpoint(path: Path, also_trusted: Collection[str] = ()) -> dict[str, Any]:
     """A checkpoint on the CPU, with its non-tensor entries (stored config, choices, W&B identity).
 
     Checkpoints are data: they are unpickled with ``weights_only=True``, which refuses any
     object that could run code (``ValueError``: not a trusted checkpoint). A damaged file raises
     ``UnreadableCheckpointError`` naming it. The stored config is migrated (``MOVED_TARGETS``)."""
+    _check_is_checkpoint(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -110,7 +187,7 @@ def load_checkpoint(path: Path, also_trusted: Collection[str] = ()) -> dict[str,
             f"{path} is not a trusted checkpoint: it holds objects other than tensors and plain data, "
             f"which are refused because loading them could run code ({str(err).splitlines()[0]})"
         ) from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as err:
         if isinstance(err, FileNotFoundError):
             raise
         raise UnreadableCheckpointError(
@@ -122,11 +199,12 @@ def load_checkpoint(path: Path, also_trusted: Collection[str] = ()) -> dict[str,
         checkpoint[CONFIG_KEY] = migrate_config(checkpoint[CONFIG_KEY])
         untrusted = sorted(set(untrusted_targets(checkpoint[CONFIG_KEY])) - set(also_trusted))
         if untrusted:
+            named = ", ".join(map(_described, untrusted))
             raise ValueError(
-                f"{path} is not a trusted checkpoint: its stored config would build {', '.join(untrusted)}, "
-                f"and a stored config may only name classes and functions under {', '.join(trusted_targets())} "
+                f"{path} is not a trusted checkpoint: its stored config would build {named}, "
+                f"and a stored config may only name classes and functions defined in {', '.join(trusted_targets())} "
                 f"(building anything else from a file could run arbitrary code; add your own packages with "
-                f"{TRUSTED_TARGETS_ENV}=prefix,...)"
+                f"{TRUSTED_TARGETS_ENV}=package,...)"
             )
     return checkpoint
 
@@ -142,14 +220,19 @@ def config_targets(node: Any) -> set[str]:
 
 
 def untrusted_targets(node: Any) -> list[str]:
-    """Every ``_target_`` in a stored config that is not under the trusted prefixes."""
-    trusted = trusted_targets()
-    if isinstance(node, dict):
-        found = [str(v) for k, v in node.items() if k == "_target_" and not str(v).startswith(trusted)]
-        return found + [t for v in node.values() for t in untrusted_targets(v)]
-    if isinstance(node, list):
-        return [t for v in node for t in untrusted_targets(v)]
-    return []
+    """Every ``_target_`` in a stored config that does not name an object defined in a trusted package."""
+    packages = trusted_targets()
+    return sorted(t for t in config_targets(node) if not _target_trusted(t, packages))
+
+
+def _described(target: str) -> str:
+    """A refused target, with where the object it reaches is defined when it reaches one."""
+    packages = trusted_targets()
+    obj = _locate_trusted(target, packages) if _under(target, packages) else None
+    module = getattr(obj, "__module__", None) if obj is not None else None
+    if obj is None:
+        return target
+    return f"{target} (defined in {module})" if isinstance(module, str) else f"{target} (a {type(obj).__name__})"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -4,8 +4,8 @@ run leaves the folder as it found it:
 - the folder is writable (a clear error naming it and the override that moves it);
 - no other live run holds it (``RunLock``: a lock file with the holder's pid and host; a lock
   left by a dead process on this host is taken over);
-- the config is sound: model sizes are positive integers, counts are integers (the key is
-  named, instead of an error deep inside torch or Lightning).
+- the config is sound: model sizes are positive integers, counts are integers, the learning
+  rate is positive (the key is named, instead of an error deep inside torch or Lightning).
 
 Comparing a resumed run's config with the stored one lives in ``zf_lightning.runs.resume``.
 """
@@ -170,10 +170,30 @@ def config_problems(cfg: DictConfig) -> list[str]:
             continue
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             problems.append(f"{key}={value!r}: must be a number of batches or a fraction of them (>= 0)")
+    problems += _learning_rate_problems(cfg)
+    return problems
+
+
+def _learning_rate_problems(cfg: DictConfig) -> list[str]:
+    """``optim.lr`` and a directly set ``optim.optimizer.lr`` must be positive numbers: a rate of 0
+    trains nothing, and a negative one climbs the loss."""
     optim = cfg.get("optim")
-    lr = optim.get("lr") if isinstance(optim, DictConfig) else None
-    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float)):
-        problems.append(f"optim.lr={lr!r}: must be a number")
+    if not isinstance(optim, DictConfig):
+        return []
+    rates = {"optim.lr": optim.get("lr")}
+    optimizer = optim.get("optimizer")
+    if isinstance(optimizer, DictConfig) and "lr" in optimizer and not OmegaConf.is_interpolation(optimizer, "lr"):
+        rates["optim.optimizer.lr"] = optimizer.get("lr")
+        if rates["optim.lr"] == rates["optim.optimizer.lr"]:
+            del rates["optim.lr"]  # set through optim.optimizer.lr (sync_learning_rate copied it): name that key
+    problems = []
+    for key, lr in rates.items():
+        if lr is None:
+            continue
+        if isinstance(lr, bool) or not isinstance(lr, int | float):
+            problems.append(f"{key}={lr!r}: must be a number")
+        elif not lr > 0:
+            problems.append(f"{key}={lr!r}: a learning rate must be > 0")
     return problems
 
 

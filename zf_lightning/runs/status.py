@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import os
 import platform
 import socket
@@ -30,9 +31,56 @@ def _now() -> str:
     return dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
+NONFINITE_KEYS = "nonfinite_keys"  # in a written record: the keys whose values were NaN or infinite
+
+
+def _strict(node: Any, key: str, nonfinite: list[str]) -> Any:
+    """``node`` with every NaN or infinite number replaced by None, its dotted key added to ``nonfinite``."""
+    if isinstance(node, dict):
+        return {k: _strict(v, f"{key}.{k}" if key else str(k), nonfinite) for k, v in node.items()}
+    if isinstance(node, list | tuple):
+        return [_strict(v, f"{key}[{i}]", nonfinite) for i, v in enumerate(node)]
+    if isinstance(node, float) and not math.isfinite(node):
+        nonfinite.append(key)
+        return None
+    return node
+
+
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """A job's JSON record (status.json, metrics.json), written atomically: a reader never sees half a file."""
-    atomic_write_json(path, payload, indent=2)
+    """A job's JSON record (status.json, metrics.json), written atomically: a reader never sees half a file.
+
+    The file is strict JSON: a NaN or infinite value (a diverged model's bound) is written as
+    null and its key listed under ``nonfinite_keys``, never as a number and never as the
+    ``NaN`` that Python writes and other JSON readers reject."""
+    nonfinite: list[str] = []
+    record = _strict(dict(payload), "", nonfinite)
+    if nonfinite:
+        record[NONFINITE_KEYS] = nonfinite
+    atomic_write_json(path, record, indent=2)
+
+
+class UnreadableRecordError(ValueError):
+    """A job's status.json or metrics.json that is not valid JSON (edited by hand, damaged)."""
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """A job's JSON record; one that cannot be parsed raises ``UnreadableRecordError`` naming the file."""
+    try:
+        record = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UnreadableRecordError(f"{path} is not readable JSON ({err})") from err
+    if not isinstance(record, dict):
+        raise UnreadableRecordError(f"{path} is not a job record: it holds a JSON {type(record).__name__}")
+    return record
+
+
+def read_metrics(path: Path) -> dict[str, Any]:
+    """A metrics.json as the job returned it: the values listed as non-finite are NaN again."""
+    record = read_record(path)
+    for key in record.pop(NONFINITE_KEYS, None) or []:
+        if key in record and record[key] is None:
+            record[key] = math.nan
+    return record
 
 
 def job_identity() -> dict[str, Any]:
@@ -107,7 +155,7 @@ def completed_metrics(directory: Path) -> dict[str, Any] | None:
             "the sweep's grid changed since it ran. Run the changed sweep into a new folder "
             "(hydra.sweep.dir=...), or move the old one away"
         )
-    return json.loads(metrics.read_text())
+    return read_metrics(metrics)
 
 
 def code_version() -> dict[str, Any]:
@@ -138,10 +186,10 @@ def machine() -> dict[str, Any]:
 def read_status(directory: Path) -> dict[str, Any]:
     """A job's status record; a worker's failure wins over rank 0's 'running' (rank 0 was killed)."""
     path = directory / STATUS_FILE
-    record: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    record: dict[str, Any] = read_record(path) if path.is_file() else {}
     if record.get("status") in (None, RUNNING):
         for worker in sorted(directory.glob("status.rank*.json")):
-            failure = json.loads(worker.read_text())
+            failure = read_record(worker)
             if failure.get("status") == FAILED:
                 return record | {k: failure[k] for k in ("status", "error", "traceback", "finished") if k in failure}
     return record
@@ -165,11 +213,28 @@ def job_folders(sweep_dir: Path) -> list[Path]:
     return sorted(jobs, key=order)
 
 
+def error_summary(error: str, limit: int = 300) -> str:
+    """A job's error on one line: its informative lines joined (``invalid settings:`` alone says
+    nothing; the keys it lists on the next lines do), cut at ``limit`` characters."""
+    summary = ""
+    for line in (raw.strip() for raw in error.splitlines()):
+        if line:
+            summary += line if not summary else (" " if summary.endswith(":") else "; ") + line
+    return summary if len(summary) <= limit else summary[: limit - 3].rstrip() + "..."
+
+
 def failed_jobs(sweep_dir: Path) -> list[tuple[Path, str]]:
-    """Jobs that failed or never finished (no metrics.json), with their error."""
+    """Jobs that failed or never finished (no metrics.json), with their error; a job whose
+    status.json or metrics.json cannot be read counts as failed, naming the file."""
     failures = []
     for job in job_folders(sweep_dir):
-        status = read_status(job)
+        try:
+            status = read_status(job)
+            if (job / "metrics.json").is_file():
+                read_record(job / "metrics.json")
+        except UnreadableRecordError as err:
+            failures.append((job, str(err)))
+            continue
         state = status.get("status")
         if state == COMPLETED and (job / "metrics.json").is_file():
             continue

@@ -10,7 +10,7 @@ from typing import Any
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig
 
-from zf_lightning.runs.status import failed_jobs, job_folders
+from zf_lightning.runs.status import error_summary, failed_jobs, job_folders
 from zf_lightning.sweeps.report import write_report
 from zf_lightning.sweeps.study import write_study_notes
 
@@ -45,7 +45,7 @@ class SweepStatus(HydraCallback):
                 log.warning("could not write the sweep report: %s", err)
         failures = failed_jobs(sweep_dir)
         if failures:
-            lines = "\n".join(f"  {job}: {error.splitlines()[0] if error else ''}" for job, error in failures)
+            lines = "\n".join(f"  {job}: {error_summary(error)}" for job, error in failures)
             message = f"{len(failures)} of {len(job_folders(sweep_dir))} jobs failed:\n{lines}"
             log.error(message)
             if self.fail_exit_code:

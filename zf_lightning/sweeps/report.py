@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import statistics
 from collections import Counter
@@ -38,7 +37,14 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from zf_lightning.runs.checkpoint import migrate_target
-from zf_lightning.runs.status import COMPLETED, job_folders, read_status
+from zf_lightning.runs.status import (
+    COMPLETED,
+    UnreadableRecordError,
+    error_summary,
+    job_folders,
+    read_metrics,
+    read_status,
+)
 from zf_lightning.runs.stopping import bound_diverged
 from zf_lightning.sweeps.heatmap import add_capacity_heatmaps, capacity_headline
 from zf_lightning.sweeps.size_curves import SizeSeries, add_job, has_curves, size_tables, write_size_curves
@@ -156,23 +162,45 @@ def _row_name(config: Any, overrides: dict[str, str]) -> str | None:
     return None
 
 
-def read_job(job_dir: Path, sweep_dir: Path) -> Job:
+UNREADABLE = "unreadable"  # a job whose status.json or metrics.json cannot be parsed
+
+
+def _hydra_overrides(job_dir: Path) -> list[Any]:
     overrides_file = job_dir / ".hydra" / "overrides.yaml"
-    status = read_status(job_dir)
+    try:
+        raw = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
+    except yaml.YAMLError:
+        return []
+    return raw if isinstance(raw, list) else []
+
+
+def _overrides(raw: Iterable[Any]) -> dict[str, str]:
+    return dict(p for p in (parse_override(str(o)) for o in raw) if p is not None)
+
+
+def read_job(job_dir: Path, sweep_dir: Path) -> Job:
+    """One job folder; a job whose status.json or metrics.json cannot be read is kept as an
+    ``unreadable`` job naming the file, so one damaged record never stops the whole report."""
+    try:
+        status = read_status(job_dir)
+        metrics_file = job_dir / "metrics.json"
+        metrics = _numeric(read_metrics(metrics_file)) if metrics_file.is_file() else {}
+    except UnreadableRecordError as err:
+        return Job(name=str(job_dir.relative_to(sweep_dir)), overrides=_overrides(_hydra_overrides(job_dir)),
+                   status=UNREADABLE, error=str(err))
     # status.json keeps the job's own overrides; Hydra rewrites .hydra/ when a run is resumed
     raw = (status.get("job") or {}).get("overrides")
-    if raw is None:
-        raw = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
-    overrides = dict(p for p in (parse_override(str(o)) for o in raw) if p is not None)
-    metrics_file = job_dir / "metrics.json"
-    metrics = _numeric(json.loads(metrics_file.read_text())) if metrics_file.is_file() else {}
+    overrides = _overrides(_hydra_overrides(job_dir) if raw is None else raw)
     state = status.get("status") or (COMPLETED if metrics else "unknown")
     if state != COMPLETED and not status.get("error"):
         error = f"status: {state}" + ("" if metrics else ", no metrics.json")
     else:
         error = str(status.get("error") or "")
     config_file = job_dir / "config_resolved.yaml"
-    config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
+    try:
+        config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
+    except yaml.YAMLError:
+        config = {}  # only names the row; the job's numbers are in its JSON records
     info = {k: str(status[k]) for k in INFO_KEYS if status.get(k) is not None}
     if (status.get("code") or {}).get("commit"):
         info["commit"] = status["code"]["commit"] + ("+dirty" if status["code"].get("dirty") else "")
@@ -198,7 +226,7 @@ def write_jobs_csv(path: Path, jobs: list[Job]) -> None:
             writer.writerow([job.name, job.row_name or "", job.seed, job.status, *info,
                              *[repr(job.metrics[m]) if m in job.metrics else "" for m in metrics],
                              " ".join(f"{k}={v}" for k, v in job.overrides.items()),
-                             (job.error or "").splitlines()[0] if job.error else ""])
+                             error_summary(job.error or "")])
 
 
 def write_curves_csv(path: Path, jobs: list[Job]) -> None:
@@ -447,7 +475,7 @@ def write_markdown(path: Path, sweep: str, jobs: list[Job], rows: list[Row], key
         lines += ["## Failed jobs", ""]
         shown = [*keys, *SEED_KEYS]
         lines += [f"- `{j.name}` ({', '.join(f'{k}={v}' for k, v in j.overrides.items() if k in shown)}): "
-                  f"{(j.error or j.status).splitlines()[0]}" for j in failed]
+                  f"{error_summary(j.error or j.status)}" for j in failed]
         lines.append("")
     lines += ["## Validation curves", "", "![validation ELBO and KL](curves.png)", ""]
     path.write_text("\n".join(lines))

@@ -12,11 +12,12 @@ import datetime as dt
 import shlex
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from zf_lightning.runs.status import job_folders, read_status
+from zf_lightning.runs.status import UnreadableRecordError, job_folders, read_status
 
 NOTES = "<!-- notes: everything below this line is kept when STUDY.md is rewritten -->"
 
@@ -69,9 +70,17 @@ def _nest(flat: dict[str, object]) -> dict[str, object]:
     return nested
 
 
+def _status(job: Path) -> dict[str, Any]:
+    """A job's status record; an unreadable one (the report lists it) adds nothing to the notes."""
+    try:
+        return read_status(job)
+    except UnreadableRecordError:
+        return {}
+
+
 def study_notes(config: DictConfig, sweep_dir: Path) -> list[str]:
     """The generated part of STUDY.md for the multirun whose Hydra config is ``config``."""
-    statuses = [read_status(job) for job in job_folders(sweep_dir)]
+    statuses = [_status(job) for job in job_folders(sweep_dir)]
     shared, differing = shared_settings(sweep_dir)
     starts = [t for t in (_when(s.get("started")) for s in statuses) if t]
     ends = [t for t in (_when(s.get("finished")) for s in statuses) if t]

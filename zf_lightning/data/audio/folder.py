@@ -8,7 +8,7 @@ training split.
 Splits (``split``):
 - ``random``: a seeded shuffle of the files; ``test_fraction`` of all files for test,
   then ``val_fraction`` of the rest for validation;
-- ``regex``: files whose relative path matches ``test_pattern`` are the test set (FSDD's
+- ``regex``: files whose name matches ``test_pattern`` are the test set (FSDD's
   convention: ``'_[0-4]\\.wav$'``, index 0-4 of every speaker and digit); validation is
   ``val_fraction`` of the rest by seeded shuffle;
 - ``speakers``: ``speaker_pattern``'s first group names the speaker; ``test_speakers``
@@ -17,6 +17,10 @@ Splits (``split``):
 Labels (``label_pattern``, first group, e.g. FSDD's digit ``'^(\\d+)_'``) ride along in
 ``SequenceBatch.labels``: integers as they are, other strings as indices into
 ``label_names`` (sorted).
+
+One rule for all three patterns: each is searched (``re.search``) in the file's name, without
+its folders (FSDD's ``recordings/0_jackson_0.wav`` is matched as ``0_jackson_0.wav``), so
+``^`` anchors at the start of the name wherever the files sit under ``root``.
 
 Defaults for short clips (FSDD digits are about 0.5 s, i.e. ~20 frames of 200 samples at
 8 kHz): every split uses whole utterances, padded and masked (``train_mode=utterance``),
@@ -45,10 +49,15 @@ SPLITS = ("random", "regex", "speakers")
 TRAIN_MODES = ("utterance", "stream")
 
 
+def _name(rel: str) -> str:
+    """What the split and label patterns are matched against: the file name, without its folders."""
+    return Path(rel).name
+
+
 def _group(pattern: re.Pattern[str], rel: str, what: str) -> str:
-    match = pattern.search(rel)
+    match = pattern.search(_name(rel))
     if match is None:
-        raise ValueError(f"{what} {pattern.pattern!r} does not match file {rel!r}")
+        raise ValueError(f"{what} {pattern.pattern!r} does not match the file name {_name(rel)!r} (of {rel!r})")
     return match.group(1) if pattern.groups else match.group(0)
 
 
@@ -83,7 +92,7 @@ class AudioFolderDataModule(AudioDataModule):
         if train_mode not in TRAIN_MODES:
             raise ValueError(f"train_mode must be one of {TRAIN_MODES}, got {train_mode!r}")
         if split == "regex" and not test_pattern:
-            raise ValueError("split=regex needs test_pattern (a regex on relative file paths)")
+            raise ValueError("split=regex needs test_pattern (a regex on file names)")
         if split == "speakers" and not (speaker_pattern and test_speakers):
             raise ValueError("split=speakers needs speaker_pattern (one group) and test_speakers")
         self.patterns = tuple(patterns)
@@ -122,7 +131,7 @@ class AudioFolderDataModule(AudioDataModule):
             rest, test = seeded_holdout(n, self.test_fraction, self.seed)
         elif self.split == "regex":
             pattern = re.compile(str(self.test_pattern))
-            is_test = np.array([bool(pattern.search(f)) for f in files])
+            is_test = np.array([bool(pattern.search(_name(f))) for f in files])
             rest, test = np.flatnonzero(~is_test), np.flatnonzero(is_test)
         else:
             pattern = re.compile(str(self.speaker_pattern))
@@ -151,7 +160,7 @@ class AudioFolderDataModule(AudioDataModule):
         if self.label_pattern is None:
             return None
         pattern = re.compile(self.label_pattern)
-        raw = [_group(pattern, Path(f).name, "label_pattern") for f in files]
+        raw = [_group(pattern, f, "label_pattern") for f in files]
         if all(r.isdigit() for r in raw):
             return np.array([int(r) for r in raw], dtype=np.int64)
         self.label_names = sorted(set(raw))
