@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from tests.conftest import TINY, missing_data, require_shared
 from zf_lightning.data.synthetic import ClassificationDataModule
 from zf_lightning.runs.guard import check_config
 from zf_lightning.runs.pipeline import CONF_DIR, build_datamodule, build_module, compose_config, train
-from zf_lightning.runs.stopping import CONVERGED, MAX_STEPS
+from zf_lightning.runs.stopping import CONVERGED, MAX_STEPS, NOT_FINITE, PlateauStopping
 
 STUDIES = sorted(p.stem for p in (CONF_DIR / "study").glob("*.yaml"))
 VALIDATE_EVERY_5 = ["trainer.val_check_interval=5", "trainer.check_val_every_n_epoch=null", "trainer.max_epochs=-1"]
@@ -187,3 +188,36 @@ def test_one_layer_transformer_studies_differ_from_their_twin_only_in_the_layers
             assert one[key] == two[key], key
         one.model.layers = 2
         assert one.model == two.model
+
+
+def plateau(history: list[tuple[int, float]], **kwargs) -> PlateauStopping:
+    rule = PlateauStopping(**({"window": 4000, "min_fraction": 0.02, "smooth": 4} | kwargs))
+    rule.history = history
+    return rule
+
+
+def test_the_plateau_rule_waits_out_a_slow_climb_and_stops_a_flat_curve() -> None:
+    # the kla_aux FSDD curve: -1,336 at update 250, rising ~35 nats per 1,000 updates near 20,000
+    climbing = [(s, 1336.0 - 2600.0 * (1 - math.exp(-s / 8000))) for s in range(250, 22_001, 250)]
+    assert plateau(climbing).decide() is None
+    flat = climbing + [(s, climbing[-1][1] - 0.5 * (s - 22_000) / 1000) for s in range(22_250, 30_001, 250)]
+    assert plateau(flat).decide() == CONVERGED  # 2 nats gained over 4,000 updates, 0.1 % of the total
+    assert plateau(climbing[:15]).decide() is None  # no full window yet
+    assert plateau([*climbing, (22_250, float("nan"))]).decide() == NOT_FINITE
+    worse = [(s, 100.0 + s / 1000) for s in range(250, 6_001, 250)]
+    assert plateau(worse).decide() == CONVERGED  # no gain at all over the window
+
+
+@pytest.mark.slow
+def test_a_run_on_a_plateau_stops_as_converged_and_resumes_the_same_decision(tmp_path: Path) -> None:
+    # a learning rate of 1e-12: the bound moves only by sampling noise, so with a window of 10
+    # updates and validations every 5 the rule stops at the first full window after smoothing
+    rule = ["callbacks=plateau", "callbacks.plateau.window=10", "callbacks.plateau.smooth=2",
+            "callbacks.plateau.min_fraction=0.5", "optim.lr=1e-12", "trainer.max_steps=200", *VALIDATE_EVERY_5]
+    metrics, status = run(tmp_path / "straight", *rule)
+    assert status["stop_reason"] == metrics["stop_reason"] == CONVERGED
+    assert status["updates"] == metrics["train/updates"] <= 25
+    _, status = run(tmp_path / "cut", *rule[:-4], "trainer.max_steps=10", *VALIDATE_EVERY_5)
+    assert status["stop_reason"] == MAX_STEPS
+    resumed, status = run(tmp_path / "cut", *rule)
+    assert status["stop_reason"] == CONVERGED and resumed["train/updates"] == metrics["train/updates"]

@@ -22,7 +22,7 @@ from zf_lightning.runs.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 
-CONVERGED = "converged"  # early stopping: no improvement for `patience` validations
+CONVERGED = "converged"  # early stopping: no improvement for `patience` validations, or a plateau
 NOT_FINITE = "not_finite"  # early stopping: the monitored bound became NaN or infinite
 MAX_STEPS = "max_steps"
 MAX_EPOCHS = "max_epochs"
@@ -52,6 +52,75 @@ class EarlyStoppingAfter(EarlyStopping):
         return super()._should_skip_check(trainer) or trainer.global_step < self.start_step
 
 
+class PlateauStopping(Callback):
+    """Stops a run once its validation bound (lower is better) has stopped improving, relative to
+    how much it has improved: the bound smoothed over the last ``smooth`` validations gained less
+    than ``min_fraction`` of its total gain over the last ``window`` updates. A fixed minimum
+    gain (``EarlyStopping``'s ``min_delta``) cannot tell a plateau from a slow climb on bounds of
+    thousands of nats; this rule records ``converged`` only for a curve that has flattened.
+
+    Validations before ``start_step`` (e.g. while loss weights ramp) are not counted; the total
+    gain is measured from the first smoothed value after it. A non-finite bound stops the run as
+    ``not_finite``. The history rides in checkpoints, so a resumed run decides as if never stopped."""
+
+    def __init__(self, monitor: str = "val/neg_elbo", window: int = 4000, min_fraction: float = 0.02,
+                 smooth: int = 4, start_step: int = 0) -> None:
+        if window < 1 or smooth < 1 or not 0.0 < min_fraction < 1.0:
+            raise ValueError(f"PlateauStopping needs window >= 1, smooth >= 1 and 0 < min_fraction < 1, got "
+                             f"window={window}, smooth={smooth}, min_fraction={min_fraction}")
+        self.monitor = monitor
+        self.window = int(window)
+        self.min_fraction = float(min_fraction)
+        self.smooth = int(smooth)
+        self.start_step = int(start_step or 0)
+        self.history: list[tuple[int, float]] = []
+        self.reason: str | None = None
+
+    def smoothed(self) -> list[tuple[int, float]]:
+        """``(update, mean of the last smooth values)`` for every validation with enough before it."""
+        values = [v for _, v in self.history]
+        return [(step, sum(values[i + 1 - self.smooth:i + 1]) / self.smooth)
+                for i, (step, _) in enumerate(self.history) if i + 1 >= self.smooth]
+
+    def decide(self) -> str | None:
+        """``converged`` or ``not_finite`` when the run should stop now, else None."""
+        if self.history and not math.isfinite(self.history[-1][1]):
+            return NOT_FINITE
+        curve = self.smoothed()
+        if not curve:
+            return None
+        now_step, now = curve[-1]
+        earlier = [value for step, value in curve if step <= now_step - self.window]
+        if not earlier:
+            return None
+        gained, total = earlier[-1] - now, curve[0][1] - now
+        return CONVERGED if gained < self.min_fraction * max(total, 0.0) or gained <= 0 else None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or value is None or trainer.global_step < self.start_step:
+            return
+        self.history.append((int(trainer.global_step), float(value)))
+        self.reason = self.decide()
+        if self.reason is not None:
+            trainer.should_stop = True
+            log.info("stopping at update %d: %s (%s)", trainer.global_step, self.reason, self.describe())
+
+    def describe(self) -> str:
+        curve = self.smoothed()
+        if len(curve) < 2:
+            return f"{self.monitor} {self.history[-1][1]:.6g}" if self.history else "no validation"
+        return (f"smoothed {self.monitor} {curve[-1][1]:.6g}, total gain {curve[0][1] - curve[-1][1]:.6g} since update "
+                f"{curve[0][0]}; rule: a gain under {self.min_fraction:g} of it over {self.window} updates")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [list(p) for p in self.history], "reason": self.reason}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [(int(s), float(v)) for s, v in state_dict.get("history") or []]
+        self.reason = state_dict.get("reason")
+
+
 def stop_reason(trainer: L.Trainer) -> str:
     """Why ``trainer.fit`` returned: the update cap when it was reached (early stopping held back by
     ``min_steps`` up to the cap did not end the run), else early stopping, the time budget, the epochs."""
@@ -60,6 +129,8 @@ def stop_reason(trainer: L.Trainer) -> str:
     for callback in trainer.callbacks:
         if isinstance(callback, EarlyStopping) and callback.stopping_reason in _EARLY_STOPPING:
             return _EARLY_STOPPING[callback.stopping_reason]
+        if isinstance(callback, PlateauStopping) and callback.reason is not None:
+            return callback.reason
     for callback in trainer.callbacks:
         remaining = callback.time_remaining("train") if isinstance(callback, Timer) else None
         if remaining is not None and remaining <= 0:
