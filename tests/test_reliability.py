@@ -273,6 +273,14 @@ def test_optim_lr_is_the_learning_rate_and_the_old_key_still_works(tmp_path: Pat
     assert stored["lr"] == stored["optimizer"]["lr"] == 0.005  # the record says the rate that was used
 
 
+def test_a_plateau_schedule_waits_for_the_first_validation(tmp_path: Path) -> None:
+    """Epochs of 3 updates, a validation every 5: the first epoch ends before the scheduler's metric exists."""
+    metrics = train(short_run(tmp_path / "run", "optim=adam_plateau_slow", "trainer.max_epochs=-1",
+                              "trainer.max_steps=10", "trainer.val_check_interval=5",
+                              "trainer.check_val_every_n_epoch=null"))
+    assert metrics["train/updates"] == 10
+
+
 def sentence_module(files: list[Path], cache: Path):
     from zf_lightning.data.text.modules import SentencesDataModule
 

@@ -379,7 +379,10 @@ class SequenceLitModule(L.LightningModule):
         scheduler = self.scheduler_factory(optimizer)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": self.scheduler_monitor, "interval": "epoch"},
+            # strict=False: an epoch that ends before the first validation (validation every N
+            # updates) leaves the scheduler as it is instead of failing the run
+            "lr_scheduler": {"scheduler": scheduler, "monitor": self.scheduler_monitor, "interval": "epoch",
+                             "strict": False},
         }
 
     def nonfinite_state(self) -> dict[str, int]:
