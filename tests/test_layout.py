@@ -137,3 +137,10 @@ def test_every_module_imports_in_a_fresh_interpreter() -> None:
                             cwd=PACKAGE.parent, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "ok"
+
+
+def test_hydras_running_job_is_read_in_one_module() -> None:
+    """The run context is built where Hydra hands over and passed down: only runs/context.py reads
+    ``HydraConfig`` (Hydra callbacks get their config as an argument)."""
+    readers = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if "HydraConfig" in p.read_text())
+    assert readers == ["runs/context.py"]

@@ -35,6 +35,7 @@ from zf_lightning.runs.checkpoint import (
     UnreadableCheckpointError,
     load_checkpoint,
 )
+from zf_lightning.runs.context import RunContext
 from zf_lightning.runs.evaluate import evaluate
 from zf_lightning.runs.guard import LOCK_FILE, RunFolderError, RunLock
 from zf_lightning.runs.pipeline import train
@@ -213,16 +214,16 @@ def test_a_lock_left_by_a_dead_process_is_taken_over_and_a_live_one_refused(tmp_
 
 # ------------------------------------------------------------------------------ 3. resume keeps its choices
 @contextmanager
-def hydra_job(overrides: list[str]) -> Iterator[DictConfig]:
-    """What ``python train.py <overrides>`` hands to train(), in-process: the task config, with
-    Hydra's runtime (choices, command-line overrides) set."""
+def hydra_job(overrides: list[str]) -> Iterator[tuple[DictConfig, RunContext]]:
+    """What ``python train.py <overrides>`` hands to train(), in-process: the task config and the
+    run context of Hydra's runtime (choices, command-line overrides)."""
     full = compose_config("train", overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(full)
     task = OmegaConf.create(OmegaConf.to_container(full, resolve=False))
     with open_dict(task):
         del task["hydra"]
     try:
-        yield task
+        yield task, RunContext.from_hydra()
     finally:
         HydraConfig.instance().cfg = None  # type: ignore[assignment]
 
@@ -230,17 +231,17 @@ def hydra_job(overrides: list[str]) -> Iterator[DictConfig]:
 def test_a_resume_that_names_no_groups_keeps_the_stored_choices(tmp_path: Path) -> None:
     run, cache = tmp_path / "run", tmp_path / "cache"
     paths = [f"paths.output_dir={run}", f"paths.cache_dir={cache}"]
-    with hydra_job([*paths, *TINY, *SHORT]) as cfg:  # TINY has logger=csv
-        train(cfg)
+    with hydra_job([*paths, *TINY, *SHORT]) as (cfg, context):  # TINY has logger=csv
+        train(cfg, context)
     # the README's resume command: no overrides besides the run folder and a longer budget
-    with hydra_job([*paths, "ckpt_path=last", "trainer.max_epochs=2"]) as cfg:
+    with hydra_job([*paths, "ckpt_path=last", "trainer.max_epochs=2"]) as (cfg, context):
         assert cfg.logger.get("wandb") is not None  # this command's own default is logger=wandb
-        train(cfg)
+        train(cfg, context)
     assert load_checkpoint(run / "checkpoints" / "last.ckpt")[CHOICES_KEY]["logger"] == "csv"
     assert not (run / "wandb").exists()
     # resuming again with the true choice is accepted
-    with hydra_job([*paths, "ckpt_path=last", "trainer.max_epochs=3", "logger=csv"]) as cfg:
-        train(cfg)
+    with hydra_job([*paths, "ckpt_path=last", "trainer.max_epochs=3", "logger=csv"]) as (cfg, context):
+        train(cfg, context)
     assert load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 9
 
 

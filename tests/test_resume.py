@@ -354,3 +354,7 @@ def test_a_run_stopped_by_a_signal_mid_epoch_and_rerun_ends_where_a_straight_run
     for key in COMPARED:
         assert metrics[key] == pytest.approx(reference[key], abs=1e-6), key
     assert csv_rows(run) == csv_rows(reference_dir)
+    first, second = json.loads((run / "status.json").read_text())["attempts"]
+    assert first["from_update"] == 0 and first.get("status") == ("interrupted" if how == "SIGINT" else None)
+    assert second["from_update"] == stored_step and second["status"] == "completed" and second["updates"] == 20
+    assert second["commit"] == first["commit"] and second["cpu"]

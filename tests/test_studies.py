@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from tests.conftest import TINY, missing_data, require_shared
 from zf_lightning.data.synthetic import ClassificationDataModule
+from zf_lightning.runs.context import RunContext
 from zf_lightning.runs.guard import check_config
 from zf_lightning.runs.pipeline import CONF_DIR, build_datamodule, build_module, compose_config, train
 from zf_lightning.runs.stopping import CONVERGED, MAX_STEPS, NOT_FINITE, PlateauStopping
@@ -84,13 +85,14 @@ def test_each_study_composes_and_its_first_updates_run(study: str, tmp_path: Pat
     cfg = compose_config("train", [f"study={study}", f"paths.output_dir={tmp_path}"], return_hydra_config=True)
     assert cfg.hydra.sweep.dir.endswith(f"studies/{study}") and cfg.study.results_dir == f"results/{study}"
     assert cfg.continue_on_failure and cfg.torch_threads == 1
-    assert cfg.trainer.max_steps > 0 and cfg.callbacks.early_stopping.patience > 0
+    stopping = "plateau" if cfg.callbacks.get("plateau") else "early_stopping"  # how the study's runs converge
+    assert cfg.trainer.max_steps > 0 and cfg.callbacks[stopping].start_step >= 0
     if missing := missing_data(cfg.data):
         require_shared(*missing)
     # tiny sizes for whichever of them the study's model has (an LSTM has no z_dim)
     sizes = {"emb_dim": 8, "rnn_dim": 8, "z_dim": 2, "mlp_dim": 8}
     tiny = [f"model.{k}={v}" for k, v in sizes.items() if k in cfg.model] + ["trainer.max_steps=2",
-            "callbacks.early_stopping.start_step=0", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
+            f"callbacks.{stopping}.start_step=0", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
             "trainer.val_check_interval=1", "logger=csv", "analysis=none", "samples.num=0",
             "continue_on_failure=false"]  # a failure raises here, instead of returning the worst value
     cfg = compose_config("train", [f"study={study}", f"paths.output_dir={tmp_path}",
@@ -140,23 +142,20 @@ def test_every_row_of_every_study_builds_its_data_and_model(study: str, tmp_path
             dm.setup("test")
 
 
-def test_a_completed_folder_of_another_job_is_refused_not_reported(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_completed_folder_of_another_job_is_refused_not_reported(tmp_path: Path) -> None:
     from zf_lightning.runs import status
 
     (tmp_path / "metrics.json").write_text(json.dumps({"test/elbo": -1.0}))
     (tmp_path / "status.json").write_text(json.dumps({"status": "completed",
                                                       "job": {"override_dirname": "ablation=plain,seed=1"}}))
-    monkeypatch.setattr(status, "job_identity", lambda: {"override_dirname": "ablation=plain,seed=1",
-                                                         "mode": "multirun"})
-    assert status.completed_metrics(tmp_path) == {"test/elbo": -1.0}
+    same = RunContext(mode="multirun", override_dirname="ablation=plain,seed=1")
+    assert status.completed_metrics(tmp_path, same) == {"test/elbo": -1.0}
     # a single run may continue the folder with other overrides (ckpt_path=last, a raised cap)
-    monkeypatch.setattr(status, "job_identity", lambda: {"override_dirname": "ckpt_path=last", "mode": "run"})
-    assert status.completed_metrics(tmp_path) == {"test/elbo": -1.0}
-    monkeypatch.setattr(status, "job_identity", lambda: {"override_dirname": "ablation=kla,seed=1",
-                                                         "mode": "multirun"})
+    resume = RunContext(mode="run", override_dirname="ckpt_path=last")
+    assert status.completed_metrics(tmp_path, resume) == {"test/elbo": -1.0}
+    other = RunContext(mode="multirun", override_dirname="ablation=kla,seed=1")
     with pytest.raises(ValueError, match=r"holds a completed run of another job \('ablation=plain,seed=1'\)"):
-        status.completed_metrics(tmp_path)
+        status.completed_metrics(tmp_path, other)
 
 
 @pytest.mark.slow

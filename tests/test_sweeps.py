@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from tests.conftest import TINY, compose_config
+from zf_lightning.runs.context import RunContext
 from zf_lightning.runs.pipeline import train
 from zf_lightning.runs.policy import available_cpus, failure_value, global_rank
 from zf_lightning.runs.status import JobStatus, read_status
@@ -175,7 +176,8 @@ def test_continue_on_failure_records_the_error_and_returns_the_worst_value(tmp_p
 
 
 def test_failure_value_is_the_worst_for_the_direction() -> None:
-    assert failure_value(compose_config("train", [])) == math.inf  # outside Hydra: minimize (-ELBO)
+    assert failure_value(RunContext()) == math.inf  # outside Hydra: minimize (-ELBO)
+    assert failure_value(RunContext(mode="multirun", sweeper_direction="maximize")) == -math.inf
 
 
 def test_ranks_from_the_launchers_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -199,3 +201,23 @@ def test_only_rank_zero_writes_status_unless_a_worker_fails(tmp_path: Path) -> N
     assert not list(tmp_path.iterdir())
     worker.failed(RuntimeError("gloo timeout"))
     assert json.loads((tmp_path / "status.rank1.json").read_text())["error"] == "RuntimeError: gloo timeout"
+
+
+def test_the_run_context_is_what_hydra_says_and_empty_outside_it() -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    assert RunContext.from_hydra() == RunContext() and not RunContext().hydra_job and RunContext().identity() == {}
+    full = compose_config("train", ["ablation=aux", "seed=3"], return_hydra_config=True)
+    HydraConfig.instance().set_config(full)
+    try:
+        context = RunContext.from_hydra()
+    finally:
+        HydraConfig.instance().cfg = None  # type: ignore[assignment]
+    assert context.hydra_job and not context.multirun and context.choices["ablation"] == "aux"
+    assert context.overrides == ("ablation=aux", "seed=3") and context.job_name
+    assert context.identity()["overrides"] == ["ablation=aux", "seed=3"]
+    assert context.run_identity(["t"])["tags"] == ["t", "ablation=aux", "seed=3"]
+    sweep = RunContext(mode="multirun", override_dirname="seed=1", num=4, sweep_dir="/s/abc")
+    assert sweep.identity() | {"overrides": []} == {"overrides": [], "override_dirname": "seed=1", "mode": "multirun",
+                                                    "num": 4, "sweep_dir": "/s/abc"}
+    assert sweep.run_identity([])["group"] == "abc"

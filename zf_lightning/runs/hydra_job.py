@@ -16,28 +16,27 @@ import logging.handlers
 from pathlib import Path
 from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
 
+from zf_lightning.runs.context import RunContext
 from zf_lightning.runs.guard import RunFolderError, check_writable
 
 RECORD_DIR = ".hydra"
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
 
-def record_job(out_dir: Path, composed: DictConfig) -> None:
+def record_job(out_dir: Path, composed: DictConfig, context: RunContext) -> None:
     """``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml`` as Hydra writes them, for the
     command that started the folder's run (a resume or an extension keeps that first record)."""
     record = out_dir / RECORD_DIR
-    if not HydraConfig.initialized() or (record / "config.yaml").exists():
+    if context.hydra_config is None or (record / "config.yaml").exists():
         return
-    hydra_cfg = HydraConfig.get()
     record.mkdir(parents=True, exist_ok=True)
     task = OmegaConf.masked_copy(composed, [k for k in composed if k != "hydra"]) if "hydra" in composed else composed
     OmegaConf.save(task, record / "config.yaml")
-    OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), record / "hydra.yaml")
-    OmegaConf.save(hydra_cfg.overrides.task, record / "overrides.yaml")
+    OmegaConf.save(context.hydra_config, record / "hydra.yaml")
+    OmegaConf.save(OmegaConf.create(list(context.overrides)), record / "overrides.yaml")
 
 
 class JobLog:
@@ -50,10 +49,10 @@ class JobLog:
         self.file: logging.FileHandler | None = None
         logging.getLogger().addHandler(self.buffer)
 
-    def accept(self, out_dir: Path) -> None:
-        if not HydraConfig.initialized() or self.file is not None:
+    def accept(self, out_dir: Path, context: RunContext) -> None:
+        if not context.hydra_job or self.file is not None:
             return
-        self.file = logging.FileHandler(out_dir / f"{HydraConfig.get().job.name}.log", mode="a")
+        self.file = logging.FileHandler(out_dir / f"{context.job_name}.log", mode="a")
         self.file.setFormatter(logging.Formatter(LOG_FORMAT))
         self.buffer.setTarget(self.file)
         self.buffer.flush()

@@ -7,34 +7,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from zf_lightning.runs.checkpoint import resolved_config
+from zf_lightning.runs.context import RunContext
 from zf_lightning.runs.resume import ResumePoint
-from zf_lightning.runs.status import job_identity
 
 
-def _job_identity(cfg: DictConfig) -> dict[str, Any]:
-    """W&B name/group/tags from the job's overrides, so the dashboard can group by them."""
-    if not HydraConfig.initialized():
-        return {}
-    hc = HydraConfig.get()
-    name = hc.job.override_dirname or "default"
-    identity: dict[str, Any] = {"name": name}
-    if str(hc.mode) == "RunMode.MULTIRUN":
-        identity["group"] = Path(hc.sweep.dir).name
-    identity["tags"] = list(cfg.get("tags") or []) + [o for o in hc.overrides.task if "=" in o and len(o) < 64]
-    return identity
-
-
-def build_loggers(cfg: DictConfig, resume: ResumePoint | None = None) -> list[Logger]:
+def build_loggers(cfg: DictConfig, resume: ResumePoint | None = None,
+                  context: RunContext | None = None) -> list[Logger]:
     """Loggers of the ``logger`` group. W&B: one run per job, named and tagged by the job's
     overrides, grouped by sweep, with the resolved config; a resumed job continues its run."""
     loggers: list[Logger] = []
-    identity = _job_identity(cfg)
+    context = context or RunContext()
+    identity = context.run_identity(list(cfg.get("tags") or []))
     stored = resume.wandb if resume is not None else {}
     for lg_cfg in (cfg.get("logger") or {}).values():
         if lg_cfg is None or "_target_" not in lg_cfg:
@@ -53,7 +41,7 @@ def build_loggers(cfg: DictConfig, resume: ResumePoint | None = None) -> list[Lo
                 # the same run, its original name/group/tags (a resume command has other overrides)
                 extra |= {k: v for k, v in stored.items() if k in ("name", "group", "tags") and v}
                 extra |= {"id": stored["id"], "resume": "allow"}
-            extra["config"] = resolved_config(cfg) | {"job": job_identity()}
+            extra["config"] = resolved_config(cfg) | {"job": context.identity()}
         loggers.append(logger_cls(**(params | extra)))
     return loggers
 

@@ -30,6 +30,7 @@ from zf_lightning.runs.checkpoint import (
     config_targets,
     resolved_config,
 )
+from zf_lightning.runs.context import RunContext
 from zf_lightning.runs.ddp import JobDDPStrategy, distributed_job
 from zf_lightning.runs.guard import RunLock, check_config, check_writable, holds_run, sync_learning_rate
 from zf_lightning.runs.hydra_job import JobLog, record_job
@@ -39,7 +40,6 @@ from zf_lightning.runs.resume import (
     ResumePoint,
     ResumeState,
     completed_run,
-    hydra_choices,
     keep_csv_history,
     resume_from,
 )
@@ -96,12 +96,13 @@ def build_module(cfg: DictConfig, dm: SequenceDataModule) -> SequenceLitModule:
     )
 
 
-def build_callbacks(cfg: DictConfig, resume: ResumePoint | None = None) -> list[Callback]:
+def build_callbacks(cfg: DictConfig, resume: ResumePoint | None = None,
+                    context: RunContext | None = None) -> list[Callback]:
     """Ours (stored config and group choices, RNG state, divergence watch) and the ``callbacks`` group's.
 
     A resumed run records the stored run's group choices, not the defaults of a resume command
     that names no groups."""
-    choices = resume.choices if resume is not None and resume.choices else hydra_choices()
+    choices = resume.choices if resume is not None and resume.choices else dict((context or RunContext()).choices)
     monitor = str(cfg.get("optimized_metric") or "val/neg_elbo")
     out_dir = Path(cfg.paths.output_dir)
     callbacks: list[Callback] = [StoreConfig(resolved_config(cfg), choices), ResumeState(out_dir),
@@ -165,8 +166,8 @@ def write_samples(cfg: DictConfig, lit: SequenceLitModule, dm: SequenceDataModul
     return dm.write_samples(samples.cpu(), directory, prefix="prior")
 
 
-def set_threads(cfg: DictConfig) -> None:
-    threads = threads_per_job(cfg)
+def set_threads(cfg: DictConfig, context: RunContext | None = None) -> None:
+    threads = threads_per_job(cfg, context)
     if threads is not None and threads != torch.get_num_threads():
         log.info("torch threads: %d", threads)
         torch.set_num_threads(threads)
@@ -201,13 +202,15 @@ def _build(cfg: DictConfig, resume: ResumePoint | None) -> tuple[SequenceDataMod
 
 
 def _fit_and_test(cfg: DictConfig, out_dir: Path, resume: ResumePoint | None, strategies: list,
-                  status: JobStatus, dm: SequenceDataModule, lit: SequenceLitModule) -> dict[str, float]:
+                  status: JobStatus, dm: SequenceDataModule, lit: SequenceLitModule,
+                  context: RunContext) -> dict[str, float]:
     rank = global_rank()
     if rank == 0:
         OmegaConf.save(OmegaConf.create(resolved_config(cfg)), out_dir / "config_resolved.yaml")
-    loggers = build_loggers(cfg, resume)
+    loggers = build_loggers(cfg, resume, context)
     extra: dict[str, Any] = {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO()]}
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers, callbacks=build_callbacks(cfg, resume), **extra)
+    callbacks = build_callbacks(cfg, resume, context)
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, **extra)
     _prepare_workers(trainer, cfg, out_dir, strategies)
     if resume is not None and rank == 0:
         keep_csv_history(loggers, resume)
@@ -245,7 +248,7 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, resume: ResumePoint | None, st
     return metrics
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
+def train(cfg: DictConfig, context: RunContext | None = None) -> dict[str, float]:
     """Fit, test the best checkpoint, write metrics.json, samples and the resolved config.
 
     Returns the metrics dict (test metrics plus the optimized validation metric). With
@@ -260,10 +263,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     completed is left as it is (its metrics are returned) unless the command raises the cap
     that ended it, which continues the run from its final state.
     """
+    context = context or RunContext()
     out_dir = Path(cfg.paths.output_dir)
     composed = cfg
     rank = global_rank()
-    status = JobStatus(out_dir, rank)
+    status = JobStatus(out_dir, rank, context)
     lock = RunLock(out_dir)
     journal = JobLog()
     had_run = holds_run(out_dir)
@@ -274,39 +278,39 @@ def train(cfg: DictConfig) -> dict[str, float]:
             out_dir.mkdir(parents=True, exist_ok=True)
             if rank == 0:
                 lock.acquire()
-            cfg, resume = resume_from(cfg)
-            if (done := completed_run(out_dir, resume, cfg)) is not None:
+            cfg, resume = resume_from(cfg, context)
+            if (done := completed_run(out_dir, resume, cfg, context)) is not None:
                 failed = False
                 return done
             sync_learning_rate(cfg)
             check_config(cfg)
-            set_threads(cfg)
+            set_threads(cfg, context)
             dm, lit = _build(cfg, resume)
             if rank == 0:
-                record_job(out_dir, composed)
-                journal.accept(out_dir)
-            status.started()
+                record_job(out_dir, composed, context)
+                journal.accept(out_dir, context)
+            status.started(from_update=resume.global_step if resume is not None else 0)
             started = True
             if resume is not None:
                 status.update(resumed_from=str(resume.path))
                 if rank == 0:
                     resume.set_damaged_aside()
             status.update(torch_threads=torch.get_num_threads())
-            metrics = _fit_and_test(cfg, out_dir, resume, strategies, status, dm, lit)
+            metrics = _fit_and_test(cfg, out_dir, resume, strategies, status, dm, lit, context)
         failed = False
         status.completed()
         return metrics
     except BaseException as error:
         if started or rank > 0 or (lock.held and not had_run):
             if rank == 0:
-                record_job(out_dir, composed)
-                journal.accept(out_dir)
+                record_job(out_dir, composed, context)
+                journal.accept(out_dir, context)
             if not started:
                 status.started()
             status.failed(error)
         if isinstance(error, Exception) and rank == 0 and cfg.get("continue_on_failure", False):
             log.exception("job failed; continue_on_failure=true, so the sweep goes on")
-            return {str(cfg.optimized_metric): failure_value(cfg), "failed": 1.0}
+            return {str(cfg.optimized_metric): failure_value(context), "failed": 1.0}
         raise
     finally:
         lock.release()

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
+from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
 from omegaconf import DictConfig
+
+from zf_lightning.runs.context import RunContext
 
 
 def _env_int(name: str) -> int | None:
@@ -32,15 +35,10 @@ def global_rank() -> int:
     return local if node == 0 else node * (_env_int("WORLD_SIZE") or 1) + local
 
 
-def failure_value(cfg: DictConfig) -> float:
+def failure_value(context: RunContext | None = None) -> float:
     """What a failed job returns to the sweeper: the worst value of the optimized metric, so an
     Optuna study records a bad trial and goes on (NaN would make it stop)."""
-    direction = "minimize"
-    if HydraConfig.initialized():
-        sweeper_direction = HydraConfig.get().sweeper.get("direction")
-        if sweeper_direction is not None:
-            direction = str(sweeper_direction).rsplit(".", 1)[-1].lower()
-    return math.inf if direction == "minimize" else -math.inf
+    return math.inf if (context or RunContext()).sweeper_direction == "minimize" else -math.inf
 
 
 def available_cpus() -> int:
@@ -50,7 +48,7 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _launches_with(launcher: DictConfig, cls: type) -> bool:
+def _launches_with(launcher: Mapping[str, Any], cls: type) -> bool:
     """Whether the Hydra launcher config builds a ``cls`` (an unknown or missing class does not)."""
     try:
         return issubclass(get_class(str(launcher.get("_target_"))), cls)
@@ -58,21 +56,22 @@ def _launches_with(launcher: DictConfig, cls: type) -> bool:
         return False
 
 
-def threads_per_job(cfg: DictConfig) -> int | None:
+def threads_per_job(cfg: DictConfig, context: RunContext | None = None) -> int | None:
     """Torch threads for this job: ``torch_threads`` (or ``ZF_TORCH_THREADS``) when set; otherwise
     the CPUs divided by the joblib launcher's parallel jobs, or a submitit job's CPUs per task,
     so parallel jobs do not oversubscribe the machine. None leaves torch's default."""
     explicit = cfg.get("torch_threads") or os.environ.get("ZF_TORCH_THREADS")
     if explicit:
         return max(1, int(explicit))
-    if not HydraConfig.initialized() or str(HydraConfig.get().mode) != "RunMode.MULTIRUN":
+    context = context or RunContext()
+    if not context.multirun:
         return None
-    launcher = HydraConfig.get().launcher
+    launcher = context.launcher
     n_jobs = launcher.get("n_jobs")
     if _launches_with(launcher, JoblibLauncher) and n_jobs:
         cpus = available_cpus()
         parallel = int(n_jobs) if int(n_jobs) > 0 else max(1, cpus + 1 + int(n_jobs))  # joblib: -1 = all CPUs
         return max(1, cpus // parallel)
     if launcher.get("cpus_per_task"):
-        return int(launcher.cpus_per_task)
+        return int(launcher["cpus_per_task"])
     return None

@@ -28,7 +28,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger
@@ -51,6 +50,7 @@ from zf_lightning.runs.checkpoint import (
     read_csv_rows,
     resolved_config,
 )
+from zf_lightning.runs.context import RunContext
 from zf_lightning.runs.status import completed_metrics, read_status
 from zf_lightning.runs.stopping import MAX_EPOCHS, MAX_STEPS, TIME_LIMIT
 
@@ -115,10 +115,6 @@ def _replace_prefix(node: Any, old: str, new: str) -> Any:
     return node
 
 
-def command_line_overrides() -> list[str]:
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-
-
 def apply_overrides(stored: dict[str, Any], overrides: list[str], stored_choices: dict[str, Any],
                     current_choices: dict[str, Any]) -> DictConfig:
     """The stored config with the command line's value overrides applied.
@@ -147,13 +143,6 @@ def apply_overrides(stored: dict[str, Any], overrides: list[str], stored_choices
             continue
         OmegaConf.update(cfg, key, override.value(), merge=True, force_add=True)
     return cfg
-
-
-def hydra_choices() -> dict[str, Any]:
-    """The job's config-group choices (``ablation: aux``), stored so a resume can check them."""
-    if not HydraConfig.initialized():
-        return {}
-    return {k: v for k, v in HydraConfig.get().runtime.choices.items() if not str(k).startswith("hydra/")}
 
 
 def config_differences(stored: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
@@ -221,12 +210,12 @@ def _load_newest_readable(output_dir: Path, also_trusted: Collection[str] = ()
     return None
 
 
-def resume_from(cfg: DictConfig) -> tuple[DictConfig, ResumePoint | None]:
+def resume_from(cfg: DictConfig, context: RunContext | None = None) -> tuple[DictConfig, ResumePoint | None]:
     """The config to run and where to resume from (None: a fresh run). Writes nothing.
 
-    Under Hydra the config comes from the checkpoint plus the command line's value overrides;
-    called as a function (tests, DDP workers) ``cfg`` is used as given. Either way a config whose
-    model, objective, optimizer, seed or data differ from the stored run is refused
+    For a Hydra job the config comes from the checkpoint plus the command line's value overrides;
+    called as a function (tests, DDP workers: ``context`` is not a Hydra job) ``cfg`` is used as
+    given. Either way a config whose model, objective, optimizer, seed or data differ from the stored run is refused
     (``ResumeRefusedError``), as is ``ckpt_path=last`` in a folder that holds no run."""
     output_dir = Path(cfg.paths.output_dir)
     requested = cfg.get("ckpt_path")
@@ -255,10 +244,11 @@ def resume_from(cfg: DictConfig) -> tuple[DictConfig, ResumePoint | None]:
     stored = checkpoint.get(CONFIG_KEY)
     if isinstance(stored, dict):
         stored = _replace_prefix(stored, str(stored["paths"]["output_dir"]), str(output_dir))
-    if HydraConfig.initialized():
+    context = context or RunContext()
+    if context.hydra_job:
         if stored is None:
             raise ValueError(f"{path} stores no config ('{CONFIG_KEY}'); only checkpoints written by train.py resume")
-        cfg = apply_overrides(stored, command_line_overrides(), checkpoint.get(CHOICES_KEY, {}), hydra_choices())
+        cfg = apply_overrides(stored, list(context.overrides), checkpoint.get(CHOICES_KEY, {}), dict(context.choices))
     if isinstance(stored, dict):
         check_resumable(stored, cfg, path)
     with open_dict(cfg):
@@ -304,12 +294,13 @@ def extension(status: dict[str, Any], point: ResumePoint, cfg: DictConfig) -> st
     return f"trainer.{key} raised from {stored} to {now}"
 
 
-def completed_run(output_dir: Path, point: ResumePoint | None, cfg: DictConfig) -> dict[str, Any] | None:
+def completed_run(output_dir: Path, point: ResumePoint | None, cfg: DictConfig,
+                  context: RunContext | None = None) -> dict[str, Any] | None:
     """The metrics of the completed run in ``output_dir`` when this command leaves it as it is
     (None: run, i.e. start, resume or extend it). A completed run is never trained again or
     re-tested: the same command says so and changes nothing; a raised cap continues it from its
     final state."""
-    metrics = completed_metrics(output_dir)
+    metrics = completed_metrics(output_dir, context)
     if metrics is None or point is None:
         return metrics
     status = read_status(output_dir)

@@ -17,9 +17,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
-
 from zf_lightning.data.cache import atomic_write_json
+from zf_lightning.runs.context import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -83,28 +82,13 @@ def read_metrics(path: Path) -> dict[str, Any]:
     return record
 
 
-def job_identity() -> dict[str, Any]:
-    """The Hydra job's overrides, number and sweep folder (empty outside Hydra)."""
-    if not HydraConfig.initialized():
-        return {}
-    hc = HydraConfig.get()
-    info: dict[str, Any] = {
-        "overrides": list(hc.overrides.task),
-        "override_dirname": hc.job.override_dirname,
-        "mode": str(hc.mode).rsplit(".", 1)[-1].lower(),
-    }
-    if info["mode"] == "multirun":
-        info["num"] = hc.job.get("num")
-        info["sweep_dir"] = str(hc.sweep.dir)
-    return info
-
-
 class JobStatus:
     """Maintains ``status.json`` in a job folder; only rank 0 writes (workers write
     ``status.rank<r>.json`` when they fail, since their error would otherwise be lost)."""
 
-    def __init__(self, directory: Path, rank: int = 0) -> None:
+    def __init__(self, directory: Path, rank: int = 0, context: RunContext | None = None) -> None:
         self.rank = rank
+        self.context = context or RunContext()
         self.path = directory / (STATUS_FILE if rank == 0 else f"status.rank{rank}.json")
         self.record: dict[str, Any] = {}
 
@@ -113,31 +97,53 @@ class JobStatus:
         if self.rank == 0 or self.record.get("status") == FAILED:
             write_json(self.path, self.record)
 
-    def started(self, **fields: Any) -> None:
-        """A new attempt of this folder's job. A resume (``ckpt_path=last hydra.run.dir=...``) has
-        other overrides than the job it continues: the folder keeps the original job's identity
-        (the report groups by it) and records the resuming command next to it."""
-        job = job_identity()
-        previous = read_status(self.path.parent).get("job") if self.rank == 0 else None
+    def started(self, from_update: int = 0, **fields: Any) -> None:
+        """A new attempt of this folder's job, from update ``from_update``. A resume (``ckpt_path=last
+        hydra.run.dir=...``) has other overrides than the job it continues: the folder keeps the
+        original job's identity (the report groups by it) and records the resuming command next to
+        it. ``attempts`` lists every attempt (start, end, commit, machine, updates from and to), so a
+        study that ran over several sessions says what each one did."""
+        job = self.context.identity()
+        before = read_status(self.path.parent) if self.rank == 0 else {}
+        previous = before.get("job")
         self.record = {"status": RUNNING, "started": _now(), "host": socket.gethostname(), "pid": os.getpid(),
                        "job": previous or job, "code": code_version(), "machine": machine()}
         if previous and previous != job:
             self.record["resumed_by"] = job
+        attempts = list(before.get("attempts") or ([_attempt(before)] if before.get("started") else []))
+        self.record["attempts"] = [*attempts, {"started": self.record["started"], "from_update": int(from_update),
+                                               "commit": self.record["code"].get("commit"),
+                                               "dirty": self.record["code"].get("dirty"),
+                                               "host": self.record["host"], "cpu": self.record["machine"]["cpu"]}]
         self._save(**fields)
+
+    def _end_attempt(self, status: str) -> None:
+        if self.record.get("attempts"):
+            self.record["attempts"][-1] |= {"finished": _now(), "status": status, "updates": self.record.get("updates")}
 
     def update(self, **fields: Any) -> None:
         self._save(**fields)
 
     def completed(self) -> None:
+        self._end_attempt(COMPLETED)
         self._save(status=COMPLETED, finished=_now())
 
     def failed(self, error: BaseException) -> None:
         status = FAILED if isinstance(error, Exception) else INTERRUPTED
+        self._end_attempt(status)
         self._save(status=status, finished=_now(), error=f"{type(error).__name__}: {error}",
                    traceback="".join(traceback.format_exception(error)))
 
 
-def completed_metrics(directory: Path) -> dict[str, Any] | None:
+def _attempt(record: dict[str, Any]) -> dict[str, Any]:
+    """The one attempt a status record written before attempts were listed describes."""
+    code, machine_ = record.get("code") or {}, record.get("machine") or {}
+    return {"started": record.get("started"), "finished": record.get("finished"), "status": record.get("status"),
+            "updates": record.get("updates"), "commit": code.get("commit"), "dirty": code.get("dirty"),
+            "host": record.get("host"), "cpu": machine_.get("cpu")}
+
+
+def completed_metrics(directory: Path, context: RunContext | None = None) -> dict[str, Any] | None:
     """The metrics of a job folder whose run completed (None when it did not, or never ran).
 
     Under a Hydra multirun the folder must hold this very job (the same overrides, by Hydra's
@@ -147,9 +153,9 @@ def completed_metrics(directory: Path) -> dict[str, Any] | None:
     status = read_status(directory)
     if status.get("status") != COMPLETED or not metrics.is_file():
         return None
-    job = job_identity()
-    stored, current = (status.get("job") or {}).get("override_dirname"), job.get("override_dirname")
-    if job.get("mode") == "multirun" and stored is not None and current is not None and stored != current:
+    context = context or RunContext()
+    stored, current = (status.get("job") or {}).get("override_dirname"), context.override_dirname
+    if context.multirun and stored is not None and stored != current:
         raise ValueError(
             f"{directory} holds a completed run of another job ({stored!r}), not of this one ({current!r}): "
             "the sweep's grid changed since it ran. Run the changed sweep into a new folder "
