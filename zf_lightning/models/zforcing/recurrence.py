@@ -212,16 +212,19 @@ class PlainRecurrence(torch.autograd.Function):
         cs = new(T + 1 if keep else 2, H, B)
         hs[0].zero_()
         cs[0].zero_()
-        for t in range(T):
+        # every step's slice of every buffer, taken once (slicing inside the loop costs as much as an op)
+        steps = zip(
+            y.unbind(0), y[:, : 4 * H].unbind(0), y[:, 4 * H :].unbind(0), hs[:T].unbind(0), hs[1:].unbind(0),
+            q_raw.unbind(0), q.unbind(0), z.unbind(0), noise.unbind(0), strict=True,
+        )
+        for t, (y_t, gates, post_pre, h, h_new, q_raw_t, q_t, z_t, noise_t) in enumerate(steps):
             k = t if keep else 0
             c_in, c_out = (t, t + 1) if keep else (t % 2, (t + 1) % 2)
-            y_t = y[t]
-            y_t.addmm_(w_h, hs[t])
-            gates = y_t[: 4 * H]
-            q_raw[t].addmm_(w_post, ops.act_into(y_t[4 * H :], slope, bound, post_act[k]))
-            ops.sample_into(q_raw[t], noise[t], clamp, q[t], z[t])
-            gates.addmm_(w_z, z[t])
-            ops.cell(gates, cs[c_in], acts[k], cs[c_out], tanh_cs[k], hs[t + 1])
+            y_t.addmm_(w_h, h)
+            q_raw_t.addmm_(w_post, ops.act_into(post_pre, slope, bound, post_act[k]))
+            ops.sample_into(q_raw_t, noise_t, clamp, q_t, z_t)
+            gates.addmm_(w_z, z_t)
+            ops.cell(gates, cs[c_in], acts[k], cs[c_out], tanh_cs[k], h_new)
         ctx.save_for_backward(noise, w_h, w_post, w_z, hs, z, q, y, post_act, acts, cs, tanh_cs, q_raw)
         ctx.consts = (ops, slope, bound, clamp)
         ctx.set_materialize_grads(False)  # an output nothing used gets None, not a zero tensor
@@ -237,25 +240,30 @@ class PlainRecurrence(torch.autograd.Function):
         Z, M = z.shape[1], post_act.shape[1]
         # the transposed weights, copied once: W^T @ g reads them row-major (twice as fast as W.t() @ g)
         w_h_t, w_post_t, w_z_t = w_h.t().contiguous(), w_post.t().contiguous(), w_z.t().contiguous()
-        # incoming gradients in the outputs' layout [T, ., B], each step a contiguous slice
-        d_hs, d_z, d_q = (None if d is None else d.contiguous() for d in (d_hs, d_z, d_q))
+        # gradients of h_t and z_t, in the outputs' layout [T, ., B]: the incoming ones, to which
+        # each step adds in place what flows back through the recurrence
+        d_h_all = hs.new_zeros(hs.shape) if d_hs is None else torch.empty_like(hs).copy_(d_hs)
+        d_z_all = z.new_zeros(z.shape) if d_z is None else torch.empty_like(z).copy_(d_z)
         gate_factors, dc_factor = ops.cell_factors(acts, cs[:T], tanh_cs)
         act_grad = ops.act_grad(y[:, 4 * H :], slope, bound)
-        sample_scale, d_q_raw = ops.sample_factors(q, q_raw, noise, clamp, d_q)
-        f = acts[:, H : 2 * H]
+        sample_scale, d_q_raw = ops.sample_factors(q, q_raw, noise, clamp, None if d_q is None else d_q.contiguous())
         d_y = hs.new_empty(T, 4 * H + M, B)  # gradient of y_t, i.e. of pre_t
-        dh = hs.new_zeros(H, B) if d_hs is None else d_hs[T].clone()
         dc = hs.new_zeros(H, B)
-        for t in reversed(range(T)):
-            dy = d_y[t]
-            d_gates = dy[: 4 * H]
-            ops.cell_backward(dh, dc, gate_factors[t], dc_factor[t], f[t], d_gates)
-            dz = torch.mm(w_z_t, d_gates) if d_z is None else torch.addmm(d_z[t], w_z_t, d_gates)
-            d_out = d_q_raw[t]
-            d_out.view(2, Z, B).addcmul_(sample_scale[t].view(2, Z, B), dz)
-            torch.mm(w_post_t, d_out, out=dy[4 * H :]).mul_(act_grad[t])
+        steps = zip(
+            d_y.unbind(0), d_y[:, : 4 * H].unbind(0), d_y[:, 4 * H :].unbind(0), d_h_all[:T].unbind(0),
+            d_h_all[1:].unbind(0), d_z_all.unbind(0), d_q_raw.view(T, 2, Z, B).unbind(0),
+            sample_scale.view(T, 2, Z, B).unbind(0), gate_factors.unbind(0), dc_factor.unbind(0),
+            acts[:, H : 2 * H].unbind(0), act_grad.unbind(0), strict=True,
+        )
+        for t, (dy, d_gates, d_post, dh_prev, dh, dz, d_out, scale, gate_f, dc_f, f, act_f) in reversed(
+            list(enumerate(steps))
+        ):
+            ops.cell_backward(dh, dc, gate_f, dc_f, f, d_gates)
+            dz.addmm_(w_z_t, d_gates)
+            d_out.addcmul_(scale, dz)
+            torch.mm(w_post_t, d_out.view(2 * Z, B), out=d_post).mul_(act_f)
             if t > 0:  # h_0 is the constant zero state: its gradient is not needed
-                dh = torch.mm(w_h_t, dy) if d_hs is None else torch.addmm(d_hs[t], w_h_t, dy)
+                dh_prev.addmm_(w_h_t, dy)
         d_pre = d_y.transpose(0, 1).contiguous()  # [4H + M, T, B], the layout of pre
         d_w_h = d_pre.view(-1, T * B) @ hs[:T].transpose(0, 1).reshape(H, T * B).t()
         d_w_post = d_q_raw.transpose(0, 1).reshape(2 * Z, T * B) @ post_act.transpose(0, 1).reshape(M, T * B).t()
