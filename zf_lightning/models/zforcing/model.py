@@ -73,9 +73,9 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
         dropout: on the input embedding.
         compile_step: compile the pointwise parts of each recurrence step with ``torch.compile``
             (True: the default backend; a string: that backend). Off by default: it needs a
-            compiler and a cold compile of minutes on a CPU, where it then measured 5 % faster
-            at TIMIT sizes (benchmarks/bench_step.py --compile-step); on a GPU it replaces many
-            small kernel launches with a few.
+            compiler and a cold compile of tens of seconds on a CPU, and there the compiled step
+            measured slower than the eager one at the FSDD studies' sizes (docs/speed.md); on a
+            GPU it replaces many small kernel launches with a few.
     """
 
     def __init__(
