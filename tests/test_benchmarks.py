@@ -8,6 +8,7 @@ reported times, and a loader comparison whose two runs trained on the same batch
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -54,3 +55,17 @@ def test_bench_loader_compares_the_real_loader_with_its_batches_replayed() -> No
     assert r["real_over_in_memory"] == pytest.approx(r["real_steps_per_s"] / r["in_memory_steps_per_s"])  # 1 round
     with pytest.raises(SystemExit):  # too few steps to time anything after the warm-up
         bench.main(["--steps", "3", "--warmup", "2"])
+
+
+def test_bench_update_times_the_study_update_and_the_bare_step_on_the_same_batches(tmp_path: Path) -> None:
+    bench = _load("bench_update")
+    overrides = " ".join([*TINY, "trainer.val_check_interval=4", "trainer.check_val_every_n_epoch=null"])
+    out = tmp_path / "update.json"
+    result = bench.main(["--config", overrides, "--steps", "8", "--warmup", "2", "--rounds", "2", "--out", str(out)])
+    r = result["update"]
+    assert r["steps"] == 8 and r["batch_size"] == 32 and r["val_check_interval"] == 4
+    assert len(r["per_round_update_s"]) == len(r["per_round_step_s"]) == 2
+    assert all(t > 0 for t in r["per_round_update_s"] + r["per_round_step_s"])
+    ratios = sorted(u / s for u, s in zip(r["per_round_update_s"], r["per_round_step_s"], strict=True))
+    assert r["update_over_step"] == pytest.approx(sum(ratios) / 2)  # median of two rounds
+    assert json.loads(out.read_text())["update"] == r

@@ -13,12 +13,15 @@ import torch
 
 from zf_lightning.models.layers import clipped_leaky_relu, lstm_pointwise
 from zf_lightning.models.zforcing.recurrence import (
-    clipped_leaky_relu_backward,
-    lstm_update,
-    lstm_update_backward,
+    act_into,
+    clipped_leaky_relu_grad,
+    lstm_backward_into,
+    lstm_factors,
+    lstm_into,
     plain_recurrence,
+    posterior_factors,
+    sample_into,
     sample_posterior,
-    sample_posterior_backward,
     step_ops,
 )
 
@@ -38,8 +41,10 @@ def test_clipped_leaky_relu_backward_matches_autograd_also_at_the_kinks() -> Non
     pre = torch.tensor([[-12.0, -9.0, -1.0, 0.0, 0.5, 3.0, 4.0, 2.9999]], dtype=torch.float64)
     grad = torch.arange(1.0, 9.0, dtype=torch.float64)[None]
     (want,) = _vjp(lambda x: clipped_leaky_relu(x, slope, bound), [pre], [grad])
-    got = clipped_leaky_relu_backward(grad, pre, slope, bound)
+    got = grad * clipped_leaky_relu_grad(pre, slope, bound)
     torch.testing.assert_close(got, want)
+    into = act_into(pre, slope, bound, torch.empty_like(pre))
+    torch.testing.assert_close(into, clipped_leaky_relu(pre, slope, bound))
     assert got[0, 0] == 0 and got[0, 6] == 0  # clipped
     assert got[0, 3] == pytest.approx(grad[0, 3].item() * slope)  # at 0: the negative side's slope, as torch
 
@@ -53,8 +58,18 @@ def test_sample_posterior_backward_matches_autograd(clamp: float | None) -> None
     grad_q = torch.randn(6, 5, generator=g, dtype=torch.float64)
     grad_z = torch.randn(3, 5, generator=g, dtype=torch.float64)
     want, _ = _vjp(lambda r, n: sample_posterior(r, n, clamp, 0), [raw, noise], [grad_q, grad_z])
-    q, _ = sample_posterior(raw, noise, clamp, 0)
-    torch.testing.assert_close(sample_posterior_backward(grad_z, grad_q, q, raw, noise, clamp), want)
+    q, z = sample_posterior(raw, noise, clamp, 0)
+    q_into = raw.clone() if clamp is None else torch.empty_like(raw)
+    z_into = torch.empty_like(z)
+    sample_into(q_into if clamp is None else raw, noise, clamp, q_into, z_into)
+    torch.testing.assert_close((q_into, z_into), (q, z))
+    # the factors for all steps at once ([T, ., B], here one step), then one step's gradient
+    scale, rest = posterior_factors(q[None], raw[None], noise[None], clamp, grad_q[None])
+    got = rest[0].view(2, 3, 5).addcmul_(scale[0].view(2, 3, 5), grad_z).view(6, 5)
+    torch.testing.assert_close(got, want)
+    scale, rest = posterior_factors(q[None], raw[None], noise[None], clamp, None)  # no gradient of q itself
+    torch.testing.assert_close(rest[0].view(2, 3, 5).addcmul_(scale[0].view(2, 3, 5), grad_z).view(6, 5),
+                               _vjp(lambda r, n: sample_posterior(r, n, clamp, 0), [raw, noise], [None, grad_z])[0])
     if clamp is not None:
         assert (raw.abs() > clamp).any()  # the clamp is exercised
 
@@ -67,9 +82,14 @@ def test_lstm_update_backward_matches_autograd() -> None:
     grad_c = torch.randn(3, 4, generator=g, dtype=torch.float64)
     # against autograd through the batch-major update the other models use
     want_gates, want_c = _vjp(lambda x, c0: lstm_pointwise(x, c0, 0), [gates, c], [grad_h, grad_c])
-    acts, c_new, tanh_c, h = lstm_update(gates, c)
+    acts, c_new, tanh_c, h = torch.empty_like(gates), torch.empty_like(c), torch.empty_like(c), torch.empty_like(c)
+    lstm_into(gates, c, acts, c_new, tanh_c, h)
     torch.testing.assert_close((h, c_new), lstm_pointwise(gates, c, 0))
-    got_gates, got_c = lstm_update_backward(grad_h, grad_c, acts, c, tanh_c)
+    torch.testing.assert_close(tanh_c, torch.tanh(c_new))
+    # the factors for all steps at once ([T, ., B], here one step), then one step's backward
+    gate_factors, dc_factor = lstm_factors(acts[None], c[None], tanh_c[None])
+    got_gates, got_c = torch.empty_like(gates), grad_c.clone()
+    lstm_backward_into(grad_h, got_c, gate_factors[0], dc_factor[0], acts[3:6], got_gates)
     torch.testing.assert_close(got_gates, want_gates)
     torch.testing.assert_close(got_c, want_c)
 

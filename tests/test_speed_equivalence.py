@@ -21,7 +21,7 @@ from tests.helpers import make_batch, make_model
 from zf_lightning.models import heads
 from zf_lightning.models.zforcing.cell import LoopLinear
 from zf_lightning.models.zforcing.model import ZForcing
-from zf_lightning.models.zforcing.recurrence import lstm_update, step_ops
+from zf_lightning.models.zforcing.recurrence import lstm_into, step_ops
 from zf_lightning.models.zforcing.reference import reference_forward
 from zf_lightning.types import DataSpec, SequenceBatch, StepTerms
 
@@ -131,7 +131,7 @@ def test_compiled_step_is_off_by_default() -> None:
     model = make_model("real")
     assert model.compile_step is False
     assert model._ops == step_ops(False)
-    assert model._ops.cell is lstm_update  # eager functions, nothing compiled
+    assert model._ops.cell is lstm_into  # eager functions, nothing compiled
 
 
 @pytest.mark.parametrize("cln", [False, True])

@@ -73,9 +73,9 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
         dropout: on the input embedding.
         compile_step: compile the pointwise parts of each recurrence step with ``torch.compile``
             (True: the default backend; a string: that backend). Off by default: it needs a
-            compiler and a cold compile of minutes on a CPU, where it then measured 5 % faster
-            at TIMIT sizes (benchmarks/bench_step.py --compile-step); on a GPU it replaces many
-            small kernel launches with a few.
+            compiler and a cold compile of tens of seconds on a CPU, and there the compiled step
+            measured slower than the eager one at the FSDD studies' sizes (docs/speed.md); on a
+            GPU it replaces many small kernel launches with a few.
     """
 
     def __init__(
@@ -155,7 +155,9 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
 
     def aux_cost(self, h_prev: Tensor, z: Tensor, b: Tensor) -> Tensor:
         """-log p(b_t | z_t[, h_{t-1}]) with the target detached: no gradient reaches the backward LSTM."""
-        mean, logvar = self.aux_head(self.aux_features(h_prev, z))
+        return self._aux_loss(*self.aux_head(self.aux_features(h_prev, z)), b)
+
+    def _aux_loss(self, mean: Tensor, logvar: Tensor, b: Tensor) -> Tensor:
         target = b.detach()
         if self.aux_loss == "l2":
             return (target - torch.tanh(mean)).pow(2).sum(-1)
@@ -167,24 +169,40 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
 
         ``noise`` is N(0, I) of shape [B, T, z_dim]; pass it to reproduce a sample path.
         """
-        run = self.infer(batch, noise)
-        return self._terms(batch, run.h_prev, run.h, run.z, run.mean_q, run.logvar_q, run.b)
+        states, z, q, b, bwd_params = self._posterior_pass(batch, noise, with_backward_head=True)
+        return self._terms(batch, states, z, q, b, bwd_params)
 
     def infer(self, batch: SequenceBatch, noise: Tensor | None = None) -> PosteriorPass:
         """Run the recurrence under the posterior: states, latents and posterior parameters.
 
         Analyses (active units, probes) read ``mean_q`` and ``h`` from here.
         """
-        noise = latent_noise(noise, batch.mask, self.z_dim)
+        states, z, q, b, _ = self._posterior_pass(batch, noise, with_backward_head=False)
+        mean_q, logvar_q = q.chunk(2, dim=-1)
+        return PosteriorPass(h_prev=states[:, :-1], h=states[:, 1:], z=z, mean_q=mean_q, logvar_q=logvar_q, b=b)
 
-        # each _loop_* does all that does not depend on h_{t-1} for all steps before its Python
-        # loop; the heads, KL and log-densities run on the stacked states in _terms
+    def _posterior_pass(
+        self, batch: SequenceBatch, noise: Tensor | None, with_backward_head: bool
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        """States h_0..h_T [B, T+1, H], z, q = [mean; logvar], b, and the backward head's parameters.
+
+        Each _loop_* does all that does not depend on h_{t-1} for all steps before its Python
+        loop; the heads, KL and log-densities run on the stacked states in _terms. What reads
+        b_t (the backward head and the posterior's b part) is one product.
+        """
+        noise = latent_noise(noise, batch.mask, self.z_dim)
         emb = self.embedding(batch.inputs)
         b = self.backward_states(batch)
+        first = self.posterior.first
+        weights, biases = [first.weight[:, self.rnn_dim :]], [first.bias]
+        if with_backward_head:
+            weights.insert(0, self.backward_head.proj.weight)
+            biases.insert(0, self.backward_head.proj.bias)
+        from_b = F.linear(b, torch.cat(weights), torch.cat(biases))
+        bwd_params, post_from_b = from_b.split([from_b.shape[-1] - first.out_features, first.out_features], dim=-1)
         loop = self._loop_cond_layer_norm if self.cond_layer_norm else self._loop_plain
-        h_prev, h, z, q = loop(emb, b, noise)
-        mean_q, logvar_q = q.chunk(2, dim=-1)
-        return PosteriorPass(h_prev=h_prev, h=h, z=z, mean_q=mean_q, logvar_q=logvar_q, b=b)
+        states, z, q = loop(emb, post_from_b, noise)
+        return states, z, q, b, bwd_params if with_backward_head else None
 
     def _weight_from_h(self, transposed: bool = False) -> Tensor:
         """[W_hh; W_qh] ([4H + M, H]): every in-loop product from h_{t-1} (gates, posterior) as one map.
@@ -203,21 +221,20 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
         out = post.step(self._ops.act(pre, act.slope, act.bound))
         return self._ops.sample(out, noise, self.posterior.clamp, -1)
 
-    def _loop_plain(self, emb: Tensor, b: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _loop_plain(self, emb: Tensor, post_from_b: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The recurrence with the linear z map folded into the gates (``plain_recurrence``).
 
         Before the loop, for all steps at once and feature-major ([features, T, B]):
         [W_ix emb_t + bias + W_iz a ; W_qb b_t + c] (a, c: the z-map and posterior biases).
         The loop adds [W_hh; W_qh] h_{t-1}, forms z_t and adds (W_iz A) z_t to the gates.
+        Returns h_0..h_T [B, T+1, H], z and q batch-major.
         """
-        H = self.rnn_dim
         B, T, _ = emb.shape
-        cell, first, second = self.cell, self.posterior.first, self.posterior.second
+        cell, second = self.cell, self.posterior.second
         w_iz = cell.weight_iz
         bias = cell.bias + w_iz @ self.z_map.bias
         gates_x = torch.addmm(bias[:, None], cell.weight_ix, emb.transpose(0, 1).reshape(T * B, -1).t())
-        post_from_b = torch.addmm(first.bias[:, None], first.weight[:, H:], b.transpose(0, 1).reshape(T * B, -1).t())
-        pre = torch.cat([gates_x, post_from_b], 0).view(-1, T, B)  # [4H + M, T, B]
+        pre = torch.cat([gates_x.view(-1, T, B), post_from_b.permute(2, 1, 0)], 0)  # [4H + M, T, B]
         act = self.posterior.act
         hs, z, q = plain_recurrence(
             pre,
@@ -233,16 +250,17 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
         )
 
         def batch_major(x: Tensor) -> Tensor:
-            return x.permute(2, 1, 0).contiguous()  # [., T, B] -> [B, T, .]
+            return x.permute(2, 0, 1).contiguous()  # [T, ., B] -> [B, T, .]
 
-        return batch_major(hs[:, :T]), batch_major(hs[:, 1:]), batch_major(z), batch_major(q)
+        return batch_major(hs), batch_major(z), batch_major(q)
 
-    def _loop_cond_layer_norm(self, emb: Tensor, b: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The recurrence with z_t setting the gain and bias of LN(W_hh h_{t-1})."""
+    def _loop_cond_layer_norm(self, emb: Tensor, post_from_b: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The recurrence with z_t setting the gain and bias of LN(W_hh h_{t-1}); returns h_0..h_T
+        [B, T+1, H], z and q."""
         H = self.rnn_dim
         cell, first = self.cell, self.posterior.first
         gates_x = cell.input_gates(emb.transpose(0, 1))  # [T, B, 4H]
-        post_from_b = F.linear(b.transpose(0, 1), first.weight[:, H:], first.bias)
+        post_from_b = post_from_b.transpose(0, 1)
         from_h = LoopLinear(self._weight_from_h(transposed=True))
         post = LoopLinear(self.posterior.second.weight, self.posterior.second.bias)
         z_in, z_act, z_out = self.z_map
@@ -259,25 +277,35 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
             h_all.append(h)
             z_all.append(z)
             q_all.append(q)
-        return torch.stack(h_all[:-1], 1), torch.stack(h_all[1:], 1), torch.stack(z_all, 1), torch.stack(q_all, 1)
+        return torch.stack(h_all, 1), torch.stack(z_all, 1), torch.stack(q_all, 1)
 
     def _terms(
-        self,
-        batch: SequenceBatch,
-        h_prev: Tensor,
-        hs: Tensor,
-        z: Tensor,
-        mean_q: Tensor,
-        logvar_q: Tensor,
-        b: Tensor,
+        self, batch: SequenceBatch, states: Tensor, z: Tensor, q: Tensor, b: Tensor, bwd_params: Tensor
     ) -> StepTerms:
-        path = LatentPath(h_prev, z, *self.prior(h_prev), mean_q, logvar_q)
+        """The per-step terms from the states h_0..h_T [B, T+1, H]: whatever reads them (output
+        head on h_1..h_T, prior and aux head on h_0..h_{T-1}) is one product over all states."""
+        H = self.rnn_dim
+        aux_first = self.aux_head.first
+        readers = [self.output_head.proj, self.prior.first]
+        weights = [layer.weight for layer in readers]
+        if self.aux_input == "h_z":
+            weights.append(aux_first.weight[:, :H])
+            readers.append(aux_first)
+        from_h = F.linear(states, torch.cat(weights), torch.cat([layer.bias for layer in readers]))
+        out_params, prior_pre, *aux_from_h = from_h.split([w.shape[0] for w in weights], dim=-1)
+        h_prev = states[:, :-1]
+        if aux_from_h:
+            aux_pre = aux_from_h[0][:, :-1] + F.linear(z, aux_first.weight[:, H:])
+        else:
+            aux_pre = aux_first(z)
+        mean_q, logvar_q = q.chunk(2, dim=-1)
+        path = LatentPath(h_prev, z, *self.prior.from_hidden_preactivation(prior_pre[:, :-1]), mean_q, logvar_q)
         return latent_terms(
             path,
-            label_nll(self.output_head, self.output_head(hs), batch.targets, self.spec),
+            label_nll(self.output_head, out_params[:, 1:], batch.targets, self.spec),
             batch.mask,
-            aux=self.aux_cost(h_prev, z, b),
-            bwd=self.backward_head.nll(self.backward_head(b), batch.inputs),
+            aux=self._aux_loss(*self.aux_head.from_hidden_preactivation(aux_pre), b),
+            bwd=self.backward_head.nll(bwd_params, batch.inputs),
         )
 
     # ------------------------------------------------------------------ sampling

@@ -11,11 +11,14 @@ the gate weights):
     z_t        = mean_t + exp(logvar_t / 2) * eps_t
     h_t, c_t   = LSTM(y_t[:4H] + W_z z_t, c_{t-1})
 
-Tensors are feature-major with time in the middle ([features, T, B]): each in-loop product is
-W @ x with the long side of W first (faster than x @ W^T for a small batch on a CPU) and each
-weight gradient is one product over all steps, e.g. dW_h = dY [4H+M, T*B] @ H_prev[H, T*B]^T.
-The pointwise parts of a step and their derivatives are the small functions below, collected
-in ``StepOps`` so that ``compile_step`` can hand them to ``torch.compile``.
+Each step's tensors are feature-major ([features, B]) and stored time first ([T, features, B],
+so a step's slice is contiguous): each in-loop product is W @ x with the long side of W first
+(faster than x @ W^T for a small batch on a CPU) and each weight gradient is one product over
+all steps, e.g. dW_h = dY [4H+M, T*B] @ H_prev[H, T*B]^T. At small sizes a step's time is mostly
+the fixed cost of each operation, so the loop does few: it writes into buffers allocated before
+it, and the backward pass forms every pointwise derivative for all steps before its loop. These
+pieces are the small functions below, collected in ``StepOps`` so that ``compile_step`` can hand
+them to ``torch.compile``.
 ``zf_lightning.models.zforcing.reference`` computes the same terms step by step with autograd; the
 tests hold the two equal in values and every gradient.
 """
@@ -35,10 +38,10 @@ from zf_lightning.models.layers import clipped_leaky_relu, fp32_backward, fp32_f
 
 
 # ---------------------------------------------------------------- pointwise step pieces
-def clipped_leaky_relu_backward(grad: Tensor, pre: Tensor, slope: float, bound: float) -> Tensor:
-    """Gradient through ``clipped_leaky_relu`` at pre-activation ``pre`` (torch's conventions at the kinks)."""
+def clipped_leaky_relu_grad(pre: Tensor, slope: float, bound: float) -> Tensor:
+    """Derivative of ``clipped_leaky_relu`` at ``pre`` (torch's conventions at the kinks)."""
     leaky = F.leaky_relu(pre, slope)
-    return torch.where(pre > 0, grad, grad * slope) * ((leaky >= -bound) & (leaky <= bound))
+    return torch.where(pre > 0, 1.0, slope) * ((leaky >= -bound) & (leaky <= bound))
 
 
 def sample_posterior(out: Tensor, noise: Tensor, clamp: float | None, dim: int = -1) -> tuple[Tensor, Tensor]:
@@ -49,43 +52,71 @@ def sample_posterior(out: Tensor, noise: Tensor, clamp: float | None, dim: int =
     return out, torch.addcmul(mean, torch.exp(0.5 * logvar), noise)
 
 
-def sample_posterior_backward(
-    grad_z: Tensor, grad_q: Tensor | None, q: Tensor, q_raw: Tensor, noise: Tensor, clamp: float | None
-) -> Tensor:
-    """Gradient of the posterior's unclamped output from those of z and of q (feature-major [2Z, B])."""
-    logvar = q[q.shape[0] // 2 :]
-    grad = torch.cat([grad_z, grad_z * noise * torch.exp(0.5 * logvar) * 0.5])
-    if grad_q is not None:
-        grad = grad + grad_q
+def act_into(pre: Tensor, slope: float, bound: float, out: Tensor) -> Tensor:
+    """``clipped_leaky_relu(pre)`` written into ``out`` (a step's slot of the kept activations)."""
+    return torch.clamp(F.leaky_relu(pre, slope), -bound, bound, out=out)
+
+
+def sample_into(q_raw: Tensor, noise: Tensor, clamp: float | None, q: Tensor, z: Tensor) -> None:
+    """Feature-major ``sample_posterior`` ([2Z, B] -> [Z, B]) into the step's slots of q and z
+    (``q`` is ``q_raw`` itself when there is no clamp)."""
     if clamp is not None:
-        grad = grad * ((q_raw >= -clamp) & (q_raw <= clamp))
-    return grad
+        torch.clamp(q_raw, -clamp, clamp, out=q)
+    mean, logvar = q.chunk(2, 0)
+    torch.addcmul(mean, torch.exp(0.5 * logvar), noise, out=z)
 
 
-def lstm_update(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Feature-major LSTM update from pre-activations [4H, B] (gates i, f, g, o).
-
-    Returns the gate activations (sigmoid, sigmoid, tanh, sigmoid), c_t, tanh(c_t) and h_t:
-    what the backward pass reads.
-    """
+def lstm_into(gates: Tensor, c: Tensor, acts: Tensor, c_new: Tensor, tanh_c: Tensor, h: Tensor) -> None:
+    """Feature-major LSTM update from pre-activations [4H, B] (gates i, f, g, o) into the step's
+    slots: the gate activations (sigmoid, sigmoid, tanh, sigmoid), c_t, tanh(c_t) and h_t."""
     hidden = c.shape[0]
-    acts = torch.sigmoid(gates)
-    acts[2 * hidden : 3 * hidden] = torch.tanh(gates[2 * hidden : 3 * hidden])
+    torch.sigmoid(gates, out=acts)
+    torch.tanh(gates[2 * hidden : 3 * hidden], out=acts[2 * hidden : 3 * hidden])
     i, f, g, o = acts.chunk(4, 0)
-    c_new = torch.addcmul(f * c, i, g)
-    tanh_c = torch.tanh(c_new)
-    return acts, c_new, tanh_c, o * tanh_c
+    torch.mul(f, c, out=c_new)
+    c_new.addcmul_(i, g)
+    torch.tanh(c_new, out=tanh_c)
+    torch.mul(o, tanh_c, out=h)
 
 
-def lstm_update_backward(
-    grad_h: Tensor, grad_c: Tensor, acts: Tensor, c_prev: Tensor, tanh_c: Tensor
+def lstm_factors(acts: Tensor, c_prev: Tensor, tanh_c: Tensor) -> tuple[Tensor, Tensor]:
+    """What the LSTM update's backward pass multiplies by, for all steps at once ([T, ., B]).
+
+    Returns the factors that turn dc_t (gates i, f, g) and dh_t (gate o) into the gates'
+    pre-activation gradients [T, 4H, B], and o_t (1 - tanh(c_t)^2), which carries dh_t into dc_t.
+    """
+    i, f, g, o = acts.chunk(4, 1)
+    gates = torch.cat([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g), tanh_c * o * (1 - o)], 1)
+    return gates, o * (1 - tanh_c * tanh_c)
+
+
+def lstm_backward_into(dh: Tensor, dc: Tensor, gate_factors: Tensor, dc_factor: Tensor, f: Tensor,
+                       d_gates: Tensor) -> None:
+    """One step of the LSTM update's backward pass from its ``lstm_factors``: the gates' gradient
+    into ``d_gates`` [4H, B]; ``dc`` (that of c_t on entry) becomes that of c_{t-1}."""
+    hidden = dh.shape[0]
+    dc.addcmul_(dh, dc_factor)
+    torch.mul(gate_factors[: 3 * hidden].view(3, hidden, -1), dc, out=d_gates[: 3 * hidden].view(3, hidden, -1))
+    torch.mul(gate_factors[3 * hidden :], dh, out=d_gates[3 * hidden :])
+    dc.mul_(f)
+
+
+def posterior_factors(
+    q: Tensor, q_raw: Tensor, noise: Tensor, clamp: float | None, d_q: Tensor | None
 ) -> tuple[Tensor, Tensor]:
-    """Gradients of the pre-activations [4H, B] and of c_{t-1} from those of h_t and c_t."""
-    i, f, g, o = acts.chunk(4, 0)
-    grad_c = torch.addcmul(grad_c, grad_h * o, 1 - tanh_c * tanh_c)
-    grad_i, grad_f, grad_g = grad_c * g * i * (1 - i), grad_c * c_prev * f * (1 - f), grad_c * i * (1 - g * g)
-    grad_gates = torch.cat([grad_i, grad_f, grad_g, grad_h * tanh_c * o * (1 - o)])
-    return grad_gates, grad_c * f
+    """The sampling step's backward pass for all steps at once ([T, ., B]).
+
+    d q_raw_t = s_t * [dz_t; dz_t] + r_t: returns s (the clamp's mask times [1; noise exp(logvar / 2) / 2])
+    and r (the masked gradient of q itself, zero without one), the buffer each step adds to.
+    """
+    mean, logvar = q.chunk(2, 1)
+    scale = torch.cat([torch.ones_like(mean), noise * torch.exp(0.5 * logvar) * 0.5], 1)
+    rest = torch.zeros_like(q) if d_q is None else d_q.clone()
+    if clamp is not None:
+        inside = (q_raw >= -clamp) & (q_raw <= clamp)
+        scale = scale * inside
+        rest = rest * inside
+    return scale, rest
 
 
 def cln_cell(gates_x: Tensor, gh: Tensor, cond: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
@@ -97,15 +128,22 @@ def cln_cell(gates_x: Tensor, gh: Tensor, cond: Tensor, c: Tensor) -> tuple[Tens
 
 @dataclass(frozen=True)
 class StepOps:
-    """The pointwise pieces of one recurrence step, eager or compiled (not a module: no state)."""
+    """The pointwise pieces of the recurrences, eager or compiled (not a module: no state).
+
+    ``act``, ``sample``, ``cln_cell``: the conditional-layer-norm loop (under autograd);
+    the rest: ``PlainRecurrence``, whose per-step pieces write into preallocated buffers.
+    """
 
     act: Callable[[Tensor, float, float], Tensor]
-    act_backward: Callable[[Tensor, Tensor, float, float], Tensor]
     sample: Callable[[Tensor, Tensor, float | None, int], tuple[Tensor, Tensor]]
-    sample_backward: Callable[..., Tensor]
-    cell: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor, Tensor]]
-    cell_backward: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
     cln_cell: Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+    act_into: Callable[[Tensor, float, float, Tensor], Tensor]
+    sample_into: Callable[[Tensor, Tensor, float | None, Tensor, Tensor], None]
+    cell: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], None]
+    cell_backward: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], None]
+    act_grad: Callable[[Tensor, float, float], Tensor]
+    cell_factors: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+    sample_factors: Callable[[Tensor, Tensor, Tensor, float | None, Tensor | None], tuple[Tensor, Tensor]]
 
 
 @functools.cache
@@ -113,12 +151,15 @@ def step_ops(compile_step: bool | str = False) -> StepOps:
     """Eager step functions, or ``torch.compile``d ones (shared by all models, so compiled once)."""
     fns = (
         clipped_leaky_relu,
-        clipped_leaky_relu_backward,
         sample_posterior,
-        sample_posterior_backward,
-        lstm_update,
-        lstm_update_backward,
         cln_cell,
+        act_into,
+        sample_into,
+        lstm_into,
+        lstm_backward_into,
+        clipped_leaky_relu_grad,
+        lstm_factors,
+        posterior_factors,
     )
     if compile_step:
         backend = compile_step if isinstance(compile_step, str) else "inductor"
@@ -130,10 +171,13 @@ def step_ops(compile_step: bool | str = False) -> StepOps:
 class PlainRecurrence(torch.autograd.Function):
     """The loop in the module docstring over T steps; see ``plain_recurrence`` for the arguments.
 
-    Kept for the backward pass, besides the outputs: the posterior's first-layer pre-activations
-    and activations, its unclamped outputs, the gate activations, c_t and tanh(c_t). What a
-    weight gradient reads is stored [features, T, B]; the rest [T, features, B], so each step
-    reads a contiguous slice (pointwise kernels on strided slices measured twice as slow).
+    Every per-step quantity lives in a buffer [T, features, B] allocated before the loop, so
+    each step reads and writes contiguous slices in place (no per-step allocation or copy):
+    y = pre + W_h h_{t-1} (+ W_z z_t on the gate rows) accumulates in one buffer, whose posterior
+    rows the backward pass reads. Kept for the backward pass besides the outputs: y, the
+    posterior's activations and unclamped outputs, the gate activations, c_t and tanh(c_t).
+    The backward pass forms every pointwise derivative for all steps at once before its loop,
+    which is then three products and a few multiply-adds per step.
     Under mixed precision it runs in fp32 (``fp32_forward``): the state h_t, c_t never rounds to bf16.
     """
 
@@ -157,28 +201,31 @@ class PlainRecurrence(torch.autograd.Function):
         H, Z = w_h.shape[1], w_z.shape[1]
         M = width - 4 * H
         new = pre.new_empty
-        hs, z, q = new(H, T + 1, B), new(Z, T, B), new(2 * Z, T, B)
+        y = pre.transpose(0, 1).clone(memory_format=torch.contiguous_format)  # [T, 4H + M, B], a copy to update
+        hs, z = new(T + 1, H, B), new(T, Z, B)
+        q_raw = b_post[None, :, None].expand(T, 2 * Z, B).contiguous()
+        q = q_raw if clamp is None else new(T, 2 * Z, B)
         # without a backward pass to come (evaluation), the backward-only buffers hold one step
+        # (c_t: two, used in turn)
         kept = T if keep else 1
-        post_act = new(M, kept, B)
-        acts, cs, tanh_cs = new(kept, 4 * H, B), new(kept + 1, H, B), new(kept, H, B)
-        post_pre, q_raw = new(kept, M, B), new(kept, 2 * Z, B)
-        h = pre.new_zeros(H, B)
-        c = cs[0].zero_()
-        hs[:, 0] = h
-        bias_post = b_post[:, None]
-        for t in range(T):
+        post_act, acts, tanh_cs = new(kept, M, B), new(kept, 4 * H, B), new(kept, H, B)
+        cs = new(T + 1 if keep else 2, H, B)
+        hs[0].zero_()
+        cs[0].zero_()
+        # every step's slice of every buffer, taken once (slicing inside the loop costs as much as an op)
+        steps = zip(
+            y.unbind(0), y[:, : 4 * H].unbind(0), y[:, 4 * H :].unbind(0), hs[:T].unbind(0), hs[1:].unbind(0),
+            q_raw.unbind(0), q.unbind(0), z.unbind(0), noise.unbind(0), strict=True,
+        )
+        for t, (y_t, gates, post_pre, h, h_new, q_raw_t, q_t, z_t, noise_t) in enumerate(steps):
             k = t if keep else 0
-            gates, post_pre[k] = torch.addmm(pre[:, t], w_h, h).split([4 * H, M])
-            post_act[:, k] = a = ops.act(post_pre[k], slope, bound)
-            q_raw[k] = out = torch.addmm(bias_post, w_post, a)
-            q[:, t], z_t = ops.sample(out, noise[t], clamp, 0)
-            z[:, t] = z_t
-            acts[k], c, tanh_cs[k], h = ops.cell(torch.addmm(gates, w_z, z_t), c)
-            if keep:
-                cs[t + 1] = c
-            hs[:, t + 1] = h
-        ctx.save_for_backward(noise, w_h, w_post, w_z, hs, z, q, post_act, acts, cs, tanh_cs, post_pre, q_raw)
+            c_in, c_out = (t, t + 1) if keep else (t % 2, (t + 1) % 2)
+            y_t.addmm_(w_h, h)
+            q_raw_t.addmm_(w_post, ops.act_into(post_pre, slope, bound, post_act[k]))
+            ops.sample_into(q_raw_t, noise_t, clamp, q_t, z_t)
+            gates.addmm_(w_z, z_t)
+            ops.cell(gates, cs[c_in], acts[k], cs[c_out], tanh_cs[k], h_new)
+        ctx.save_for_backward(noise, w_h, w_post, w_z, hs, z, q, y, post_act, acts, cs, tanh_cs, q_raw)
         ctx.consts = (ops, slope, bound, clamp)
         ctx.set_materialize_grads(False)  # an output nothing used gets None, not a zero tensor
         return hs, z, q
@@ -187,35 +234,41 @@ class PlainRecurrence(torch.autograd.Function):
     @fp32_backward
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, d_hs: Tensor | None, d_z: Tensor | None, d_q: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        noise, w_h, w_post, w_z, hs, z, q, post_act, acts, cs, tanh_cs, post_pre, q_raw = ctx.saved_tensors
+        noise, w_h, w_post, w_z, hs, z, q, y, post_act, acts, cs, tanh_cs, q_raw = ctx.saved_tensors
         ops, slope, bound, clamp = ctx.consts
-        H, T, B = hs.shape[0], hs.shape[1] - 1, hs.shape[2]
-        Z, M = z.shape[0], post_act.shape[0]
+        T, H, B = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
+        Z, M = z.shape[1], post_act.shape[1]
         # the transposed weights, copied once: W^T @ g reads them row-major (twice as fast as W.t() @ g)
         w_h_t, w_post_t, w_z_t = w_h.t().contiguous(), w_post.t().contiguous(), w_z.t().contiguous()
-        # incoming gradients as [T, ., B], so each step reads a contiguous slice (they arrive in the
-        # layout of whatever consumed the outputs, e.g. permuted to batch-major)
-        d_hs, d_z, d_q = (None if d is None else d.transpose(0, 1).contiguous() for d in (d_hs, d_z, d_q))
-        d_y = hs.new_empty(4 * H + M, T, B)  # gradient of y_t, i.e. of pre_t
-        d_q_raw = hs.new_empty(2 * Z, T, B)
-        dh, dc = hs.new_zeros(H, B), hs.new_zeros(H, B)
-        for t in reversed(range(T)):
-            if d_hs is not None:
-                dh = dh + d_hs[t + 1]
-            d_gates, dc = ops.cell_backward(dh, dc, acts[t], cs[t], tanh_cs[t])
-            dz = torch.mm(w_z_t, d_gates)
-            if d_z is not None:
-                dz = dz + d_z[t]
-            d_out = ops.sample_backward(dz, None if d_q is None else d_q[t], q[:, t], q_raw[t], noise[t], clamp)
-            d_q_raw[:, t] = d_out
-            d_post = ops.act_backward(torch.mm(w_post_t, d_out), post_pre[t], slope, bound)
-            d_y[:, t] = dy = torch.cat([d_gates, d_post])
+        # gradients of h_t and z_t, in the outputs' layout [T, ., B]: the incoming ones, to which
+        # each step adds in place what flows back through the recurrence
+        d_h_all = hs.new_zeros(hs.shape) if d_hs is None else torch.empty_like(hs).copy_(d_hs)
+        d_z_all = z.new_zeros(z.shape) if d_z is None else torch.empty_like(z).copy_(d_z)
+        gate_factors, dc_factor = ops.cell_factors(acts, cs[:T], tanh_cs)
+        act_grad = ops.act_grad(y[:, 4 * H :], slope, bound)
+        sample_scale, d_q_raw = ops.sample_factors(q, q_raw, noise, clamp, None if d_q is None else d_q.contiguous())
+        d_y = hs.new_empty(T, 4 * H + M, B)  # gradient of y_t, i.e. of pre_t
+        dc = hs.new_zeros(H, B)
+        steps = zip(
+            d_y.unbind(0), d_y[:, : 4 * H].unbind(0), d_y[:, 4 * H :].unbind(0), d_h_all[:T].unbind(0),
+            d_h_all[1:].unbind(0), d_z_all.unbind(0), d_q_raw.view(T, 2, Z, B).unbind(0),
+            sample_scale.view(T, 2, Z, B).unbind(0), gate_factors.unbind(0), dc_factor.unbind(0),
+            acts[:, H : 2 * H].unbind(0), act_grad.unbind(0), strict=True,
+        )
+        for t, (dy, d_gates, d_post, dh_prev, dh, dz, d_out, scale, gate_f, dc_f, f, act_f) in reversed(
+            list(enumerate(steps))
+        ):
+            ops.cell_backward(dh, dc, gate_f, dc_f, f, d_gates)
+            dz.addmm_(w_z_t, d_gates)
+            d_out.addcmul_(scale, dz)
+            torch.mm(w_post_t, d_out.view(2 * Z, B), out=d_post).mul_(act_f)
             if t > 0:  # h_0 is the constant zero state: its gradient is not needed
-                dh = torch.mm(w_h_t, dy)
-        d_w_h = d_y.view(-1, T * B) @ hs[:, :T].reshape(H, T * B).t()
-        d_w_post = d_q_raw.view(2 * Z, T * B) @ post_act.view(M, T * B).t()
-        d_w_z = d_y[: 4 * H].reshape(4 * H, T * B) @ z.view(Z, T * B).t()
-        return d_y, None, d_w_h, d_w_post, d_q_raw.sum((1, 2)), d_w_z, None, None, None, None, None
+                dh_prev.addmm_(w_h_t, dy)
+        d_pre = d_y.transpose(0, 1).contiguous()  # [4H + M, T, B], the layout of pre
+        d_w_h = d_pre.view(-1, T * B) @ hs[:T].transpose(0, 1).reshape(H, T * B).t()
+        d_w_post = d_q_raw.transpose(0, 1).reshape(2 * Z, T * B) @ post_act.transpose(0, 1).reshape(M, T * B).t()
+        d_w_z = d_pre[: 4 * H].view(4 * H, T * B) @ z.transpose(0, 1).reshape(Z, T * B).t()
+        return d_pre, None, d_w_h, d_w_post, d_q_raw.sum((0, 2)), d_w_z, None, None, None, None, None
 
 
 def plain_recurrence(
@@ -230,7 +283,7 @@ def plain_recurrence(
     bound: float,
     clamp: float | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Run the plain recurrence; returns h_0..h_T [H, T+1, B], z [Z, T, B] and q [2Z, T, B].
+    """Run the plain recurrence; returns h_0..h_T [T+1, H, B], z [T, Z, B] and q [T, 2Z, B].
 
     ``pre``: [4H + M, T, B], the gate pre-activations from the input (all biases included) over
     the posterior's first-layer pre-activations from b_t (bias included); ``noise``: [T, Z, B];

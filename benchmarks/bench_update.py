@@ -1,0 +1,172 @@
+"""How much of a training update is the model step? A study's ``Trainer.fit`` against the bare step
+on the very same batches, in one process.
+
+For a configuration (Hydra overrides of ``conf/train.yaml``, as ``train.py`` takes them; default:
+the FSDD studies' ``experiment=fsdd_study``) each round runs, for ``--steps`` updates:
+
+* ``update``: ``Trainer.fit`` as a study job runs it: the data module's loader, the config's
+  trainer (clip, validation interval), callbacks (checkpoints, early stopping, learning-rate
+  monitor) and the CSV logger, with validation and checkpointing amortized over the updates;
+* ``step``: the bare model step on the batches that fit trained on, in the same order: the
+  module's objective, backward, gradient-norm clip and the config's optimizer, nothing else.
+
+Both are timed from the start of update ``--warmup`` to the end; the ratio is the median over
+rounds of update / step per update (goal: <= 1.2, a study update mostly the step).
+
+    python benchmarks/bench_update.py --json
+    python benchmarks/bench_update.py --config "experiment=fsdd_study data.root=../shared/data/fsdd" --steps 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from zf_lightning.lit.module import SequenceLitModule  # noqa: E402
+from zf_lightning.runs.loggers import build_loggers  # noqa: E402
+from zf_lightning.runs.pipeline import (  # noqa: E402
+    build_callbacks,
+    build_datamodule,
+    build_module,
+    compose_config,
+    set_threads,
+)
+from zf_lightning.types import SequenceBatch  # noqa: E402
+
+FSDD_STUDY = f"experiment=fsdd_study data.root={ROOT.parent / 'shared' / 'data' / 'fsdd'}"
+
+
+class UpdateClock(L.Callback):
+    """Start time of every training batch, the end of training, and the batches (CPU copies)."""
+
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+        self.end = 0.0
+        self.batches: list[SequenceBatch] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, *args: Any) -> None:
+        self.starts.append(time.perf_counter())
+        self.batches.append(batch.to(torch.device("cpu")))
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.end = time.perf_counter()
+
+
+def timed_updates(cfg: DictConfig, dm: Any, steps: int, warmup: int) -> tuple[float, list[SequenceBatch]]:
+    """Seconds per update of one study-like ``Trainer.fit`` (after ``warmup`` updates), and its batches."""
+    L.seed_everything(int(cfg.seed), verbose=False)
+    lit = build_module(cfg, dm)
+    clock = UpdateClock()
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, logger=build_loggers(cfg), callbacks=[*build_callbacks(cfg), clock], max_steps=steps
+    )
+    trainer.fit(lit, datamodule=dm)
+    if len(clock.starts) <= warmup:
+        raise RuntimeError(f"only {len(clock.starts)} updates ran; raise --steps above --warmup")
+    return (clock.end - clock.starts[warmup]) / (len(clock.starts) - warmup), clock.batches
+
+
+def timed_steps(cfg: DictConfig, dm: Any, batches: list[SequenceBatch], warmup: int) -> float:
+    """Seconds per bare step (objective, backward, clip, optimizer) over ``batches``, after ``warmup``."""
+    L.seed_everything(int(cfg.seed), verbose=False)
+    lit: SequenceLitModule = build_module(cfg, dm)
+    lit.train()
+    params = [p for p in lit.parameters() if p.requires_grad]
+    optimizer = instantiate(cfg.optim.optimizer)(params)
+    clip = float(cfg.trainer.gradient_clip_val or 0.0)
+    start = 0.0
+    for i, batch in enumerate(batches):
+        if i == warmup:
+            start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss, _ = lit.objective(batch, lit.weights(i))
+        loss.backward()
+        if clip:
+            nn.utils.clip_grad_norm_(params, clip)
+        optimizer.step()
+    return (time.perf_counter() - start) / (len(batches) - warmup)
+
+
+def bench_config(overrides: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    scratch = tempfile.mkdtemp(prefix="bench_update_")
+    cfg = compose_config("train", [f"paths.output_dir={scratch}", "logger=csv", *overrides])
+    set_threads(cfg)
+    dm = build_datamodule(cfg)
+    dm.prepare_data()
+    dm.setup("fit")
+    updates, steps = [], []
+    for _ in range(args.rounds):
+        per_update, batches = timed_updates(cfg, dm, args.steps, args.warmup)
+        updates.append(per_update)
+        steps.append(timed_steps(cfg, dm, batches, args.warmup))
+    lengths = [int(b.inputs.shape[1]) for b in batches]
+    return {
+        "overrides": " ".join(overrides),
+        "torch_threads": torch.get_num_threads(),
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "rounds": args.rounds,
+        "val_check_interval": cfg.trainer.val_check_interval,
+        "batch_size": int(batches[0].inputs.shape[0]),
+        "mean_frames_per_batch": sum(lengths) / len(lengths),
+        "update_s": statistics.median(updates),
+        "step_s": statistics.median(steps),
+        "update_over_step": statistics.median(u / s for u, s in zip(updates, steps, strict=True)),
+        "per_round_update_s": updates,
+        "per_round_step_s": steps,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=FSDD_STUDY, help="Hydra overrides, as one string")
+    parser.add_argument("--steps", type=int, default=500, help="updates per round (validation amortized over them)")
+    parser.add_argument("--warmup", type=int, default=10, help="updates not timed at the start of each round")
+    parser.add_argument("--rounds", type=int, default=3, help="(update, step) pairs; medians reported")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON object to this file")
+    args = parser.parse_args(argv)
+    if args.steps <= args.warmup:
+        parser.error(f"--steps ({args.steps}) must exceed --warmup ({args.warmup})")
+    os.environ.setdefault("WANDB_MODE", "offline")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="lightning")
+    result = {
+        "meta": {"command": " ".join(sys.argv), "cpus": os.cpu_count(), "torch": torch.__version__},
+        "update": bench_config(shlex.split(args.config), args),
+    }
+    r = result["update"]
+    summary = (
+        f"update {1e3 * r['update_s']:.1f} ms, step {1e3 * r['step_s']:.1f} ms, "
+        f"update / step {r['update_over_step']:.3f} (goal <= 1.2)"
+    )
+    print(summary, file=sys.stderr if args.json else sys.stdout, flush=True)
+    text = json.dumps(result, indent=1)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+    if args.json:
+        print(text)
+    return result
+
+
+if __name__ == "__main__":
+    main()
