@@ -137,6 +137,20 @@ def test_l2_aux_loss_is_squared_error_to_tanh_mean() -> None:
     torch.testing.assert_close(model.aux_cost(h, z, b), (b - mean.tanh()).pow(2).sum(-1))
 
 
+@pytest.mark.parametrize("aux_loss", ["gaussian", "l2"])
+def test_the_mean_aux_reduction_is_the_sum_over_the_backward_states_size(aux_loss: str) -> None:
+    summed, averaged = (make_model("real", aux_loss=aux_loss, aux_reduction=r) for r in ("sum", "mean"))
+    batch = make_batch("real")
+    noise = torch.randn(batch.inputs.shape[0], batch.inputs.shape[1], 3)
+    a, b = summed(batch, noise=noise), averaged(batch, noise=noise)
+    torch.testing.assert_close(b.aux, a.aux / summed.rnn_dim)
+    torch.testing.assert_close(b.nll, a.nll)
+    reference = reference_forward(averaged, batch, noise=noise)
+    torch.testing.assert_close(reference.aux, b.aux)
+    with pytest.raises(ValueError, match="aux_reduction"):
+        make_model("real", aux_reduction="max")
+
+
 VARIANTS = list(itertools.product(["real", "binary", "tokens"], [False, True], ["h_z", "z"], ["gaussian", "l2"]))
 
 

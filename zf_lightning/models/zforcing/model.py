@@ -55,6 +55,7 @@ AuxInput = Literal["h_z", "z"]
 
 
 AuxLoss = Literal["gaussian", "l2"]
+AuxReduction = Literal["sum", "mean"]
 
 
 class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses, PredictsValues, StepSampler):
@@ -70,6 +71,10 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
         aux_input: ``h_z`` feeds [h_{t-1}; z_t] to the auxiliary MLP (authors' default),
             ``z`` feeds z_t alone (the paper's equation).
         aux_loss: ``gaussian`` (-log N(b_t; tanh(mu), var)) or ``l2`` (squared error to tanh(mu)).
+        aux_reduction: ``sum`` over the dimensions of b_t (the paper's) or ``mean`` over them. Summed,
+            the cost grows with the backward state's size and its scale next to the data's NLL
+            differs by orders of magnitude between data sets; averaged, a weight means the same
+            per dimension everywhere.
         dropout: on the input embedding.
         compile_step: compile the pointwise parts of each recurrence step with ``torch.compile``
             (True: the default backend; a string: that backend). Off by default: it needs a
@@ -89,6 +94,7 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
         cond_layer_norm: bool = False,
         aux_input: AuxInput = "h_z",
         aux_loss: AuxLoss = "gaussian",
+        aux_reduction: AuxReduction = "sum",
         dropout: float = 0.0,
         compile_step: bool | str = False,
     ) -> None:
@@ -97,11 +103,14 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
             raise ValueError(f"aux_input must be 'h_z' or 'z', got {aux_input!r}")
         if aux_loss not in ("gaussian", "l2"):
             raise ValueError(f"aux_loss must be 'gaussian' or 'l2', got {aux_loss!r}")
+        if aux_reduction not in ("sum", "mean"):
+            raise ValueError(f"aux_reduction must be 'sum' or 'mean', got {aux_reduction!r}")
         self.spec = spec
         self.rnn_dim = rnn_dim
         self.z_dim = z_dim
         self.aux_input = aux_input
         self.aux_loss = aux_loss
+        self.aux_reduction = aux_reduction
         self.cond_layer_norm = cond_layer_norm
         self.compile_step = compile_step
         self._ops = step_ops(compile_step)
@@ -160,8 +169,10 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
     def _aux_loss(self, mean: Tensor, logvar: Tensor, b: Tensor) -> Tensor:
         target = b.detach()
         if self.aux_loss == "l2":
-            return (target - torch.tanh(mean)).pow(2).sum(-1)
-        return -gaussian_log_prob(target, torch.tanh(mean), logvar)
+            cost = (target - torch.tanh(mean)).pow(2).sum(-1)
+        else:
+            cost = -gaussian_log_prob(target, torch.tanh(mean), logvar)
+        return cost / target.shape[-1] if self.aux_reduction == "mean" else cost
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch: SequenceBatch, noise: Tensor | None = None) -> StepTerms:
