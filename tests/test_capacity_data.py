@@ -140,8 +140,10 @@ def _keys(dataset) -> list[bytes]:
 @pytest.mark.parametrize("fresh", [True, False])
 def test_splits_are_disjoint_and_training_draws_are_fresh_or_fixed(fresh: bool) -> None:
     # Dyck of length 6 has only 32 members: collisions between splits are certain unless avoided
+    # (held out whatever share of training that takes: max_held_out_mass=1)
     dm = ClassificationDataModule(BoundedDyck(), length=6, min_length=4, test_lengths=[6, 8], num_train=200,
-                                  fresh_train=fresh, num_val=20, num_test=20, seed=5, batch_size=10)
+                                  fresh_train=fresh, num_val=20, num_test=20, seed=5, batch_size=10,
+                                  max_held_out_mass=1.0)
     dm.setup()
     val, test = _keys(dm.val_set), _keys(dm.test_set)
     assert len(set(val)) == 20 and len(set(test)) == 40 and not set(val) & set(test)
@@ -199,9 +201,14 @@ def test_impossible_sizes_and_too_small_tasks_are_clear_errors() -> None:
         ClassificationDataModule(NearestNeighbor(dim=4), length=4, test_lengths=[9])
     with pytest.raises(ValueError, match=r"data\.min_length"):
         ClassificationDataModule(IndexLookup(), length=4, min_length=6)
-    dm = ClassificationDataModule(BoundedDyck(), length=4, num_val=20, num_test=20)
+    dm = ClassificationDataModule(BoundedDyck(), length=4, num_val=20, num_test=20, max_held_out_mass=1.0)
     with pytest.raises(ValueError, match="too few distinct sequences"):
         dm.setup()
+    shared = ClassificationDataModule(BoundedDyck(), length=4, num_val=20, num_test=20)  # drawn from training
+    shared.setup()
+    assert shared.shared_sizes("val") == shared.shared_sizes("test") == {4} and len(shared.val_set) == 20
+    with pytest.raises(ValueError, match="max_held_out_mass"):
+        ClassificationDataModule(BoundedDyck(), length=4, max_held_out_mass=2.0)
 
 
 @pytest.mark.parametrize("fresh", [True, False])
@@ -316,3 +323,19 @@ def test_set_tasks_and_skewed_tasks_log_no_chance_level() -> None:
                                        num_test=20).reference_metrics()
     assert metrics == {"val/chance_acc": 0.75, "test/chance_acc": 0.75, "test/chance_acc_len10": 0.75,
                        "test/chance_acc_len12": 0.75}
+
+
+
+@pytest.mark.slow
+def test_the_committed_held_out_support_table_is_what_the_code_draws(tmp_path) -> None:
+    """results/held_out_support states, per task and size, how much of the training distribution
+    the held-out sets take and which sizes are drawn from training instead; rebuilt, it is unchanged."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "scripts/held_out_support.py", "--out", str(tmp_path)], cwd=repo, check=True,
+                   capture_output=True)
+    for name in ("support.csv", "support.md"):
+        assert (tmp_path / name).read_text() == (repo / "results" / "held_out_support" / name).read_text(), name

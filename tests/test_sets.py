@@ -196,3 +196,27 @@ def test_step_functions_match_the_parallel_states() -> None:
 def test_set_tasks_need_two_values() -> None:
     with pytest.raises(ValueError, match=r"data\.task\.values"):
         SetTask.__init__(SetMax.__new__(SetMax), 1)
+
+
+def set_sum_mod10_module(num_val: int = 500):
+    from zf_lightning.runs.pipeline import build_datamodule, compose_config
+
+    cfg = compose_config("train", ["data=set_sum_mod10", f"data.num_val={num_val}", "paths.output_dir=unused"])
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    return dm
+
+
+def test_held_out_sets_do_not_carve_the_small_sizes_out_of_training() -> None:
+    """500 validation sets cannot be distinct and held out at sizes 1 and 2 (10 and 100 sequences)
+    without emptying those sizes in training: there they come from the training distribution."""
+    dm = set_sum_mod10_module()
+    assert dm.shared_sizes("val") == {1, 2, 3} and dm.shared_sizes("test") == set()
+    counts = np.bincount([dm.train_set.example(k)[2] for k in range(20_000)], minlength=11)[1:]
+    sigma = (20_000 * 0.1 * 0.9) ** 0.5
+    assert all(abs(c - 2_000) < 4 * sigma for c in counts), counts  # sizes 1..10 uniform, 2,000 each
+    val_sizes = np.bincount([size for *_, size in dm.eval_sets()["val"]], minlength=11)[1:]
+    assert all(abs(c - 50) < 25 for c in val_sizes), val_sizes  # validation is not skewed either
+    # held out where the space is large: no training draw is a validation sequence of size >= 4
+    held = {t.tobytes() for t, _, size in dm.eval_sets()["val"] if size >= 4}
+    assert not any(dm.train_set.example(k)[0].tobytes() in held for k in range(5_000))

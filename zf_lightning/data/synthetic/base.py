@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from functools import cache
 from pathlib import Path
@@ -27,7 +27,12 @@ from zf_lightning.types import IGNORE_TARGET, IGNORE_VALUE, DataSpec, SequenceBa
 log = logging.getLogger(__name__)
 
 # numpy SeedSequence entropy [seed, stream, ...]: the splits never share a random stream
-_TRAIN_STREAM, _VAL_STREAM, _TEST_STREAM = 1, 2, 3
+_TRAIN_STREAM, _VAL_STREAM, _TEST_STREAM, _PROBE_STREAM = 1, 2, 3, 4
+# Held-out sequences are kept out of training only where they take at most this share of the
+# training draws of their size (data.max_held_out_mass); where they would take more (small sizes
+# of a small alphabet), they are drawn from the training distribution and may occur in training.
+MAX_HELD_OUT_MASS = 0.01
+_PROBES = 500
 # draws allowed per wanted example before a set is declared impossible (too few distinct sequences)
 _ATTEMPTS_PER_EXAMPLE = 50
 
@@ -115,12 +120,23 @@ def majority_copy_accuracy(size: int, classes: int) -> float:
     return expected_largest / (classes**size * size)
 
 
+def held_out_mass(held_task: ClassificationTask, train_task: ClassificationTask, size: int, count: int,
+                  rng: np.random.Generator) -> float:
+    """The share of training draws of ``size`` that ``count`` held-out sequences of that size take:
+    ``count`` draws as a held-out set would make them, then the fraction of training draws that
+    hit one (0 for a large space; all 10 one-element sets of 10 digits take 1.0)."""
+    held = {held_task.sample(size, rng)[0].tobytes() for _ in range(count)}
+    return sum(train_task.sample(size, rng)[0].tobytes() in held for _ in range(_PROBES)) / _PROBES
+
+
 def draw_unique(task: ClassificationTask, sizes: Sequence[int], count: int, rng: np.random.Generator,
-                exclude: set[bytes], what: str) -> list[Example]:
+                exclude: set[bytes], what: str, shared: Collection[int] = ()) -> list[Example]:
     """``count`` distinct examples (sizes drawn uniformly from ``sizes``), none of them in
     ``exclude``, with the classes as balanced as ``count`` allows (uniqueness alone would skew
     small sizes towards the class with more distinct sequences). Their keys are added to
-    ``exclude`` so later sets stay disjoint."""
+    ``exclude`` so later sets stay disjoint. At the ``shared`` sizes, whose space is too small to
+    hold sequences out without carving them out of training, examples are drawn as training
+    draws them: repeats allowed, nothing excluded."""
     if task.balanced:
         quota = [count // task.classes + (c < count % task.classes) for c in range(task.classes)]
     else:
@@ -132,8 +148,9 @@ def draw_unique(task: ClassificationTask, sizes: Sequence[int], count: int, rng:
         size = int(rng.choice(sizes))
         tokens, label = task.sample(size, rng)
         key = tokens.tobytes()
-        if quota[label] > 0 and key not in exclude:
-            exclude.add(key)
+        if quota[label] > 0 and (size in shared or key not in exclude):
+            if size not in shared:
+                exclude.add(key)
             quota[label] -= 1
             out.append((tokens, label, size))
     if len(out) == count:
@@ -201,8 +218,8 @@ class DrawnSet(Dataset):
 
     def example(self, draw: int) -> Example:
         rng = np.random.default_rng([self.seed, _TRAIN_STREAM, draw])
-        for _ in range(_ATTEMPTS_PER_EXAMPLE):
-            size = int(rng.choice(self.sizes))
+        size = int(rng.choice(self.sizes))  # a draw that hits a held-out sequence is redrawn at its size,
+        for _ in range(_ATTEMPTS_PER_EXAMPLE):  # so the sizes keep the rates the task defines
             tokens, label = self.task.sample(size, rng)
             if tokens.tobytes() not in self.exclude:
                 return tokens, label, size
@@ -249,6 +266,9 @@ class ClassificationDataModule(SequenceDataModule):
             examples every epoch (a fixed training set).
         num_val, num_test: validation examples, and test examples per test size (distinct,
             and disjoint from each other and from every training draw).
+        max_held_out_mass: a size whose validation or test sequences would take more than this
+            share of its training draws is not held out: its examples come from the training
+            distribution (and may occur in training), so small sizes are not carved out of it.
         seed: the data seed (not the training seed: keep the sets fixed across runs).
     """
 
@@ -256,7 +276,8 @@ class ClassificationDataModule(SequenceDataModule):
 
     def __init__(self, task: ClassificationTask, length: int = 16, min_length: int | None = None,
                  test_lengths: Sequence[int] | None = None, num_train: int = 10_000, fresh_train: bool = True,
-                 num_val: int = 500, num_test: int = 500, seed: int = 0, batch_size: int = 64,
+                 num_val: int = 500, num_test: int = 500, seed: int = 0, max_held_out_mass: float = MAX_HELD_OUT_MASS,
+                 batch_size: int = 64,
                  eval_batch_size: int | None = None, num_workers: int = 0, pin_memory: bool = False) -> None:
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
                          pin_memory=pin_memory)
@@ -276,6 +297,9 @@ class ClassificationDataModule(SequenceDataModule):
                     raise ValueError(f"{key}: size {size} is impossible for {type(task).__name__}: {problem}")
         if min(num_train, num_val, num_test) < 1:
             raise ValueError("data.num_train, data.num_val and data.num_test must be >= 1")
+        if not 0.0 <= max_held_out_mass <= 1.0:
+            raise ValueError(f"data.max_held_out_mass must be in [0, 1], got {max_held_out_mass}")
+        self.max_held_out_mass = max_held_out_mass
         self.task = task
         self.train_sizes = [n for n in range(min_length, length + 1) if task.check_size(n) is None]
         self.num_train, self.num_val, self.num_test = num_train, num_val, num_test
@@ -284,25 +308,53 @@ class ClassificationDataModule(SequenceDataModule):
         self.max_size = max([length, *self.test_sizes])
         self._eval_sets: dict[str, list[Example]] | None = None
         self._eval_keys: set[bytes] = set()
+        self._held_out: dict[tuple[str, int], float] | None = None
 
     @property
     def spec(self) -> DataSpec:
         return DataSpec(kind="tokens", dim=self.task.vocab_size(self.max_size), unit="label", dims_per_step=1,
                         **self.task.label_spec())
 
+    def held_out_support(self) -> dict[tuple[str, int], float]:
+        """``(split, size) -> share of the training draws of that size`` that the split's sequences
+        would take if held out of training. Sizes above ``max_held_out_mass`` are not held out:
+        their validation or test sequences come from the training distribution (and may occur in
+        training), so the training sizes keep the rates the task defines."""
+        if self._held_out is None:
+            train_task = self.task.for_split("train")
+            per_size = math.ceil(self.num_val / len(self.train_sizes))
+            rng = np.random.default_rng([self.seed, _PROBE_STREAM])
+            held = {("val", n): held_out_mass(self.task.for_split("val"), train_task, n, per_size, rng)
+                    for n in self.train_sizes}
+            test_task = self.task.for_split("test")
+            held |= {("test", n): held_out_mass(test_task, train_task, n, self.num_test, rng)
+                     for n in self.test_sizes}
+            self._held_out = held
+        return self._held_out
+
+    def shared_sizes(self, split: str) -> set[int]:
+        """The sizes at which ``split`` is drawn from the training distribution, not held out."""
+        return {n for (s, n), mass in self.held_out_support().items() if s == split and mass > self.max_held_out_mass}
+
     def eval_sets(self) -> dict[str, list[Example]]:
         """Validation and test examples (drawn once; test sets per size after validation)."""
         if self._eval_sets is None:
             keys: set[bytes] = set()
             sets = {"val": draw_unique(self.task.for_split("val"), self.train_sizes, self.num_val,
-                                       np.random.default_rng([self.seed, _VAL_STREAM]), keys, "validation")}
+                                       np.random.default_rng([self.seed, _VAL_STREAM]), keys, "validation",
+                                       self.shared_sizes("val"))}
             test: list[Example] = []
             test_task = self.task.for_split("test")
+            shared_test = self.shared_sizes("test")
             for size in self.test_sizes:
                 rng = np.random.default_rng([self.seed, _TEST_STREAM, size])
-                test += draw_unique(test_task, [size], self.num_test, rng, keys, f"test (size {size})")
+                test += draw_unique(test_task, [size], self.num_test, rng, keys, f"test (size {size})", shared_test)
             sets["test"] = test
             self._eval_sets, self._eval_keys = sets, keys
+            shared = {split: sorted(self.shared_sizes(split)) for split in ("val", "test")}
+            if any(shared.values()):
+                log.info("%s: sizes drawn from the training distribution instead of held out (their space is too "
+                         "small): validation %s, test %s", type(self.task).__name__, shared["val"], shared["test"])
         return self._eval_sets
 
     def reference_metrics(self) -> dict[str, float]:
