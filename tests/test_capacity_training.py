@@ -16,8 +16,8 @@ from zf_lightning.data.synthetic import ClassificationDataModule, IndexLookup
 from zf_lightning.lit import SequenceLitModule
 from zf_lightning.lit.module import EVAL_WEIGHTS
 from zf_lightning.models import LRU, RNN, CategoricalHead, Transformer
-from zf_lightning.runs.pipeline import CONF_DIR
-from zf_lightning.sweeps.heatmap import (
+from zf_lightning.report.build import build_report
+from zf_lightning.report.heatmap import (
     capacity_grid,
     capacity_headline,
     chance_by_length,
@@ -25,7 +25,9 @@ from zf_lightning.sweeps.heatmap import (
     width_needed,
     width_needed_table,
 )
-from zf_lightning.sweeps.report import HEADLINE, Job, build_report
+from zf_lightning.report.jobs import Job
+from zf_lightning.report.rows import HEADLINE
+from zf_lightning.runs.pipeline import CONF_DIR
 
 BUILDERS = {
     "rnn": lambda spec: RNN(spec, CategoricalHead, emb_dim=16, rnn_dim=32),

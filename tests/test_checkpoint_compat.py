@@ -35,7 +35,7 @@ def test_migration_rewrites_every_moved_target_and_nothing_else() -> None:
     assert migrated["data"] == {"_target_": "zf_lightning.data.text.modules.SentencesDataModule", "files": ["a"]}
     assert migrated["model"] == stored["model"]
     assert migrated["analyses"]["probe"]["_target_"] == "zf_lightning.evaluation.probes.latent_probe"
-    assert migrated["tags"] == [{"_target_": "zf_lightning.sweeps.callback.SweepStatus"}, "_target_"]
+    assert migrated["tags"] == [{"_target_": "zf_lightning.report.callback.SweepStatus"}, "_target_"]
     assert stored["data"]["_target_"] == "zf_lightning.data.text.SentencesDataModule"  # input untouched
 
 

@@ -14,17 +14,26 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
+from zf_lightning.report.build import build_report, write_report
+from zf_lightning.report.callback import SweepStatus
+from zf_lightning.report.cli import main
+from zf_lightning.report.jobs import read_sweep, read_wandb
+from zf_lightning.report.plots import mean_band
+from zf_lightning.report.rows import group_rows, varying_keys
+from zf_lightning.report.tables import fmt
 from zf_lightning.runs.status import failed_jobs, job_folders
-from zf_lightning.sweeps.callback import SweepStatus
-from zf_lightning.sweeps.report import fmt, main, read_sweep, read_wandb, varying_keys, write_report
 
 
 def make_job(sweep: Path, num: int, overrides: list[str], metrics: dict | None, status: str = "completed",
-             error: str | None = None, curve: list[tuple[int, float, float]] = (), config: dict | None = None) -> Path:
-    """A job folder as train.py leaves it: .hydra/overrides.yaml, status.json, metrics.json, csv."""
+             error: str | None = None, curve: list[tuple[int, float, float]] = (), config: dict | None = None,
+             choices: dict | None = None) -> Path:
+    """A job folder as train.py leaves it: .hydra/overrides.yaml (and hydra.yaml with the group
+    ``choices``), status.json, metrics.json, csv."""
     job = sweep / str(num)
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if choices is not None:
+        (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": choices}}}))
     record = {"status": status} | ({"error": error, "traceback": "Traceback ...\n" + error} if error else {})
     (job / "status.json").write_text(json.dumps(record))
     if metrics is not None:
@@ -44,7 +53,8 @@ def make_job(sweep: Path, num: int, overrides: list[str], metrics: dict | None, 
 
 @pytest.fixture
 def ablation_sweep(tmp_path: Path) -> tuple[Path, dict[str, list[float]]]:
-    """4 ablations x 3 seeds with known test ELBOs; job 'aux, seed 3' failed."""
+    """4 ablations x 3 seeds with known test ELBOs; job 'aux, seed 3' failed. The folders predate
+    ``table_row`` in the config: their rows are named from their model and ablation choices."""
     sweep = tmp_path / "sweep"
     elbos: dict[str, list[float]] = {}
     num = 0
@@ -58,7 +68,7 @@ def ablation_sweep(tmp_path: Path) -> tuple[Path, dict[str, list[float]]]:
                 elbos.setdefault(ablation, []).append(elbo)
                 curve = [(10, elbo - 5 + seed, 2.0 + seed), (20, elbo, 1.0 + seed)]
                 make_job(sweep, num, overrides, {"test/elbo": elbo, "test/kl": 1.5 * seed, "val/elbo": elbo},
-                         curve=curve, config={"model": {"_target_": "zf_lightning.models.ZForcing"}})
+                         curve=curve, config={}, choices={"model": "zforcing", "ablation": ablation})
             num += 1
     return sweep, elbos
 
@@ -102,8 +112,6 @@ def test_seed_and_fixed_overrides_do_not_make_configurations(ablation_sweep) -> 
 
 
 def test_curves_average_the_seeds_per_step(ablation_sweep) -> None:
-    from zf_lightning.sweeps.report import group_rows, mean_band
-
     sweep, elbos = ablation_sweep
     jobs = read_sweep(sweep)
     plain = group_rows(jobs, ["ablation"])[0]
@@ -201,8 +209,6 @@ def test_wandb_project_runs_become_the_same_report(tmp_path: Path) -> None:
 
     jobs = read_wandb("me/zf", group="sweep-1", api=Api())
     assert calls == [("me/zf", {"group": "sweep-1"})]
-    from zf_lightning.sweeps.report import build_report
-
     rows = build_report(jobs, tmp_path, "W&B me/zf")
     assert [r.label for r in rows] == ["ablation=plain", "ablation=aux"]
     assert rows[0].stats("test/elbo") == pytest.approx((-101.0, math.sqrt(2.0), 2))
@@ -221,12 +227,42 @@ def test_a_resumed_job_is_grouped_by_its_own_overrides_not_the_resume_command(tm
 
 
 def test_the_report_ignores_the_keys_hydra_leaves_out_of_a_job_name() -> None:
+    from zf_lightning.report.jobs import Job
+    from zf_lightning.report.rows import excluded_override_keys
     from zf_lightning.runs.pipeline import compose_config
-    from zf_lightning.sweeps.report import IGNORED_PREFIXES
 
     cfg = compose_config("train", ["paths.output_dir=unused"], return_hydra_config=True)
-    excluded = set(cfg.hydra.job.config.override_dirname.exclude_keys)
-    assert {k for k in excluded if not k.startswith("hydra.")} <= {p for p in IGNORED_PREFIXES if not p.endswith(".")}
+    assert excluded_override_keys() == tuple(cfg.hydra.job.config.override_dirname.exclude_keys)
+    jobs = [Job(name=str(n), overrides={"ablation": a, "trainer.max_steps": str(steps), "torch_threads": str(n),
+                                        "paths.log_dir": f"/tmp/{n}"}, status="completed")
+            for n, (a, steps) in enumerate((("kla", 100), ("aux", 200)))]
+    assert varying_keys(jobs) == ["ablation"]
+
+
+def test_a_jobs_config_names_its_table_row_without_the_model_classes() -> None:
+    """Z-Forcing's ablations carry Table 1's names (conf/row/); another model with the same
+    ablation names no row, and a variant's or study's own name wins."""
+    from zf_lightning.runs.pipeline import compose_config
+
+    def table_row(*overrides: str) -> str | None:
+        return compose_config("train", [*overrides, "paths.output_dir=unused"]).get("table_row")
+
+    assert table_row("ablation=kla") == "Z-Forcing + kla"
+    assert table_row("ablation=kla_aux") == "Z-Forcing + kla, aux"
+    assert table_row("model=vrnn", "ablation=kla") is None
+    assert table_row("model=rnn") is None
+    assert table_row("+variant=rnn_gauss") == "RNN-Gauss"
+    assert table_row("study=mnist_aux_weight") == "Z-Forcing + kla, aux (aux weight 0.1)"
+
+
+def test_an_old_job_folder_without_table_row_is_named_from_its_group_choices(tmp_path: Path) -> None:
+    make_job(tmp_path, 0, ["ablation=kla", "seed=1"], {"test/elbo": -1.0}, config={},
+             choices={"model": "zforcing", "ablation": "kla"})
+    make_job(tmp_path, 1, ["ablation=kla", "seed=2"], {"test/elbo": -1.0}, config={},
+             choices={"model": "vrnn", "ablation": "kla"})
+    make_job(tmp_path, 2, ["ablation=aux", "seed=3"], {"test/elbo": -1.0}, config={"table_row": "mine"},
+             choices={"model": "zforcing", "ablation": "aux"})
+    assert [j.table_row for j in read_sweep(tmp_path)] == ["Z-Forcing + kla", None, "mine"]
 
 
 def test_curves_csv_keeps_the_validation_accuracy_of_classification_jobs(tmp_path: Path) -> None:

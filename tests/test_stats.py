@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from tests.test_report import make_job
-from zf_lightning.sweeps.report import main, read_jobs_csv, write_report
-from zf_lightning.sweeps.stats import (
+from zf_lightning.report.build import write_report
+from zf_lightning.report.cli import main
+from zf_lightning.report.jobs import read_jobs_csv
+from zf_lightning.report.stats import (
     BETTER,
     NO_DIFFERENCE,
     WORSE,
@@ -74,7 +76,7 @@ def study(tmp_path: Path) -> Path:
                 elbo = base[seed] + offset
                 job = make_job(sweep, num, overrides, {"test/elbo": elbo, "test/kl": 2.0},
                                curve=[(100, elbo - 10, 1.0), (200, elbo - 1, 1.0), (300, elbo, 1.0)],
-                               config={"model": {"_target_": "zf_lightning.models.ZForcing"}})
+                               choices={"model": "zforcing", "ablation": ablation})
                 diverged = "true" if (ablation, seed) == ("kla_aux", 1) else "false"
                 status = (job / "status.json").read_text().replace('"completed"', '"completed", "stop_reason": '
                                                                     '"converged", "updates": 300, "best_step": 300, '
@@ -110,12 +112,11 @@ def test_jobs_from_before_the_diverged_flag_are_judged_by_their_curves(tmp_path:
                                          (3, [(100, -50.0, 1.0), (200, -60.0, 1.0)]),    # worse, flagged False
                                          (4, [(100, -50.0, 1.0), (200, float("nan"), 1.0)]))):  # not finite
         job = make_job(sweep, num, ["ablation=aux", f"seed={seed}"], {"test/elbo": -1.0}, curve=curve,
-                       config={"model": {"_target_": "zf_lightning.models.ZForcing"}})
+                       config={"table_row": "Z-Forcing + aux"})
         flag = {"diverged": False} if seed == 3 else {}  # a recorded flag wins over the curve
         (job / "status.json").write_text(json.dumps({"status": "completed", "stop_reason": "max_steps"} | flag))
     job = make_job(sweep, 4, ["ablation=kla", "seed=1"], {"test/elbo": -1.0},
-                   curve=[(100, -50.0, 1.0), (200, -45.0, 1.0)],
-                   config={"model": {"_target_": "zf_lightning.models.ZForcing"}})
+                   curve=[(100, -50.0, 1.0), (200, -45.0, 1.0)], config={"table_row": "Z-Forcing + kla"})
     (job / "status.json").write_text(json.dumps({"status": "completed", "stop_reason": "max_steps"}))
     write_report(sweep)
     text = (sweep / "report.md").read_text()
@@ -206,7 +207,7 @@ def test_pairs_are_taken_within_each_data_set_when_the_baseline_spans_several(tm
 def test_study_notes_state_the_settings_all_jobs_share_and_keep_hand_written_notes(tmp_path: Path) -> None:
     from omegaconf import OmegaConf
 
-    from zf_lightning.sweeps.study import NOTES, study_notes, write_study_notes
+    from zf_lightning.report.study_notes import NOTES, study_notes, write_study_notes
 
     sweep, results = tmp_path / "jobs", tmp_path / "results"
     for num, (ablation, kl) in enumerate((("plain", 1.0), ("kla", 0.2))):

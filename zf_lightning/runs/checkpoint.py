@@ -106,7 +106,8 @@ MOVED_TARGETS: dict[str, str] = {
     "zf_lightning.data.text.SentencesDataModule": "zf_lightning.data.text.modules.SentencesDataModule",
     "zf_lightning.data.text.ImdbDataModule": "zf_lightning.data.text.modules.ImdbDataModule",
     "zf_lightning.distributed.JobDDPStrategy": "zf_lightning.runs.ddp.JobDDPStrategy",
-    "zf_lightning.jobs.SweepStatus": "zf_lightning.sweeps.callback.SweepStatus",
+    "zf_lightning.jobs.SweepStatus": "zf_lightning.report.callback.SweepStatus",
+    "zf_lightning.sweeps.callback.SweepStatus": "zf_lightning.report.callback.SweepStatus",
     "zf_lightning.text_analysis.latent_probe": "zf_lightning.evaluation.probes.latent_probe",
     "zf_lightning.text_analysis.resample_words": "zf_lightning.evaluation.text.resample_words",
 }

@@ -33,7 +33,7 @@ from zf_lightning.runs.checkpoint import (
 from zf_lightning.runs.context import RunContext
 from zf_lightning.runs.ddp import JobDDPStrategy, distributed_job
 from zf_lightning.runs.guard import RunLock, check_config, check_writable, holds_run, sync_learning_rate
-from zf_lightning.runs.hydra_job import JobLog, record_job
+from zf_lightning.runs.hydra_job import CONF_DIR, JobLog, record_job
 from zf_lightning.runs.loggers import build_loggers, close_loggers, log_samples
 from zf_lightning.runs.policy import failure_value, global_rank, threads_per_job
 from zf_lightning.runs.resume import (
@@ -48,8 +48,6 @@ from zf_lightning.runs.stopping import DivergenceWatch, checkpoint_step, stop_re
 from zf_lightning.types import CanGenerate
 
 log = logging.getLogger(__name__)
-
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def compose_config(name: str, overrides: list[str], return_hydra_config: bool = False) -> DictConfig:

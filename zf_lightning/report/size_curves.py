@@ -9,7 +9,8 @@ import math
 import re
 from pathlib import Path
 
-from zf_lightning.sweeps.stats import mean_std
+from zf_lightning.report.rows import Row
+from zf_lightning.report.stats import mean_std
 
 _SIZE_KEY = re.compile(r"^test/acc_len(\d+)$")
 
@@ -80,3 +81,21 @@ def write_size_curves(path: Path, series: SizeSeries) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def add_size_curves(rows: list[Row], out_dir: Path, report: Path) -> bool:
+    """Accuracy against test size (``size_curves.png`` and tables in the report) when the jobs
+    report accuracy at several test sizes: one panel per data set, one line per row."""
+    series: SizeSeries = {}
+    for row in rows:
+        for job in row.done:
+            add_job(series, job.overrides.get("data", "data"), row.name, job.metrics)
+    if not has_curves(series):
+        return False
+    write_size_curves(out_dir / "size_curves.png", series)
+    lines = ["## Test accuracy against test size", "",
+             "Mean ± standard deviation over seeds of `test/acc_len<size>`.", "", *size_tables(series),
+             "![test accuracy against test size](size_curves.png)", ""]
+    with report.open("a") as fh:
+        fh.write("\n" + "\n".join(lines))
+    return True

@@ -10,9 +10,9 @@ from typing import Any
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig
 
+from zf_lightning.report.build import write_report
+from zf_lightning.report.study_notes import write_study_notes
 from zf_lightning.runs.status import error_summary, failed_jobs, job_folders
-from zf_lightning.sweeps.report import write_report
-from zf_lightning.sweeps.study import write_study_notes
 
 log = logging.getLogger(__name__)
 

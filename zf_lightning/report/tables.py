@@ -1,0 +1,210 @@
+"""The report's tables: the headline table (Table 1's layout), paired differences against a
+baseline row, how the runs ended, whether the rows' ordering is stable late in the curves, every
+test metric and the failed jobs; written as ``report.md`` and ``report.csv``."""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from zf_lightning.report.jobs import SEED_KEYS, Job
+from zf_lightning.report.rows import Row, display_names
+from zf_lightning.report.stats import higher_is_better, mean_std, paired_difference
+from zf_lightning.runs.status import error_summary
+from zf_lightning.runs.stopping import bound_diverged
+
+
+def fmt(mean: float, std: float) -> str:
+    """``mean ± std`` with the precision the spread warrants (4 significant digits without one)."""
+    if math.isnan(mean):
+        return "–"
+    if math.isnan(std) or std == 0:
+        return f"{mean:.4g}"
+    decimals = min(6, max(0, 1 - math.floor(math.log10(abs(std)))))
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+
+
+def md_table(header: list[str], body: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return lines
+
+
+def headline_table(rows: list[Row], keys: list[str], metric: str) -> list[str]:
+    """Table 1's layout: rows = configurations, one column per data set when the data varies."""
+    if "data" in keys and len(keys) > 1:
+        rest = [k for k in keys if k != "data"]
+        datasets = list(dict.fromkeys(dict(r.key)["data"] for r in rows))
+        by_config: dict[tuple, dict[str, Row]] = {}
+        for row in rows:
+            by_config.setdefault(tuple((k, dict(row.key)[k]) for k in rest), {})[dict(row.key)["data"]] = row
+        body = []
+        for config, cells in by_config.items():
+            first = next(iter(cells.values()))
+            label = first.name if first.jobs[0].table_row else ", ".join(f"{k}={v}" for k, v in config)
+            entries = []
+            for data in datasets:
+                row = cells.get(data)
+                if row is None:
+                    entries.append("")
+                    continue
+                mean, std, n = row.stats(metric)
+                entries.append(f"{fmt(mean, std)} (n={n}" + (f", {len(row.failed)} failed)" if row.failed else ")"))
+            body.append([label, *entries])
+        return md_table(["configuration", *[f"{metric} · {d}" for d in datasets]], body)
+    body = []
+    for row in rows:
+        mean, std, n = row.stats(metric)
+        body.append([row.name, row.label, fmt(mean, std), str(n), str(len(row.failed))])
+    return md_table(["model", "overrides", f"{metric} (mean ± std)", "n", "failed"], body)
+
+
+def _curve_value(points: list[tuple[int, float]], step: float) -> float:
+    """The curve's value at the last validation at or before ``step`` (nan before the first)."""
+    before = [v for s, v in points if s <= step]
+    return before[-1] if before else math.nan
+
+
+def late_improvement(job: Job, key: str = "val/elbo", fraction: float = 0.2) -> float:
+    """How much ``key`` changed over the last ``fraction`` of the job's updates (nan without a curve)."""
+    points = job.curves.get(key) or []
+    if len(points) < 2:
+        return math.nan
+    last = points[-1][0]
+    return points[-1][1] - _curve_value(points, last * (1 - fraction))
+
+
+def diverged(job: Job, key: str = "val/elbo") -> bool:
+    """The job's recorded ``diverged`` flag; for jobs from before it was recorded, the same rule
+    read from the curve: the last validation bound is worse than the first."""
+    if job.info.get("diverged") in ("True", "False"):
+        return job.info["diverged"] == "True"
+    points = job.curves.get(key) or []
+    # the curve is the ELBO (higher is better): its negation is the bound the rule reads
+    return len(points) >= 2 and bound_diverged(-points[0][1], -points[-1][1])
+
+
+def runs_table(rows: list[Row]) -> list[str]:
+    """How each row's runs ended: converged or capped, updates, best update, late improvement."""
+    body = []
+    for row, name in zip(rows, display_names(rows), strict=True):
+        done = row.done
+        reasons = Counter(job.info.get("stop_reason", "unknown") for job in done)
+        updates = [float(j.info["updates"]) for j in done if j.info.get("updates")]
+        best = [float(j.info["best_step"]) for j in done if j.info.get("best_step") not in (None, "", "None")]
+        late = [v for v in (late_improvement(j) for j in done) if math.isfinite(v)]
+        body.append([
+            name, str(len(done)), ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "–",
+            str(sum(diverged(j) for j in done)),
+            (f"{statistics.fmean(updates):.0f} [{min(updates):.0f}–{max(updates):.0f}]" if updates else "–"),
+            f"{statistics.fmean(best):.0f}" if best else "–",
+            fmt(*mean_std(late)) if late else "–",
+        ])
+    return md_table(["row", "runs", "stopped by", "diverged (last bound worse than the first)",
+                      "updates (mean [min–max])", "best checkpoint at update (mean)",
+                      "val/elbo gain over the last 20 % of updates"], body)
+
+
+def paired_table(rows: list[Row], baseline: str, metric: str) -> list[str]:
+    """Each row against the baseline row, paired by seed (see ``zf_lightning.report.stats``).
+
+    When several rows carry the baseline's name (the same model on several data sets), each row
+    is compared with the baseline row that shares its other settings (its data set), and the
+    table names those settings."""
+    names = [r.name for r in rows]
+    bases = [r for r, n in zip(rows, names, strict=True) if n == baseline]
+    if not bases:
+        raise ValueError(f"baseline row {baseline!r} is not among the rows: {sorted(set(names))}")
+    context = [k for k, _ in bases[0].key if len({dict(b.key)[k] for b in bases}) > 1]
+    by_context = {tuple(dict(b.key)[k] for k in context): b for b in bases}
+    better = higher_is_better(metric)
+    body = []
+    for row, name in zip(rows, names, strict=True):
+        values = tuple(dict(row.key).get(k, "") for k in context)
+        base = by_context.get(values)
+        if row in bases or base is None:
+            continue
+        diff = paired_difference({j.seed: j.metrics[metric] for j in base.done if metric in j.metrics},
+                                 {j.seed: j.metrics[metric] for j in row.done if metric in j.metrics}, better)
+        interval = "–" if math.isnan(diff.low) else f"[{diff.low:.2f}, {diff.high:.2f}]"
+        se = "–" if math.isnan(diff.se) else f"{diff.se:.2f}"
+        label = name + "".join(f" · {k}={v}" for k, v in zip(context, values, strict=True))
+        mean = "–" if math.isnan(diff.mean) else f"{diff.mean:+.2f}"
+        body.append([label, str(diff.n), mean, se, interval, diff.verdict])
+    return md_table(["row", "paired seeds", f"mean difference in {metric}", "standard error",
+                      "95 % t-interval", "verdict"], body)
+
+
+def ordering_table(rows: list[Row], key: str = "val/elbo", fractions: tuple[float, ...] = (0.6, 0.8, 1.0)) -> list[str]:
+    """Row means of a validation curve at fractions of each run's own updates (runs that stopped
+    early are read at their own end): is the rows' ordering stable over the last part of the curves?"""
+    if not any(j.curves.get(key) for r in rows for j in r.done):
+        return []
+    header = ["row", *[f"{key} at {f:.0%} of each run's updates" for f in fractions]]
+    body = []
+    for row, name in zip(rows, display_names(rows), strict=True):
+        cells = []
+        for f in fractions:
+            values = [v for j in row.done if j.curves.get(key)
+                      if math.isfinite(v := _curve_value(j.curves[key], j.curves[key][-1][0] * f))]
+            cells.append(fmt(*mean_std(values)) if values else "–")
+        body.append([name, *cells])
+    return md_table(header, body)
+
+
+def write_markdown(path: Path, sweep: str, jobs: list[Job], rows: list[Row], keys: list[str],
+                   metrics: list[str], headline: str, baseline: str | None = None) -> None:
+    failed = [j for j in jobs if not j.ok]
+    lines = [f"# Sweep report: {sweep}", "",
+             f"{len(jobs)} jobs, {len(jobs) - len(failed)} completed, {len(failed)} failed. "
+             f"Configurations differ in: {', '.join(keys) or 'nothing (one configuration)'}; "
+             "mean ± sample standard deviation over seeds.", ""]
+    if headline in metrics:
+        lines += [f"## {headline}", "", *headline_table(rows, keys, headline), ""]
+    if baseline is not None and headline in metrics:
+        lines += [f"## Paired differences against {baseline}", "",
+                  f"Per seed, {headline} of the row minus that of {baseline}; mean, standard error and a 95 % "
+                  "Student-t interval on the paired differences (n - 1 degrees of freedom). The verdict says "
+                  "better or worse only when the interval excludes zero.", "",
+                  *paired_table(rows, baseline, headline), ""]
+    if any(j.info.get("stop_reason") for j in jobs):
+        lines += ["## How the runs ended", "", *runs_table(rows), ""]
+        ordering = ordering_table(rows)
+        if ordering:
+            lines += ["### Is the ordering stable over the last part of the curves?", "",
+                      "Mean validation bound of each row at fractions of each run's own updates.", "",
+                      *ordering, ""]
+    if metrics:
+        lines += ["## All test metrics", ""]
+        body = [[row.label, *[fmt(*row.stats(m)[:2]) for m in metrics], str(len(row.done)), str(len(row.failed))]
+                for row in rows]
+        lines += [*md_table(["configuration", *metrics, "n", "failed"], body), ""]
+    if failed:
+        lines += ["## Failed jobs", ""]
+        shown = [*keys, *SEED_KEYS]
+        lines += [f"- `{j.name}` ({', '.join(f'{k}={v}' for k, v in j.overrides.items() if k in shown)}): "
+                  f"{error_summary(j.error or j.status)}" for j in failed]
+        lines.append("")
+    lines += ["## Validation curves", "", "![validation ELBO and KL](curves.png)", ""]
+    path.write_text("\n".join(lines))
+
+
+def write_csv(path: Path, rows: list[Row], keys: list[str], metrics: list[str]) -> None:
+    header = ["configuration", "name", *keys, "n", "failed", "failed_jobs"]
+    for m in metrics:
+        header += [f"{m} mean", f"{m} std"]
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        for row in rows:
+            values = dict(row.key)
+            cells: list[Any] = [row.label, row.name, *[values[k] for k in keys], len(row.done), len(row.failed),
+                                " ".join(j.name for j in row.failed)]
+            for m in metrics:
+                mean, std, _ = row.stats(m)
+                cells += [repr(mean), "" if math.isnan(std) else repr(std)]
+            writer.writerow(cells)
