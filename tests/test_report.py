@@ -17,10 +17,10 @@ from omegaconf import OmegaConf
 from zf_lightning.report.build import build_report, write_report
 from zf_lightning.report.callback import SweepStatus
 from zf_lightning.report.cli import main
-from zf_lightning.report.jobs import read_sweep, read_wandb
+from zf_lightning.report.jobs import Job, read_sweep, read_wandb
 from zf_lightning.report.plots import mean_band
 from zf_lightning.report.rows import group_rows, varying_keys
-from zf_lightning.report.tables import fmt
+from zf_lightning.report.tables import fmt, matched_steps, matched_updates_table, paired_table, read_at
 from zf_lightning.runs.status import failed_jobs, job_folders
 
 
@@ -323,3 +323,27 @@ def test_a_failed_jobs_reason_shows_the_keys_its_message_names(tmp_path: Path) -
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
     with pytest.raises(SystemExit, match=reason):
         SweepStatus(report=False).on_multirun_end(config=config)
+
+
+def _curve_job(name: str, seed: int, points: list[tuple[int, float]], stop: str) -> Job:
+    return Job(name=name, overrides={"ablation": name, "seed": str(seed)}, status="completed",
+               metrics={"test/elbo": points[-1][1]}, curves={"val/elbo": points},
+               info={"stop_reason": stop, "updates": str(points[-1][0])})
+
+
+def test_rows_read_at_matched_updates_flag_an_order_that_changes_and_say_where_they_were_read() -> None:
+    """'a' leads early, 'b' overtakes after update 2,000; 'a' stopped at its cap at 3,000, 'b'
+    converged at 5,000: the rows are compared at 2,000 and 3,000 (every run reached both)."""
+    jobs = [_curve_job("a", s, [(1000, -50.0), (2000, -20.0), (3000, -15.0)], "max_steps") for s in (1, 2)]
+    jobs += [_curve_job("b", s, [(1000, -90.0), (2000, -30.0), (3000, -5.0), (5000, 0.0)], "converged")
+             for s in (1, 2)]
+    rows = group_rows(jobs, ["ablation"])
+    assert matched_steps(rows) == [2000, 3000]
+    table, flips = matched_updates_table(rows)
+    assert table[0] == "| row | val/elbo at update 2,000 | val/elbo at update 3,000 |"
+    assert flips == ["ablation=a / ablation=b"]
+    assert read_at(rows[1]) == "convergence" and read_at(*rows) == "a budget (max_steps: 2)"
+    paired = paired_table(rows, rows[1].name, "test/elbo")
+    assert paired[2].startswith(f"| ({rows[0].name}) − ({rows[1].name}) | 2 | -15.00 |")
+    same = group_rows([_curve_job("c", s, [(1000, -1.0), (3000, 0.0)], "max_steps") for s in (1, 2)], ["ablation"])
+    assert matched_steps(same) == [] and matched_updates_table(same) == ([], [])

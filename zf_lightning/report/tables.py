@@ -1,10 +1,12 @@
 """The report's tables: the headline table (Table 1's layout), paired differences against a
-baseline row, how the runs ended, whether the rows' ordering is stable late in the curves, every
-test metric and the failed jobs; written as ``report.md`` and ``report.csv``."""
+baseline row (named in the order they subtract, read at convergence or at a budget), how the runs
+ended, whether the rows' ordering is stable late in the curves and at matched updates, every test
+metric and the failed jobs; written as ``report.md`` and ``report.csv``."""
 
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import statistics
 from collections import Counter
@@ -15,7 +17,7 @@ from zf_lightning.report.jobs import SEED_KEYS, Job
 from zf_lightning.report.rows import Row, display_names
 from zf_lightning.report.stats import higher_is_better, mean_std, paired_difference
 from zf_lightning.runs.status import error_summary
-from zf_lightning.runs.stopping import bound_diverged
+from zf_lightning.runs.stopping import CONVERGED, bound_diverged
 
 
 def fmt(mean: float, std: float) -> str:
@@ -132,11 +134,57 @@ def paired_table(rows: list[Row], baseline: str, metric: str) -> list[str]:
                                  {j.seed: j.metrics[metric] for j in row.done if metric in j.metrics}, better)
         interval = "–" if math.isnan(diff.low) else f"[{diff.low:.2f}, {diff.high:.2f}]"
         se = "–" if math.isnan(diff.se) else f"{diff.se:.2f}"
-        label = name + "".join(f" · {k}={v}" for k, v in zip(context, values, strict=True))
+        label = f"({name}) − ({baseline})" + "".join(f" · {k}={v}" for k, v in zip(context, values, strict=True))
         mean = "–" if math.isnan(diff.mean) else f"{diff.mean:+.2f}"
-        body.append([label, str(diff.n), mean, se, interval, diff.verdict])
-    return md_table(["row", "paired seeds", f"mean difference in {metric}", "standard error",
-                      "95 % t-interval", "verdict"], body)
+        body.append([label, str(diff.n), mean, se, interval, diff.verdict, read_at(row, base)])
+    return md_table(["difference (row − baseline)", "paired seeds", f"mean difference in {metric}", "standard error",
+                      "95 % t-interval", "verdict", "read at"], body)
+
+
+def read_at(*rows: Row) -> str:
+    """Whether a comparison of these rows is one at convergence (every run converged) or at a
+    budget (some run stopped at its cap or time limit: what it would reach, it cannot tell)."""
+    reasons = Counter(job.info.get("stop_reason", "unknown") for row in rows for job in row.done)
+    if set(reasons) == {CONVERGED}:
+        return "convergence"
+    capped = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items()) if k != CONVERGED)
+    return f"a budget ({capped})"
+
+
+def matched_steps(rows: list[Row], key: str = "val/elbo",
+                  steps: tuple[int, ...] = (2_000, 6_000, 12_000, 24_000)) -> list[int]:
+    """Update counts every run reached, from ``steps`` and the smallest final count; empty when
+    every run stopped at the same update (the final table already compares them there)."""
+    finals = [j.curves[key][-1][0] for r in rows for j in r.done if j.curves.get(key)]
+    if len(set(finals)) <= 1:
+        return []
+    return sorted({*(s for s in steps if s < min(finals)), min(finals)})
+
+
+def matched_updates_table(rows: list[Row], key: str = "val/elbo") -> tuple[list[str], list[str]]:
+    """Row means of a validation curve at update counts every run reached, and the pairs of rows
+    whose order changes between those counts (a comparison that depends on where it is read)."""
+    steps = matched_steps(rows, key)
+    if not steps:
+        return [], []
+    names = display_names(rows)
+    means: dict[str, list[float]] = {}
+    body = []
+    for row, name in zip(rows, names, strict=True):
+        cells, values = [], []
+        for step in steps:
+            at = [v for j in row.done if j.curves.get(key) if math.isfinite(v := _curve_value(j.curves[key], step))]
+            mean, std = mean_std(at) if at else (math.nan, math.nan)
+            values.append(mean)
+            cells.append(fmt(mean, std) if at else "–")
+        means[name] = values
+        body.append([name, *cells])
+    flips = []
+    for a, b in itertools.combinations(names, 2):
+        signs = {math.copysign(1.0, x - y) for x, y in zip(means[a], means[b], strict=True) if math.isfinite(x - y)}
+        if len(signs) > 1:
+            flips.append(f"{a} / {b}")
+    return md_table(["row", *[f"{key} at update {s:,}" for s in steps]], body), flips
 
 
 def ordering_table(rows: list[Row], key: str = "val/elbo", fractions: tuple[float, ...] = (0.6, 0.8, 1.0)) -> list[str]:
@@ -178,6 +226,13 @@ def write_markdown(path: Path, sweep: str, jobs: list[Job], rows: list[Row], key
             lines += ["### Is the ordering stable over the last part of the curves?", "",
                       "Mean validation bound of each row at fractions of each run's own updates.", "",
                       *ordering, ""]
+        matched, flips = matched_updates_table(rows)
+        if matched:
+            lines += ["### At matched updates", "",
+                      "The runs stopped at different updates: mean validation bound of each row at update counts "
+                      "every run reached (the last column: the smallest final count).", "", *matched, "",
+                      ("Rows whose order changes between these counts: " + "; ".join(flips) + "."
+                       if flips else "No pair of rows changes order between these counts."), ""]
     if metrics:
         lines += ["## All test metrics", ""]
         body = [[row.label, *[fmt(*row.stats(m)[:2]) for m in metrics], str(len(row.done)), str(len(row.failed))]
