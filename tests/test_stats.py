@@ -217,6 +217,12 @@ def test_study_notes_state_the_settings_all_jobs_share_and_keep_hand_written_not
         status = json.loads((job / "status.json").read_text())
         status |= {"stop_reason": "max_steps", "started": "2026-12-01T10:00:00+00:00",
                    "finished": "2026-12-01T10:30:00+00:00", "code": {"commit": "abc", "dirty": False}}
+        if num == 1:  # cut off after 40 updates in one session, continued in the next
+            status["attempts"] = [
+                {"started": "2026-11-30T09:00:00+00:00", "finished": "2026-11-30T09:10:00+00:00", "from_update": 0,
+                 "updates": None, "status": "interrupted", "commit": "abc", "host": "vm", "cpu": "EPYC"},
+                {"started": "2026-12-01T10:00:00+00:00", "finished": "2026-12-01T10:30:00+00:00", "from_update": 40,
+                 "updates": 100, "status": "completed", "commit": "abc", "host": "vm", "cpu": "EPYC"}]
         (job / "status.json").write_text(json.dumps(status))
     config = OmegaConf.create({"study": {"name": "demo", "baseline": "Z-Forcing", "results_dir": "results/demo"},
                                "torch_threads": 1, "hydra": {"overrides": {"task": ["study=demo", "seed=1"]},
@@ -227,6 +233,9 @@ def test_study_notes_state_the_settings_all_jobs_share_and_keep_hand_written_not
     assert "jobs: 2; stopped by: max_steps 2" in text and "commit: abc (2 jobs)" in text
     assert "rnn_dim: 64" in text and "max_steps: 100" in text and "default_root_dir" not in text
     assert "differ between jobs (the rows): `lit.kl_weight.start`" in text
+    assert "| 1 | 1 | 2026-11-30T09:00:00+00:00 | 2026-11-30T09:10:00+00:00 | 0 → – | 10 min | abc | EPYC (vm) | " \
+           "interrupted |" in text
+    assert "| 1 | 2 | 2026-12-01T10:00:00+00:00 | 2026-12-01T10:30:00+00:00 | 40 → 100 | 30 min |" in text
     # a pilot reusing another study's config under its own name: the command is the one typed
     pilot = OmegaConf.merge(config, {"study": {"name": "demo_pilot"},
                                      "hydra": {"overrides": {"task": ["study=demo", "study.name=demo_pilot"]}}})

@@ -78,9 +78,27 @@ def _status(job: Path) -> dict[str, Any]:
         return {}
 
 
+def attempts_table(jobs: list[Path], statuses: list[dict[str, Any]]) -> list[str]:
+    """Every attempt of every job (a study continued over sessions has several): when, on which
+    commit and machine, from which update to which, and how it ended."""
+    lines = ["| job | attempt | started | finished | updates (from → to) | wall time | commit | machine | ended |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for job, status in zip(jobs, statuses, strict=True):
+        for i, attempt in enumerate(status.get("attempts") or [], start=1):
+            start, end = _when(attempt.get("started")), _when(attempt.get("finished"))
+            wall = f"{(end - start).total_seconds() / 60:.0f} min" if start and end else "–"
+            commit = str(attempt.get("commit") or "unknown")[:8] + (" (uncommitted)" if attempt.get("dirty") else "")
+            lines.append(f"| {job.name} | {i} | {attempt.get('started') or '–'} | {attempt.get('finished') or '–'} | "
+                         f"{attempt.get('from_update', '–')} → {attempt.get('updates') or '–'} | {wall} | {commit} | "
+                         f"{attempt.get('cpu') or '–'} ({attempt.get('host') or '–'}) | "
+                         f"{attempt.get('status') or 'running or killed'} |")
+    return lines if len(lines) > 2 else []
+
+
 def study_notes(config: DictConfig, sweep_dir: Path) -> list[str]:
     """The generated part of STUDY.md for the multirun whose Hydra config is ``config``."""
-    statuses = [_status(job) for job in job_folders(sweep_dir)]
+    jobs = job_folders(sweep_dir)
+    statuses = [_status(job) for job in jobs]
     shared, differing = shared_settings(sweep_dir)
     starts = [t for t in (_when(s.get("started")) for s in statuses) if t]
     ends = [t for t in (_when(s.get("finished")) for s in statuses) if t]
@@ -122,6 +140,9 @@ def study_notes(config: DictConfig, sweep_dir: Path) -> list[str]:
         "Settings that differ between jobs (the rows): " + (", ".join(f"`{k}`" for k in differing) or "none"), "",
         "## Rows", "", "```yaml", _yaml(config.hydra.sweeper.params), "```", "",
     ]
+    attempts = attempts_table(jobs, statuses)
+    if attempts:
+        lines += ["## Attempts", "", "Every attempt of every job, as its status.json records it.", "", *attempts, ""]
     return lines
 
 
