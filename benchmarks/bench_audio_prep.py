@@ -1,6 +1,6 @@
 """Audio preparation benchmark: FSDD preprocessing, cached re-open, and streaming memory.
 
-Three numbers the speech issue asks for:
+Three numbers:
 
 * ``fsdd_prep_s``: decoding and caching every FSDD recording (2,500 WAVs here; the goal is
   3,000 files in under 15 s), once at the native 8 kHz and once resampled to 16 kHz;

@@ -5,7 +5,7 @@ through the same pipeline as train.py, in-process, then scores the best checkpoi
 eval.py's ``evaluate``: the test loop's ELBO, IWAE-K for several K, and the LGSSM's exact
 log-likelihood from the Kalman filter. All numbers are nats per sequence, as
 log-likelihoods (higher is better); ``gap`` is exact - IWAE_Kmax, paired per sequence,
-with its standard error. The issue's goal: IWAE within 1 nat per sequence of the exact NLL.
+with its standard error. The goal: IWAE within 1 nat per sequence of the exact NLL.
 
     python benchmarks/bench_lgssm.py                   # ~2 min per model on 1 shared CPU thread
     python benchmarks/bench_lgssm.py --steps 3000 --iwae 1 10 100 1000 --json out.json

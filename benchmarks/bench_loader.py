@@ -15,7 +15,7 @@ the loader. Steps per second are timed from batch start to batch start, after ``
 steps; each round runs real then in-memory, and the reported ratio is the median over rounds
 of real / in-memory (the two speeds are medians of their own). The recorded batches are kept
 as CPU copies, so on an accelerator the replay pays the same host-to-device copy. The goal
-(issue 8) is real >= 95 % of in-memory.
+is real >= 95 % of in-memory.
 
     python benchmarks/bench_loader.py                                   # the default MNIST run
     python benchmarks/bench_loader.py --json \\
