@@ -4,6 +4,7 @@ accuracy per test length, sweep=capacity composes, and the report draws the heat
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from zf_lightning.lit.module import EVAL_WEIGHTS
 from zf_lightning.models import LRU, RNN, CategoricalHead, Transformer
 from zf_lightning.report.build import build_report
 from zf_lightning.report.heatmap import (
+    at_chance,
     capacity_grid,
     capacity_headline,
     chance_by_length,
@@ -149,16 +151,27 @@ def test_heatmap_tables_end_with_the_chance_level_the_jobs_logged(tmp_path: Path
     report = (tmp_path / "report.md").read_text()
     assert "| 8 | 0.700 | 0.700 |\n| chance | 0.442 | 0.344 |" in report
     assert "| 8 | 0.900 |\n| chance | 0.442 |\n" in report  # only the lengths this panel ran
+    assert "†: within two binomial standard errors of the chance level" in report
     # jobs that did not log it (studies run before it existed) get no row; jobs that disagree
     # at a length (the sweep varied the data too) get no value there
     for job in jobs:
         del job.metrics["test/chance_acc"]
     assert chance_by_length(jobs) == {}
     build_report(jobs, tmp_path / "old", "capacity")
-    assert "| chance |" not in (tmp_path / "old" / "report.md").read_text()
+    old = (tmp_path / "old" / "report.md").read_text()
+    assert "| chance |" not in old and "cannot be read against it here" in old
     jobs[0].metrics["test/chance_acc"], jobs[2].metrics["test/chance_acc"] = 0.44, 0.5
     jobs[1].metrics["test/chance_acc"] = 0.34
     assert chance_by_length(jobs) == {32: 0.34}
+
+
+def test_cells_within_noise_of_chance_or_below_it_are_marked() -> None:
+    # chance 0.32 with 500 test examples: two standard errors are 0.042, so 0.36 is noise, 0.37 is not
+    assert at_chance(0.36, 0.32) and at_chance(0.25, 0.32) and not at_chance(0.37, 0.32)
+    assert not at_chance(0.2, None) and not at_chance(math.nan, 0.32)
+    grid = capacity_grid([_job("rnn", 8, 64, 0.264), _job("rnn", 16, 64, 0.9)])
+    table = "\n".join(heatmap_tables(grid, chance={64: 0.32}))
+    assert "| 8 | 0.264 † |" in table and "| 16 | 0.900 |" in table
 
 
 def test_width_needed_is_the_smallest_width_that_solves_each_length() -> None:

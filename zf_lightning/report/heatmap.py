@@ -66,13 +66,27 @@ def chance_by_length(jobs: Iterable[SweepJob]) -> dict[int, float]:
     return {length: values.pop() for length, values in seen.items() if len(values) == 1}
 
 
+# the capacity studies' test examples per length (data.num_test): what a cell's noise is judged by
+TEST_EXAMPLES = 500
+AT_CHANCE = "†"
+
+
+def at_chance(value: float, chance: float | None, examples: int = TEST_EXAMPLES) -> bool:
+    """Whether an accuracy is within two binomial standard errors of the chance level, or below
+    it: such a cell shows no more than what a rule blind to the order of the tokens gets."""
+    if chance is None or not math.isfinite(value):
+        return False
+    return value <= chance + 2.0 * math.sqrt(chance * (1.0 - chance) / examples)
+
+
 def _axes(cells: Mapping[tuple[int, int], list[float]]) -> tuple[list[int], list[int]]:
     return sorted({w for w, _ in cells}), sorted({n for _, n in cells})
 
 
 def heatmap_tables(grid: Grid, metric: str = ACCURACY, chance: Mapping[int, float] | None = None) -> list[str]:
     """Markdown: per model, rows = widths, columns = lengths, cells = mean metric (n seeds when > 1);
-    a last row ``chance`` where the jobs logged the data's chance level (accuracy only)."""
+    a last row ``chance`` where the jobs logged the data's chance level (accuracy only), and every
+    cell within noise of it or below it marked ``†``."""
     chance = chance or {}
     lines: list[str] = []
     for panel, cells in grid.items():
@@ -84,8 +98,10 @@ def heatmap_tables(grid: Grid, metric: str = ACCURACY, chance: Mapping[int, floa
             entries = []
             for length in lengths:
                 values = cells.get((width, length), [])
-                text = f"{statistics.fmean(values):.3f}" if values else "–"
-                entries.append(text + (f" (n={len(values)})" if len(values) > 1 else ""))
+                mean = statistics.fmean(values) if values else math.nan
+                text = f"{mean:.3f}" if values else "–"
+                mark = f" {AT_CHANCE}" if metric == ACCURACY and at_chance(mean, chance.get(length)) else ""
+                entries.append(text + mark + (f" (n={len(values)})" if len(values) > 1 else ""))
             lines.append(f"| {width} | " + " | ".join(entries) + " |")
         if metric == ACCURACY and any(n in chance for n in lengths):
             lines.append("| chance | " + " | ".join(f"{chance[n]:.3f}" if n in chance else "–" for n in lengths) + " |")
@@ -122,8 +138,10 @@ def width_needed_table(grid: Grid, threshold: float = SOLVED) -> list[str]:
     return [*lines, ""]
 
 
-def write_heatmaps(path: Path, grid: Grid, metric: str = ACCURACY) -> None:
-    """One panel per model: width (rows) x length (columns), colour = mean metric in [0, 1]."""
+def write_heatmaps(path: Path, grid: Grid, metric: str = ACCURACY, chance: Mapping[int, float] | None = None) -> None:
+    """One panel per model: width (rows) x length (columns), colour = mean metric in [0, 1]; cells
+    within noise of the chance level or below it are marked ``†``."""
+    chance = chance or {}
     import matplotlib
 
     matplotlib.use("Agg")
@@ -141,7 +159,8 @@ def write_heatmaps(path: Path, grid: Grid, metric: str = ACCURACY) -> None:
         for i, row in enumerate(values):
             for j, value in enumerate(row):
                 if math.isfinite(value):
-                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                    mark = AT_CHANCE if metric == ACCURACY and at_chance(value, chance.get(lengths[j])) else ""
+                    ax.text(j, i, f"{value:.2f}{mark}", ha="center", va="center", fontsize=8,
                             color="black" if value > 0.6 else "white")
         ax.set_xticks(range(len(lengths)), [str(n) for n in lengths])
         ax.set_yticks(range(len(widths)), [str(w) for w in widths])
@@ -169,9 +188,15 @@ def add_capacity_heatmaps(jobs: Iterable[SweepJob], out_dir: Path, report: Path,
     grid = capacity_grid(jobs, metric)
     if not grid:
         return False
-    write_heatmaps(out_dir / "heatmap.png", grid, metric)
-    section = ["## Capacity heatmaps", "", f"![{metric} by width and length, one panel per model](heatmap.png)", "",
-               *heatmap_tables(grid, metric, chance_by_length(jobs))]
+    chance = chance_by_length(jobs)
+    write_heatmaps(out_dir / "heatmap.png", grid, metric, chance)
+    section = ["## Capacity heatmaps", "", f"![{metric} by width and length, one panel per model](heatmap.png)", ""]
+    if metric == ACCURACY and chance:
+        section += [f"{AT_CHANCE}: within two binomial standard errors of the chance level ({TEST_EXAMPLES} test "
+                    "examples per length) or below it.", ""]
+    elif metric == ACCURACY:
+        section += ["The jobs logged no chance level (test/chance_acc): cells cannot be read against it here.", ""]
+    section += heatmap_tables(grid, metric, chance)
     if metric == ACCURACY:
         section += width_needed_table(grid)
     with report.open("a") as fh:
