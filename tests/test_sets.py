@@ -220,3 +220,16 @@ def test_held_out_sets_do_not_carve_the_small_sizes_out_of_training() -> None:
     # held out where the space is large: no training draw is a validation sequence of size >= 4
     held = {t.tobytes() for t, _, size in dm.eval_sets()["val"] if size >= 4}
     assert not any(dm.train_set.example(k)[0].tobytes() in held for k in range(5_000))
+
+
+def test_validation_can_be_on_sets_longer_than_training() -> None:
+    """A regularizer meant for extrapolation is chosen on validation sets longer than the training ones."""
+    from zf_lightning.runs.pipeline import build_datamodule, compose_config
+
+    cfg = compose_config("train", ["data=set_sum_mod10", "data.val_lengths=[20]", "paths.output_dir=unused"])
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    assert {size for *_, size in dm.eval_sets()["val"]} == {20} and len(dm.val_set) == 500
+    assert dm.shared_sizes("val") == set() and max(dm.train_sizes) == 10  # training is untouched
+    with pytest.raises(ValueError, match=r"data\.val_lengths must name at least one size"):
+        type(dm)(dm.task, length=10, min_length=1, val_lengths=[])

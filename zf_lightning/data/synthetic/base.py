@@ -256,8 +256,12 @@ class ClassificationDataModule(SequenceDataModule):
     Args:
         task: the task (its own config node: format, alphabet, ...).
         length: the largest training size (e.g. N symbols for index lookup).
-        min_length: the smallest training size (default ``length``: a fixed size); training and
-            validation sizes are uniform in ``[min_length, length]``.
+        min_length: the smallest training size (default ``length``: a fixed size); training sizes
+            are uniform in ``[min_length, length]``, and so are validation sizes unless
+            ``val_lengths`` names others.
+        val_lengths: the validation sizes, uniform among them (default: the training sizes).
+            Sizes beyond ``length`` choose hyper-parameters for extrapolation, e.g. a
+            regularizer's weight chosen on sets twice as long as the training ones.
         test_lengths: one test set per size (default ``[length]``), reported as
             ``test/acc_len<size>``; ``test/acc`` pools them. Sizes beyond ``length`` test
             length generalization.
@@ -275,7 +279,8 @@ class ClassificationDataModule(SequenceDataModule):
     collate_fn = staticmethod(classification_collate)
 
     def __init__(self, task: ClassificationTask, length: int = 16, min_length: int | None = None,
-                 test_lengths: Sequence[int] | None = None, num_train: int = 10_000, fresh_train: bool = True,
+                 test_lengths: Sequence[int] | None = None, val_lengths: Sequence[int] | None = None,
+                 num_train: int = 10_000, fresh_train: bool = True,
                  num_val: int = 500, num_test: int = 500, seed: int = 0, max_held_out_mass: float = MAX_HELD_OUT_MASS,
                  batch_size: int = 64,
                  eval_batch_size: int | None = None, num_workers: int = 0, pin_memory: bool = False) -> None:
@@ -289,8 +294,11 @@ class ClassificationDataModule(SequenceDataModule):
         self.test_sizes = [int(n) for n in (test_lengths if test_lengths is not None else [length])]
         if not self.test_sizes:
             raise ValueError("data.test_lengths must name at least one size (or be null for [data.length])")
+        requested_val = [int(n) for n in val_lengths] if val_lengths is not None else None
+        if requested_val is not None and not requested_val:
+            raise ValueError("data.val_lengths must name at least one size (or be null for the training sizes)")
         for key, sizes in (("data.length / data.min_length", [min_length, length]),
-                           ("data.test_lengths", self.test_sizes)):
+                           ("data.test_lengths", self.test_sizes), ("data.val_lengths", requested_val or [])):
             for size in sizes:
                 problem = task.check_size(int(size))
                 if problem is not None:
@@ -302,10 +310,11 @@ class ClassificationDataModule(SequenceDataModule):
         self.max_held_out_mass = max_held_out_mass
         self.task = task
         self.train_sizes = [n for n in range(min_length, length + 1) if task.check_size(n) is None]
+        self.val_sizes = requested_val or self.train_sizes
         self.num_train, self.num_val, self.num_test = num_train, num_val, num_test
         self.fresh_train = fresh_train
         self.seed = seed
-        self.max_size = max([length, *self.test_sizes])
+        self.max_size = max([length, *self.test_sizes, *self.val_sizes])
         self._eval_sets: dict[str, list[Example]] | None = None
         self._eval_keys: set[bytes] = set()
         self._held_out: dict[tuple[str, int], float] | None = None
@@ -322,10 +331,10 @@ class ClassificationDataModule(SequenceDataModule):
         training), so the training sizes keep the rates the task defines."""
         if self._held_out is None:
             train_task = self.task.for_split("train")
-            per_size = math.ceil(self.num_val / len(self.train_sizes))
+            per_size = math.ceil(self.num_val / len(self.val_sizes))
             rng = np.random.default_rng([self.seed, _PROBE_STREAM])
             held = {("val", n): held_out_mass(self.task.for_split("val"), train_task, n, per_size, rng)
-                    for n in self.train_sizes}
+                    for n in self.val_sizes}
             test_task = self.task.for_split("test")
             held |= {("test", n): held_out_mass(test_task, train_task, n, self.num_test, rng)
                      for n in self.test_sizes}
@@ -340,7 +349,7 @@ class ClassificationDataModule(SequenceDataModule):
         """Validation and test examples (drawn once; test sets per size after validation)."""
         if self._eval_sets is None:
             keys: set[bytes] = set()
-            sets = {"val": draw_unique(self.task.for_split("val"), self.train_sizes, self.num_val,
+            sets = {"val": draw_unique(self.task.for_split("val"), self.val_sizes, self.num_val,
                                        np.random.default_rng([self.seed, _VAL_STREAM]), keys, "validation",
                                        self.shared_sizes("val"))}
             test: list[Example] = []
