@@ -55,6 +55,21 @@ def test_penalty_is_positive_for_an_order_sensitive_recurrence(build: Callable[[
     assert float(penalty) > 1e-4
 
 
+def test_comparing_the_output_part_of_an_lstms_state_compares_h_alone() -> None:
+    """compare=output: the h of (h, c), what the output head reads; the h+c penalty adds the
+    c part's gap to the same draws (same seed: the same states and pairs)."""
+    torch.manual_seed(0)
+    model = RNN(SPEC, CategoricalHead, emb_dim=8, rnn_dim=16)
+    penalties = {}
+    for compare in ("state", "output"):
+        torch.manual_seed(1)
+        penalties[compare] = float(SIRE(states_per_batch=4, pairs_per_state=3, compare=compare)(model, BATCH))
+    assert 0 < penalties["output"] < penalties["state"]
+    state = model.step(BATCH.inputs[:, 0], None)[1]
+    assert torch.equal(model.output_vector(state), state[0][-1])
+    assert torch.equal(model.state_vector(state), torch.cat([state[0][-1], state[1][-1]], -1))
+
+
 def test_gradient_reaches_the_recurrence_and_descent_lowers_the_penalty() -> None:
     torch.manual_seed(0)
     model = RNN(SPEC, CategoricalHead, emb_dim=8, rnn_dim=16)
@@ -90,7 +105,8 @@ def test_same_set_pairs_come_from_the_state_s_own_set() -> None:
 @pytest.mark.parametrize(("kwargs", "key"), [({"states_per_batch": 0}, "regularizer.states_per_batch"),
                                              ({"pairs_per_state": 0}, "regularizer.pairs_per_state"),
                                              ({"pair_source": "dataset"}, "regularizer.pair_source"),
-                                             ({"latent_path": "posterior"}, "regularizer.latent_path")])
+                                             ({"latent_path": "posterior"}, "regularizer.latent_path"),
+                                             ({"compare": "c"}, "regularizer.compare")])
 def test_bad_settings_name_the_key(kwargs: dict, key: str) -> None:
     with pytest.raises(ValueError, match=key):
         SIRE(**kwargs)

@@ -266,6 +266,10 @@ class DeterministicStep(HasStepFunction):
     def state_vector(self, state: Any) -> Tensor:
         """The whole recurrent state as ``[n, S]`` (e.g. an LSTM's h and c side by side)."""
 
+    def output_vector(self, state: Any) -> Tensor:
+        """The part of the state the output reads (an LSTM's h); the whole state by default."""
+        return self.state_vector(state)
+
 
 class HasMeanPath(ABC):
     """A latent model whose recurrence also runs with z_t at the prior mean, a deterministic map

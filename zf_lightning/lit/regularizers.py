@@ -22,6 +22,7 @@ from zf_lightning.types import DeterministicStep, HasMeanPath, HasStepFunction, 
 
 PairSource = Literal["same_set", "batch"]
 LatentPath = Literal["refuse", "prior_mean"]
+Compared = Literal["state", "output"]
 
 
 class Regularizer(ABC):
@@ -51,12 +52,16 @@ class SIRE(Regularizer):
         latent_path: for a latent model (its step samples z_t): ``refuse`` (the default), or
             ``prior_mean``: regularize its recurrence with z_t at the prior mean (``HasMeanPath``:
             Z-Forcing), the path the prior predicts, not the posterior the ELBO trains.
+        compare: ``state``: the whole state (an LSTM's h and c); ``output``: the part the output
+            reads (an LSTM's h, as the public Set-Tree implementation does; for an LSTM of width H
+            the h+c penalty is a few times the h one, so a weight does not carry over between them).
     """
 
     name = "sire"
 
     def __init__(self, states_per_batch: int = 2, pairs_per_state: int = 2,
-                 pair_source: PairSource = "same_set", latent_path: LatentPath = "refuse") -> None:
+                 pair_source: PairSource = "same_set", latent_path: LatentPath = "refuse",
+                 compare: Compared = "state") -> None:
         if states_per_batch < 1:
             raise ValueError(f"regularizer.states_per_batch must be >= 1, got {states_per_batch}")
         if pairs_per_state < 1:
@@ -65,6 +70,9 @@ class SIRE(Regularizer):
             raise ValueError(f"regularizer.pair_source must be 'same_set' or 'batch', got {pair_source!r}")
         if latent_path not in ("refuse", "prior_mean"):
             raise ValueError(f"regularizer.latent_path must be 'refuse' or 'prior_mean', got {latent_path!r}")
+        if compare not in ("state", "output"):
+            raise ValueError(f"regularizer.compare must be 'state' or 'output', got {compare!r}")
+        self.compare = compare
         self.latent_path = latent_path
         self.states_per_batch = states_per_batch
         self.pairs_per_state = pairs_per_state
@@ -120,7 +128,7 @@ class SIRE(Regularizer):
     def _state_after(self, model: DeterministicStep, state: Any, first: Tensor, second: Tensor) -> Tensor:
         _, state = model.step(first, state)
         _, state = model.step(second, state)
-        return model.state_vector(state)
+        return model.output_vector(state) if self.compare == "output" else model.state_vector(state)
 
     def __call__(self, model: nn.Module, batch: SequenceBatch) -> Tensor:
         stepper = self.stepper(model)

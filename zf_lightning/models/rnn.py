@@ -65,3 +65,7 @@ class RNN(DeterministicModel, StepSampler, DeterministicStep):
             raise ValueError("the LSTM's initial state is implicit (None); read a state after at least one step")
         h, c = state
         return torch.cat([h[-1], c[-1]], dim=-1)
+
+    def output_vector(self, state: Any) -> Tensor:
+        """The LSTM's h, ``[n, H]``: what the output head reads."""
+        return self.state_vector(state)[:, : self.rnn.hidden_size]

@@ -404,3 +404,6 @@ class PriorMeanStep(DeterministicStep):
 
     def state_vector(self, state: tuple[Tensor, Tensor]) -> Tensor:
         return torch.cat(state, dim=-1)
+
+    def output_vector(self, state: tuple[Tensor, Tensor]) -> Tensor:
+        return state[0]
