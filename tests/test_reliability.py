@@ -283,7 +283,7 @@ def test_a_plateau_schedule_waits_for_the_first_validation(tmp_path: Path) -> No
 
 
 def sentence_module(files: list[Path], cache: Path):
-    from zf_lightning.data.text.modules import SentencesDataModule
+    from zf_lightning.data.text.sentences import SentencesDataModule
 
     return SentencesDataModule(files=[str(f) for f in files], cache_dir=str(cache), vocab_size=50, batch_size=4)
 

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from tests.conftest import SHARED_DATA, compose_config, require_shared
-from zf_lightning.data.text.modules import SentencesDataModule
+from zf_lightning.data.text.sentences import SentencesDataModule
 from zf_lightning.evaluation.probes import latent_probe
 from zf_lightning.evaluation.text import decode_with_latents, resample_words
 from zf_lightning.models import RNN, CategoricalHead, ZForcing

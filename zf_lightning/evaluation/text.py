@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from zf_lightning.data.base import SequenceDataModule
-from zf_lightning.data.text.modules import WordDataModule
+from zf_lightning.data.text.base import WordDataModule
 from zf_lightning.evaluation.posterior import has_posterior, model_device, posterior_mean_pass
 from zf_lightning.evaluation.probes import subset_batches
 from zf_lightning.types import HasStepFunction
