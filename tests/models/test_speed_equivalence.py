@@ -1,7 +1,7 @@
 """The fast Z-Forcing path against the step-by-step reference and against checkpoints written
 before the speed work: same terms, same gradients, same parameter names and shapes.
 
-``tests/test_zforcing.py`` already holds fast == reference (terms and gradients of the unit-weight
+``tests/models/test_zforcing.py`` already holds fast == reference (terms and gradients of the unit-weight
 loss) for head x CLN x aux variants on one batch; this file covers what that test does not: stored
 pre-change checkpoints, the weighted training loss with the bwd cost and the importance-weight
 terms, other raggedness (unmasked, one-step sequences), sizes where every width differs, the GMM
@@ -25,7 +25,7 @@ from zf_lightning.models.zforcing.recurrence import lstm_into, step_ops
 from zf_lightning.models.zforcing.reference import reference_forward
 from zf_lightning.types import DataSpec, SequenceBatch, StepTerms
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "zforcing_small.pt"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "zforcing_small.pt"
 TERMS = ("nll", "kl", "aux", "bwd", "log_p_z", "log_q_z")
 # sizes where emb, rnn, z and mlp all differ, so a transposed or misplaced block cannot pass
 ODD = {"emb_dim": 5, "rnn_dim": 9, "z_dim": 4, "mlp_dim": 6}

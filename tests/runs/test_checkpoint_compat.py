@@ -15,11 +15,11 @@ from zf_lightning.runs.checkpoint import CONFIG_KEY, MOVED_TARGETS, load_checkpo
 from zf_lightning.runs.evaluate import evaluate
 from zf_lightning.runs.pipeline import compose_config
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 OLD_CKPT = FIXTURES / "text_zforcing_before_layout.ckpt"
 OLD_EVAL = json.loads((FIXTURES / "text_zforcing_before_layout.json").read_text())
 TEXT_FILES = [FIXTURES / "tiny_text" / "neg.txt", FIXTURES / "tiny_text" / "pos.txt"]
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def files_override(key: str) -> str:
@@ -89,7 +89,7 @@ def test_the_skipped_update_counters_ride_in_the_checkpoint_under_their_key() ->
 
     from lightning.pytorch.trainer.states import TrainerFn
 
-    from tests.test_lit import fixed_module
+    from tests.lit.test_lit import fixed_module
     from zf_lightning.runs.checkpoint import NONFINITE_KEY, StoreConfig
 
     saved, _ = fixed_module()
