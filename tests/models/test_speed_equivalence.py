@@ -117,7 +117,6 @@ def test_unmasked_and_single_step_batches_match_the_reference(cln: bool) -> None
     _assert_same_loss_and_grads(model, one, torch.randn(2, 1, model.z_dim), WEIGHTS, untrained=6)
 
 
-@pytest.mark.skipif(not hasattr(heads, "GMMHead"), reason="GMMHead not in zf_lightning.models.heads yet")
 @pytest.mark.parametrize("cln", [False, True])
 def test_gmm_head_matches_the_reference(cln: bool) -> None:
     torch.manual_seed(7)
