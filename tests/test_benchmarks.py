@@ -29,6 +29,7 @@ def _load(name: str) -> ModuleType:
     return module
 
 
+@pytest.mark.slow  # 1 to 7 s here, depending on what else runs on the cores
 def test_bench_step_times_every_variant_and_reports_consistent_ratios(capsys: pytest.CaptureFixture) -> None:
     bench = _load("bench_step")
     result = bench.main(["--sizes", "mnist", "--repeats", "2", "--warmup", "0", "--eval-samples", "2", "--json"])

@@ -13,6 +13,9 @@ that ``zf_lightning.runs.pipeline.run_analyses`` expects:
 * ``resample_words`` (``zf_lightning.evaluation.text``): the words a sentence's posterior
   z_1..z_T decodes to, against z drawn from the prior.
 
+An analysis that also produces a table returns an ``AnalysisResult``: its metrics, with the
+tables in ``.tables`` for the caller to log (this layer logs nothing itself).
+
 Latents are read along the *posterior-mean path* (``infer`` with zero noise, so z_t is the
 posterior mean and h_t follows from it): the features are then deterministic functions of
 the sentence, and repeated evaluations agree. Cost is bounded by seeded subsets of at most
@@ -42,6 +45,22 @@ from zf_lightning.evaluation.posterior import has_posterior, model_device, poste
 from zf_lightning.types import SequenceBatch
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Table:
+    """Rows of a table an analysis produced, under ``columns``."""
+
+    columns: list[str]
+    rows: list[list[object]]
+
+
+class AnalysisResult(dict[str, float]):
+    """An analysis's ``{metric: value}`` (the dict itself) and its tables by key (``tables``)."""
+
+    def __init__(self, metrics: dict[str, float] | None = None, tables: dict[str, Table] | None = None) -> None:
+        super().__init__(metrics or {})
+        self.tables: dict[str, Table] = dict(tables or {})
 
 
 # -- data access ---------------------------------------------------------------------------------

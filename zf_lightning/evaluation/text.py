@@ -11,9 +11,9 @@ import torch
 from torch import Tensor, nn
 
 from zf_lightning.data.base import SequenceDataModule
-from zf_lightning.data.text.modules import WordDataModule
+from zf_lightning.data.text.base import WordDataModule
 from zf_lightning.evaluation.posterior import has_posterior, model_device, posterior_mean_pass
-from zf_lightning.evaluation.probes import subset_batches
+from zf_lightning.evaluation.probes import AnalysisResult, Table, subset_batches
 from zf_lightning.types import HasStepFunction
 
 log = logging.getLogger(__name__)
@@ -64,16 +64,6 @@ def _matches(sampled: Tensor, targets: Tensor, mask: Tensor) -> int:
     return int(((sampled == targets) & (mask > 0.5)).sum())
 
 
-def _log_wandb_table(key: str, columns: list[str], rows: list[list[object]]) -> None:
-    """Log the text as a W&B table when a W&B run is active (no-op otherwise)."""
-    try:
-        import wandb
-    except ImportError:  # pragma: no cover - wandb is a requirement
-        return
-    if wandb.run is not None:
-        wandb.run.log({key: wandb.Table(columns=columns, data=rows)})
-
-
 def resample_words(
     model: nn.Module,
     datamodule: SequenceDataModule,
@@ -83,7 +73,7 @@ def resample_words(
     samples_per_sentence: int = 2,
     greedy: bool = False,
     seed: int = 0,
-) -> dict[str, float]:
+) -> AnalysisResult:
     """Keep each sentence's posterior z path, resample its words; write and score the result.
 
     For ``num_sentences`` sentences of ``split`` (a seeded subset) it decodes
@@ -92,16 +82,16 @@ def resample_words(
     ``{split}/resample_agree_posterior`` and ``{split}/resample_agree_prior``: the fraction
     of words (the forced final ``<eos>`` excluded) equal to the original. A model that uses
     z agrees more under its posterior; a collapsed one agrees equally. The text goes to
-    ``<output_dir>/samples/resampled_<split>.txt`` (and to W&B as a table when a W&B run is
-    active). Needs a vocabulary (text data).
+    ``<output_dir>/samples/resampled_<split>.txt``, and is returned as the table
+    ``{split}/resampled`` (``.tables``) for the job's loggers. Needs a vocabulary (text data).
     """
     if samples_per_sentence < 1:
         raise ValueError(f"samples_per_sentence must be >= 1, got {samples_per_sentence}")
     if not has_posterior(model, "resample_words"):
-        return {}
+        return AnalysisResult()
     if not isinstance(datamodule, WordDataModule):
         log.warning("resample_words skipped: %s has no vocabulary (text data only)", type(datamodule).__name__)
-        return {}
+        return AnalysisResult()
     vocab = datamodule.vocab
     names = datamodule.label_names
     banned = [vocab.pad_id, vocab.bos_id]
@@ -153,5 +143,4 @@ def resample_words(
                   f"prior z {metrics[f'{split}/resample_agree_prior']:.3f}\n\n")
         path.write_text(header + "\n".join(lines), encoding="utf-8")
         log.info("resampled sentences written to %s", path)
-    _log_wandb_table(f"{split}/resampled", ["sentence", "label", "source", "text"], rows)
-    return metrics
+    return AnalysisResult(metrics, {f"{split}/resampled": Table(["sentence", "label", "source", "text"], rows)})

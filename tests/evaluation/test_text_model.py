@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from tests.conftest import SHARED_DATA, compose_config, require_shared
-from zf_lightning.data.text.modules import SentencesDataModule
+from zf_lightning.data.text.sentences import SentencesDataModule
 from zf_lightning.evaluation.probes import latent_probe
 from zf_lightning.evaluation.text import decode_with_latents, resample_words
 from zf_lightning.models import RNN, CategoricalHead, ZForcing
@@ -173,19 +173,37 @@ def test_resampling_writes_originals_and_samples_of_equal_length(corpus: Sentenc
         assert {len(r.split()) for r in rows} == {len(rows[0].split())}
 
 
-def test_resampled_text_goes_to_an_active_wandb_run_as_a_table(
+def test_resampled_text_is_returned_as_a_table_and_logged_through_the_jobs_wandb_logger(
     corpus: SentencesDataModule, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The evaluation layer returns the rows; the runs layer logs them through the job's loggers,
+    never through the global ``wandb.run``."""
     import types
 
     import wandb
+    from lightning.pytorch.loggers import WandbLogger
+
+    from zf_lightning.runs.loggers import log_tables
+
+    monkeypatch.setattr(wandb, "run", types.SimpleNamespace(log=lambda *a, **k: pytest.fail("global wandb.run used")))
+    result = resample_words(tiny_zforcing(len(corpus.vocab)), corpus, "test", num_sentences=3, samples_per_sentence=1)
+    table = result.tables["test/resampled"]
+    assert table.columns == ["sentence", "label", "source", "text"] and len(table.rows) == 3 * 3
 
     logged: list[dict] = []
-    monkeypatch.setattr(wandb, "run", types.SimpleNamespace(log=logged.append))  # a run, without the service
-    resample_words(tiny_zforcing(len(corpus.vocab)), corpus, "test", num_sentences=3, samples_per_sentence=1)
+
+    class FakeWandb(WandbLogger):  # a W&B logger, without the service
+        def __init__(self) -> None:
+            pass
+
+        @property
+        def experiment(self) -> types.SimpleNamespace:
+            return types.SimpleNamespace(log=logged.append)
+
+    log_tables([FakeWandb()], result.tables, step=7)
     assert len(logged) == 1 and isinstance(logged[0]["test/resampled"], wandb.Table)
-    table = logged[0]["test/resampled"]
-    assert table.columns == ["sentence", "label", "source", "text"] and len(table.data) == 3 * 3
+    assert logged[0]["trainer/global_step"] == 7
+    assert logged[0]["test/resampled"].columns == table.columns and len(logged[0]["test/resampled"].data) == 9
 
 
 # -- configs and a real run -----------------------------------------------------------------------

@@ -334,7 +334,7 @@ def test_the_committed_held_out_support_table_is_what_the_code_draws(tmp_path) -
     import sys
     from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "scripts/held_out_support.py", "--out", str(tmp_path)], cwd=repo, check=True,
                    capture_output=True)
     for name in ("support.csv", "support.md"):

@@ -15,11 +15,11 @@ from zf_lightning.runs.checkpoint import CONFIG_KEY, MOVED_TARGETS, load_checkpo
 from zf_lightning.runs.evaluate import evaluate
 from zf_lightning.runs.pipeline import compose_config
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 OLD_CKPT = FIXTURES / "text_zforcing_before_layout.ckpt"
 OLD_EVAL = json.loads((FIXTURES / "text_zforcing_before_layout.json").read_text())
 TEXT_FILES = [FIXTURES / "tiny_text" / "neg.txt", FIXTURES / "tiny_text" / "pos.txt"]
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def files_override(key: str) -> str:
@@ -32,7 +32,7 @@ def test_migration_rewrites_every_moved_target_and_nothing_else() -> None:
               "analyses": {"probe": {"_target_": "zf_lightning.text_analysis.latent_probe"}},
               "tags": [{"_target_": "zf_lightning.jobs.SweepStatus"}, "_target_"]}
     migrated = migrate_config(stored)
-    assert migrated["data"] == {"_target_": "zf_lightning.data.text.modules.SentencesDataModule", "files": ["a"]}
+    assert migrated["data"] == {"_target_": "zf_lightning.data.text.sentences.SentencesDataModule", "files": ["a"]}
     assert migrated["model"] == stored["model"]
     assert migrated["analyses"]["probe"]["_target_"] == "zf_lightning.evaluation.probes.latent_probe"
     assert migrated["tags"] == [{"_target_": "zf_lightning.report.callback.SweepStatus"}, "_target_"]
@@ -50,7 +50,7 @@ def test_every_moved_target_names_something_that_exists() -> None:
 def test_an_old_checkpoint_loads_with_migrated_targets() -> None:
     checkpoint = load_checkpoint(OLD_CKPT)
     config = checkpoint[CONFIG_KEY]
-    assert config["data"]["_target_"] == "zf_lightning.data.text.modules.SentencesDataModule"
+    assert config["data"]["_target_"] == "zf_lightning.data.text.sentences.SentencesDataModule"
     assert config["analyses"]["latent_probe"]["_target_"] == "zf_lightning.evaluation.probes.latent_probe"
     assert config["analyses"]["resample"]["_target_"] == "zf_lightning.evaluation.text.resample_words"
 
@@ -81,7 +81,7 @@ def test_an_old_checkpoint_resumes(tmp_path: Path) -> None:
     assert status["status"] == "completed" and status["resumed_from"].endswith("old.ckpt")
     resumed = load_checkpoint(run / "checkpoints" / "last.ckpt")
     assert resumed["global_step"] == 16
-    assert resumed[CONFIG_KEY]["data"]["_target_"] == "zf_lightning.data.text.modules.SentencesDataModule"
+    assert resumed[CONFIG_KEY]["data"]["_target_"] == "zf_lightning.data.text.sentences.SentencesDataModule"
 
 
 def test_the_skipped_update_counters_ride_in_the_checkpoint_under_their_key() -> None:
@@ -89,7 +89,7 @@ def test_the_skipped_update_counters_ride_in_the_checkpoint_under_their_key() ->
 
     from lightning.pytorch.trainer.states import TrainerFn
 
-    from tests.test_lit import fixed_module
+    from tests.lit.test_lit import fixed_module
     from zf_lightning.runs.checkpoint import NONFINITE_KEY, StoreConfig
 
     saved, _ = fixed_module()

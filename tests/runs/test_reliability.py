@@ -40,7 +40,7 @@ from zf_lightning.runs.evaluate import evaluate
 from zf_lightning.runs.guard import LOCK_FILE, RunFolderError, RunLock
 from zf_lightning.runs.pipeline import train
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 # 3 updates per epoch, no samples, no test pass: the runs here are about the folder, not the numbers
 SHORT = ["trainer.limit_train_batches=3", "samples.num=0", "test=false", "trainer.max_epochs=1"]
 
@@ -171,7 +171,8 @@ def test_two_runs_into_one_folder_the_second_is_refused_and_the_first_completes(
                                                                                 tmp_path: Path) -> None:
     monkeypatch.setenv("ZF_TRUSTED_TARGETS", "tests.")  # the waiting callback is stored in the checkpoints
     run = tmp_path / "run"
-    first_cfg = short_run(run, "trainer.max_epochs=2", "+callbacks.wait._target_=tests.test_reliability.WaitForRelease")
+    first_cfg = short_run(run, "trainer.max_epochs=2",
+                          "+callbacks.wait._target_=tests.runs.test_reliability.WaitForRelease")
     WaitForRelease.reached.clear()
     WaitForRelease.release.clear()
     result: dict[str, object] = {}
@@ -283,7 +284,7 @@ def test_a_plateau_schedule_waits_for_the_first_validation(tmp_path: Path) -> No
 
 
 def sentence_module(files: list[Path], cache: Path):
-    from zf_lightning.data.text.modules import SentencesDataModule
+    from zf_lightning.data.text.sentences import SentencesDataModule
 
     return SentencesDataModule(files=[str(f) for f in files], cache_dir=str(cache), vocab_size=50, batch_size=4)
 
@@ -314,7 +315,7 @@ def test_a_diverged_run_is_flagged_in_the_log_and_status(tmp_path: Path, caplog:
     run = tmp_path / "run"
     with caplog.at_level(logging.WARNING, logger="zf_lightning.runs.stopping"):
         train(short_run(run, "trainer.max_steps=3", "trainer.val_check_interval=1",
-                        "+callbacks.spoil._target_=tests.test_reliability.SpoilWeightsAfterFirstValidation"))
+                        "+callbacks.spoil._target_=tests.runs.test_reliability.SpoilWeightsAfterFirstValidation"))
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "completed" and status["diverged"] is True
     assert status["divergence"]["last"] > status["divergence"]["first"]
@@ -374,7 +375,7 @@ def test_the_pipeline_writes_checkpoints_through_the_atomic_writer(monkeypatch: 
                                                                   tmp_path: Path) -> None:
     monkeypatch.setenv("ZF_TRUSTED_TARGETS", "tests.")  # the spy callback is stored in the checkpoints
     CheckpointWriterSpy.seen.clear()
-    train(short_run(tmp_path / "run", "+callbacks.spy._target_=tests.test_reliability.CheckpointWriterSpy"))
+    train(short_run(tmp_path / "run", "+callbacks.spy._target_=tests.runs.test_reliability.CheckpointWriterSpy"))
     assert CheckpointWriterSpy.seen == ["AtomicCheckpointIO"]
 
 
@@ -519,7 +520,7 @@ def test_the_fsdd_regex_example_in_the_config_parses_as_written() -> None:
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    text = (Path(__file__).resolve().parents[1] / "conf" / "data" / "audio_folder.yaml").read_text()
+    text = (Path(__file__).resolve().parents[2] / "conf" / "data" / "audio_folder.yaml").read_text()
     line = next(line for line in text.splitlines() if "data.test_pattern" in line)
     overrides = shlex.split(line.lstrip("# "))
     parsed = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(overrides)}
@@ -528,7 +529,7 @@ def test_the_fsdd_regex_example_in_the_config_parses_as_written() -> None:
 
 
 # ------------------------------------------------------------------------------ through train.py and eval.py
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_script(script: str, *overrides: str) -> subprocess.CompletedProcess:

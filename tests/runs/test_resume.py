@@ -25,7 +25,7 @@ from zf_lightning.runs.checkpoint import LAST, find_checkpoint, load_checkpoint
 from zf_lightning.runs.pipeline import train
 from zf_lightning.runs.resume import ResumePoint, _before, _rng_state, _set_rng_state, apply_overrides
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # 5 updates per epoch, W&B offline (conftest sets WANDB_MODE), no samples
 RUN = [o for o in TINY if not o.startswith("logger")] + [
     "logger=wandb", "trainer.limit_train_batches=5", "trainer.limit_test_batches=2", "trainer.log_every_n_steps=1",
@@ -119,7 +119,7 @@ def test_killed_run_resumes_from_the_command_line_and_ends_where_a_straight_run_
                                                                           "PYTHONPATH": str(REPO),
                                                                           "ZF_TRUSTED_TARGETS": "tests."}
     cmd = [sys.executable, "train.py", *RUN, "trainer.max_epochs=4", f"hydra.run.dir={run}",
-           f"paths.cache_dir={tmp_path / 'cache'}", "+callbacks.block._target_=tests.test_resume.BlockAtEpoch",
+           f"paths.cache_dir={tmp_path / 'cache'}", "+callbacks.block._target_=tests.runs.test_resume.BlockAtEpoch",
            "+callbacks.block.epoch=2", f"+callbacks.block.flag={flag}"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -325,7 +325,7 @@ def test_a_run_stopped_by_a_signal_mid_epoch_and_rerun_ends_where_a_straight_run
                                                                           "PYTHONPATH": str(REPO),
                                                                           "ZF_TRUSTED_TARGETS": "tests."}
     cmd = [sys.executable, "train.py", *MID, "trainer.max_steps=20", f"hydra.run.dir={run}",
-           f"paths.cache_dir={tmp_path / 'cache'}", "+callbacks.pause._target_=tests.test_resume.PauseAfter",
+           f"paths.cache_dir={tmp_path / 'cache'}", "+callbacks.pause._target_=tests.runs.test_resume.PauseAfter",
            "+callbacks.pause.step=11", f"+callbacks.pause.flag={flag}"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:

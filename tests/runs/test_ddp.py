@@ -18,7 +18,7 @@ from tests.conftest import TINY, compose_config
 from zf_lightning.runs.pipeline import build_datamodule, build_module
 from zf_lightning.types import SequenceBatch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class DumpFirstUpdate(Callback):
@@ -62,7 +62,7 @@ def test_ddp_cpu_two_processes_one_folder_one_run_and_the_gradients_of_the_globa
     env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"} | {"WANDB_MODE": "offline",
                                                                           "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "train.py", "trainer=ddp_cpu", *RUN, f"hydra.run.dir={run}", f"paths.log_dir={logs}",
-           f"paths.cache_dir={tmp_path / 'cache'}", "+callbacks.dump._target_=tests.test_ddp.DumpFirstUpdate",
+           f"paths.cache_dir={tmp_path / 'cache'}", "+callbacks.dump._target_=tests.runs.test_ddp.DumpFirstUpdate",
            f"+callbacks.dump.directory={dumps}"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]

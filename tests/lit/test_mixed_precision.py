@@ -16,7 +16,7 @@ from torch import nn
 
 from tests.conftest import TINY
 from tests.helpers import HEADS, make_batch, make_model
-from tests.test_baselines import MODELS, build
+from tests.models.test_baselines import MODELS, build
 from zf_lightning.models import LRU, Transformer
 from zf_lightning.runs.pipeline import train
 from zf_lightning.types import DataSpec, LatentVariableModel, SequenceBatch, StepTerms

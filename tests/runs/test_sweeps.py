@@ -20,7 +20,7 @@ from zf_lightning.runs.pipeline import train
 from zf_lightning.runs.policy import available_cpus, failure_value, global_rank
 from zf_lightning.runs.status import JobStatus, read_status
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # one epoch of 3 updates, W&B offline
 TINY_RUN = [o for o in TINY if not o.startswith("logger")] + [

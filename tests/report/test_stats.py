@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_report import make_job
+from tests.report.test_report import make_job
 from zf_lightning.report.build import write_report
 from zf_lightning.report.cli import main
 from zf_lightning.report.jobs import read_jobs_csv

@@ -10,8 +10,9 @@ import torch
 
 from tests.conftest import SHARED_DATA, require_shared
 from zf_lightning.data.cache import CACHE_SUBDIR, fallback_cache_dirs, first_writable
-from zf_lightning.data.text import modules as text
-from zf_lightning.data.text.modules import ImdbDataModule, SentencesDataModule
+from zf_lightning.data.text import sentences as text
+from zf_lightning.data.text.imdb import ImdbDataModule
+from zf_lightning.data.text.sentences import SentencesDataModule
 from zf_lightning.data.text.tokens import Vocab, split_sentences, tokenize
 from zf_lightning.runs.pipeline import compose_config
 
@@ -334,7 +335,7 @@ def test_imdb_layout_errors_show_expected_and_found(tmp_path: Path) -> None:
 def test_data_configs_compose_with_the_categorical_head(name: str) -> None:
     cfg = compose_config("train", [f"data={name}"])
     cls = "SentencesDataModule" if name == "sentences" else "ImdbDataModule"
-    assert cfg.data._target_ == f"zf_lightning.data.text.modules.{cls}"
+    assert cfg.data._target_ == f"zf_lightning.data.text.{name}.{cls}"
     assert cfg.model.head._target_.endswith("CategoricalHead")
     assert "defaults" not in cfg.data
 

@@ -17,7 +17,7 @@ from zf_lightning.data.lgssm import (
     kalman_log_likelihood,
 )
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "data" / "lgssm.yaml"
+CONF = Path(__file__).resolve().parents[2] / "conf" / "data" / "lgssm.yaml"
 
 
 def _spd(dim: int, gen: torch.Generator, floor: float = 0.1) -> torch.Tensor:
