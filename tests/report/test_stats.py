@@ -87,9 +87,19 @@ def study(tmp_path: Path) -> Path:
 
 
 def paired_rows(report: str) -> dict[str, list[str]]:
+    """The paired table's rows by row name (and data set), up to the verdict. Each row is named
+    ``(row) − (baseline)``, the order of the subtraction; the last column says where it was read."""
     section = report.split("## Paired differences", 1)[1].split("\n## ", 1)[0]
-    return {cells[0]: cells for line in section.splitlines() if line.startswith("| ") and not line.startswith("| row")
-            for cells in [[c.strip() for c in line.strip("|").split("|")]]}
+    rows = {}
+    for line in section.splitlines():
+        if line.startswith("| ("):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            difference, _, context = cells[0].partition(" · ")
+            assert difference.startswith("(") and ") − (" in difference and difference.endswith(")"), difference
+            name = difference[1:].split(") − (")[0]
+            assert cells[-1].startswith(("convergence", "a budget")), cells[-1]
+            rows[name + (f" · {context}" if context else "")] = cells[:-1]
+    return rows
 
 
 def test_the_report_gives_paired_differences_with_known_answers(study: Path) -> None:
