@@ -347,3 +347,14 @@ def test_rows_read_at_matched_updates_flag_an_order_that_changes_and_say_where_t
     assert paired[2].startswith(f"| ({rows[0].name}) − ({rows[1].name}) | 2 | -15.00 |")
     same = group_rows([_curve_job("c", s, [(1000, -1.0), (3000, 0.0)], "max_steps") for s in (1, 2)], ["ablation"])
     assert matched_steps(same) == [] and matched_updates_table(same) == ([], [])
+
+
+def test_jobs_still_running_or_interrupted_are_not_called_failed(tmp_path: Path) -> None:
+    done = _curve_job("a", 1, [(1000, -50.0), (2000, -20.0)], "max_steps")
+    running = Job(name="1", overrides={"ablation": "a", "seed": "2"}, status="running",
+                  curves={"val/elbo": [(1000, -60.0)]})
+    build_report([done, running], tmp_path, "study")
+    text = (tmp_path / "report.md").read_text()
+    assert "2 jobs, 1 completed, 1 not finished (running or interrupted), 0 failed." in text
+    assert "## Jobs not finished" in text and "- `1` (seed=2): running, 1 validations so far" in text
+    assert "## Failed jobs" not in text

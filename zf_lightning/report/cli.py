@@ -23,6 +23,7 @@ Standard deviations are sample deviations (n - 1 in the denominator), empty for 
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -31,6 +32,7 @@ from zf_lightning.report.build import build_report, write_report
 from zf_lightning.report.jobs import combined_jobs, read_wandb
 from zf_lightning.report.rows import HEADLINE
 from zf_lightning.report.study_notes import write_study_notes
+from zf_lightning.runs.status import INTERRUPTED, RUNNING
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
                             args.baseline)
     else:
         parser.error("give a sweep folder or --wandb ENTITY/PROJECT")
-    failed = sum(len(r.failed) for r in rows)
-    print(f"{out / 'report.md'}: {len(rows)} configurations, {failed} failed jobs")
+    statuses = Counter(job.status for row in rows for job in row.failed)
+    unfinished = statuses[RUNNING] + statuses[INTERRUPTED]
+    print(f"{out / 'report.md'}: {len(rows)} configurations, {statuses.total() - unfinished} failed jobs"
+          + (f", {unfinished} not finished" if unfinished else ""))
     return 0
 

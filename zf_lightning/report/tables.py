@@ -16,7 +16,7 @@ from typing import Any
 from zf_lightning.report.jobs import SEED_KEYS, Job
 from zf_lightning.report.rows import Row, display_names
 from zf_lightning.report.stats import higher_is_better, mean_std, paired_difference
-from zf_lightning.runs.status import error_summary
+from zf_lightning.runs.status import INTERRUPTED, RUNNING, error_summary
 from zf_lightning.runs.stopping import CONVERGED, bound_diverged
 
 
@@ -206,9 +206,13 @@ def ordering_table(rows: list[Row], key: str = "val/elbo", fractions: tuple[floa
 
 def write_markdown(path: Path, sweep: str, jobs: list[Job], rows: list[Row], keys: list[str],
                    metrics: list[str], headline: str, baseline: str | None = None) -> None:
-    failed = [j for j in jobs if not j.ok]
+    unfinished = [j for j in jobs if j.status in (RUNNING, INTERRUPTED)]  # a study still running or cut off
+    failed = [j for j in jobs if not j.ok and j not in unfinished]
+    done = len(jobs) - len(failed) - len(unfinished)
     lines = [f"# Sweep report: {sweep}", "",
-             f"{len(jobs)} jobs, {len(jobs) - len(failed)} completed, {len(failed)} failed. "
+             f"{len(jobs)} jobs, {done} completed, "
+             + (f"{len(unfinished)} not finished (running or interrupted), " if unfinished else "")
+             + f"{len(failed)} failed. "
              f"Configurations differ in: {', '.join(keys) or 'nothing (one configuration)'}; "
              "mean ± sample standard deviation over seeds.", ""]
     if headline in metrics:
@@ -238,12 +242,17 @@ def write_markdown(path: Path, sweep: str, jobs: list[Job], rows: list[Row], key
         body = [[row.label, *[fmt(*row.stats(m)[:2]) for m in metrics], str(len(row.done)), str(len(row.failed))]
                 for row in rows]
         lines += [*md_table(["configuration", *metrics, "n", "failed"], body), ""]
+    shown = [*keys, *SEED_KEYS]
+
+    def described(job: Job) -> str:
+        return f"- `{job.name}` ({', '.join(f'{k}={v}' for k, v in job.overrides.items() if k in shown)}): "
+
     if failed:
-        lines += ["## Failed jobs", ""]
-        shown = [*keys, *SEED_KEYS]
-        lines += [f"- `{j.name}` ({', '.join(f'{k}={v}' for k, v in j.overrides.items() if k in shown)}): "
-                  f"{error_summary(j.error or j.status)}" for j in failed]
-        lines.append("")
+        lines += ["## Failed jobs", "", *[described(j) + error_summary(j.error or j.status) for j in failed], ""]
+    if unfinished:
+        lines += ["## Jobs not finished", "", "Running, or interrupted: rerunning the study's command continues them.",
+                  "", *[f"{described(j)}{j.status}, {len(j.curves.get('val/elbo') or [])} validations so far"
+                        for j in unfinished], ""]
     lines += ["## Validation curves", "", "![validation ELBO and KL](curves.png)", ""]
     path.write_text("\n".join(lines))
 
