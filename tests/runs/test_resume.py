@@ -93,6 +93,34 @@ def test_a_run_whose_folder_has_a_checkpoint_continues_on_its_own(straight, tmp_
     assert len(set(wandb_ids(run))) == 1
 
 
+# WANDB_SERVICE would attach the children to this process's W&B service, which still holds a
+# killed child's run; a separate process (a shell, a requeued job) has none. ZF_TRUSTED_TARGETS:
+# the tests' own callbacks are stored in the checkpoints a resume reads back
+CHILD_ENV = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"} | {
+    "WANDB_MODE": "offline", "PYTHONPATH": str(REPO), "ZF_TRUSTED_TARGETS": "tests."}
+
+
+def signal_when_ready(cmd: list[str], flag: Path, signum: int) -> subprocess.Popen:
+    """Start ``cmd``, wait until its test callback announces itself (``flag`` with suffix
+    ``.ready``; no timing is asserted), send ``signum``, let a paused callback go on (``flag``
+    removed) and wait for the process to end."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=CHILD_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        for _ in range(6000):
+            if flag.with_suffix(".ready").exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.stderr.read()[-3000:] if proc.stderr else ""
+        os.kill(proc.pid, signum)
+        flag.unlink()
+        proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc
+
+
 class BlockAtEpoch(Callback):
     """Test helper: at the start of ``epoch`` (after the previous epoch's checkpoint), announce
     itself and wait to be killed, while the ``flag`` file exists."""
@@ -112,35 +140,17 @@ def test_killed_run_resumes_from_the_command_line_and_ends_where_a_straight_run_
     reference, _ = straight
     run, flag = tmp_path / "run", tmp_path / "block.flag"
     flag.touch()
-    # WANDB_SERVICE would attach the children to this process's W&B service, which still holds
-    # the killed child's run; a separate process (a shell, a requeued job) has none
-    # ZF_TRUSTED_TARGETS: the test's own callback is stored in the checkpoints a resume reads back
-    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"} | {"WANDB_MODE": "offline",
-                                                                          "PYTHONPATH": str(REPO),
-                                                                          "ZF_TRUSTED_TARGETS": "tests."}
     cmd = [sys.executable, "train.py", *RUN, "trainer.max_epochs=4", f"hydra.run.dir={run}",
            f"paths.cache_dir={tmp_path / 'cache'}", "+callbacks.block._target_=tests.runs.test_resume.BlockAtEpoch",
            "+callbacks.block.epoch=2", f"+callbacks.block.flag={flag}"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        for _ in range(6000):  # polls until the run reaches epoch 2 (no timing is asserted)
-            if flag.with_suffix(".ready").exists() or proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        assert proc.poll() is None, proc.stderr.read()[-3000:] if proc.stderr else ""
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    signal_when_ready(cmd, flag, signal.SIGKILL)
     assert json.loads((run / "status.json").read_text())["status"] == "running"
     assert not (run / "metrics.json").exists()
     killed_id = wandb_ids(run)
-    flag.unlink()
 
     # the documented command: no overrides, the config comes from the checkpoint
     done = subprocess.run([sys.executable, "train.py", "ckpt_path=last", f"hydra.run.dir={run}"], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=900)
+                          env=CHILD_ENV, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     for key in COMPARED:
@@ -321,25 +331,10 @@ def test_a_run_stopped_by_a_signal_mid_epoch_and_rerun_ends_where_a_straight_run
     reference, reference_dir = straight_mid
     run, flag = tmp_path / "run", tmp_path / "pause.flag"
     flag.touch()
-    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"} | {"WANDB_MODE": "offline",
-                                                                          "PYTHONPATH": str(REPO),
-                                                                          "ZF_TRUSTED_TARGETS": "tests."}
     cmd = [sys.executable, "train.py", *MID, "trainer.max_steps=20", f"hydra.run.dir={run}",
            f"paths.cache_dir={tmp_path / 'cache'}", "+callbacks.pause._target_=tests.runs.test_resume.PauseAfter",
            "+callbacks.pause.step=11", f"+callbacks.pause.flag={flag}"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        for _ in range(6000):  # polls until the run has made update 11 (no timing is asserted)
-            if flag.with_suffix(".ready").exists() or proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        assert proc.poll() is None, proc.stderr.read()[-3000:] if proc.stderr else ""
-        os.kill(proc.pid, getattr(signal, how))
-        flag.unlink()
-        proc.wait(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc = signal_when_ready(cmd, flag, getattr(signal, how))
     status = json.loads((run / "status.json").read_text())
     stored_step = load_checkpoint(run / "checkpoints" / "last.ckpt", {f"{__name__}.PauseAfter"})["global_step"]
     if how == "SIGINT":
@@ -348,7 +343,7 @@ def test_a_run_stopped_by_a_signal_mid_epoch_and_rerun_ends_where_a_straight_run
         assert status["status"] == "running" and stored_step == 8
     assert not (run / "metrics.json").exists()
 
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(cmd, cwd=REPO, env=CHILD_ENV, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     for key in COMPARED:
