@@ -87,7 +87,11 @@ def test_each_study_composes_and_its_first_updates_run(study: str, tmp_path: Pat
     cfg = compose_config("train", [f"study={study}", f"paths.output_dir={tmp_path}"], return_hydra_config=True)
     assert cfg.hydra.sweep.dir.endswith(f"studies/{study}") and cfg.study.results_dir == f"results/{study}"
     assert cfg.continue_on_failure and cfg.torch_threads == 1
-    stopping = "plateau" if cfg.callbacks.get("plateau") else "early_stopping"  # how the study's runs converge
+    # exactly one rule decides that the study's runs converged, and it is built (it has a target)
+    rules = [k for k, v in cfg.callbacks.items() if v is not None and str(v.get("_target_", "")).endswith(
+        ("EarlyStoppingAfter", "PlateauStopping"))]
+    assert len(rules) == 1, dict(cfg.callbacks)
+    stopping = rules[0]
     assert cfg.trainer.max_steps > 0 and cfg.callbacks[stopping].start_step >= 0
     if missing := missing_data(cfg.data):
         require_shared(*missing)
