@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -220,7 +221,12 @@ def _fit_and_test(cfg: DictConfig, out_dir: Path, resume: ResumePoint | None, st
     if wandb_ids:
         status.update(wandb_run_id=wandb_ids[0])
     # weights_only: Lightning's own load of the checkpoint (already read through load_checkpoint) runs no code
-    trainer.fit(lit, datamodule=dm, ckpt_path=str(resume.path) if resume is not None else None, weights_only=True)
+    with warnings.catch_warnings():
+        # the data module continues mid-epoch from the checkpoint's loop progress (ResumeState),
+        # which Lightning cannot see: its warning that the loader is not resumable does not apply
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+        trainer.fit(lit, datamodule=dm, ckpt_path=str(resume.path) if resume is not None else None,
+                    weights_only=True)
     watch = next((c for c in trainer.callbacks if isinstance(c, DivergenceWatch)), None)
     if watch is not None and rank == 0:
         status.update(**watch.report())
