@@ -234,7 +234,7 @@ def test_the_report_ignores_the_keys_hydra_leaves_out_of_a_job_name() -> None:
     cfg = compose_config("train", ["paths.output_dir=unused"], return_hydra_config=True)
     assert excluded_override_keys() == tuple(cfg.hydra.job.config.override_dirname.exclude_keys)
     jobs = [Job(name=str(n), overrides={"ablation": a, "trainer.max_steps": str(steps), "torch_threads": str(n),
-                                        "paths.log_dir": f"/tmp/{n}"}, status="completed")
+                                        "paths.log_dir": f"logs/{n}"}, status="completed")
             for n, (a, steps) in enumerate((("kla", 100), ("aux", 200)))]
     assert varying_keys(jobs) == ["ablation"]
 
