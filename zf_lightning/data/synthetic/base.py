@@ -240,13 +240,9 @@ class DrawSampler(EpochSampler):
         super().__init__(draws_per_epoch, seed)
         self.fresh = fresh
 
-    @property
-    def n(self) -> int:
-        return self.size
-
     def order(self) -> list[int]:
         if self.fresh:
-            return list(range(self.epoch * self.n, (self.epoch + 1) * self.n))
+            return list(range(self.epoch * self.size, (self.epoch + 1) * self.size))
         return super().order()
 
 
