@@ -164,6 +164,22 @@ def test_a_completed_folder_of_another_job_is_refused_not_reported(tmp_path: Pat
         status.completed_metrics(tmp_path, other)
 
 
+def test_a_completed_folder_is_recognised_by_the_sweep_command_that_last_resumed_it(tmp_path: Path) -> None:
+    """A study continued with an added override (a callback its first attempt lacked) finishes
+    its jobs under that command; rerunning the same command finds them complete."""
+    from zf_lightning.runs import status
+
+    (tmp_path / "metrics.json").write_text(json.dumps({"val/elbo": 1.0}))
+    (tmp_path / "status.json").write_text(json.dumps({
+        "status": "completed", "job": {"override_dirname": "optim=adam,seed=1"},
+        "resumed_by": {"override_dirname": "callbacks.plateau.window=4,optim=adam,seed=1"}}))
+    resumed = RunContext(mode="multirun", override_dirname="callbacks.plateau.window=4,optim=adam,seed=1")
+    assert status.completed_metrics(tmp_path, resumed) == {"val/elbo": 1.0}
+    assert status.completed_metrics(tmp_path, RunContext(mode="multirun", override_dirname="optim=adam,seed=1"))
+    with pytest.raises(ValueError, match="another job"):
+        status.completed_metrics(tmp_path, RunContext(mode="multirun", override_dirname="optim=sgd,seed=1"))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("row", sorted(p.stem for p in (CONF_DIR / "variant" / "sets").glob("*.yaml")))
 def test_every_row_of_the_set_study_trains_and_reports_its_flip_rate(row: str, tmp_path: Path) -> None:

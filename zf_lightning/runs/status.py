@@ -147,15 +147,17 @@ def completed_metrics(directory: Path, context: RunContext | None = None) -> dic
     """The metrics of a job folder whose run completed (None when it did not, or never ran).
 
     Under a Hydra multirun the folder must hold this very job (the same overrides, by Hydra's
-    job name): a study whose grid was edited would otherwise find another configuration's
-    results under the same job number and report them as this one's."""
+    job name, as the job that started it or the command that last resumed it): a study whose
+    grid was edited would otherwise find another configuration's results under the same job
+    number and report them as this one's."""
     metrics = directory / "metrics.json"
     status = read_status(directory)
     if status.get("status") != COMPLETED or not metrics.is_file():
         return None
     context = context or RunContext()
     stored, current = (status.get("job") or {}).get("override_dirname"), context.override_dirname
-    if context.multirun and stored is not None and stored != current:
+    resumed = (status.get("resumed_by") or {}).get("override_dirname")
+    if context.multirun and stored is not None and current not in (stored, resumed):
         raise ValueError(
             f"{directory} holds a completed run of another job ({stored!r}), not of this one ({current!r}): "
             "the sweep's grid changed since it ran. Run the changed sweep into a new folder "
