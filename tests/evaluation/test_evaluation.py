@@ -100,6 +100,18 @@ def test_no_importance_sampling_when_disabled(lgssm_checkpoint, tmp_path: Path) 
     assert not any("iwae" in k for k in result)
 
 
+def test_eval_adds_an_analysis_the_run_did_not_have(lgssm_checkpoint, tmp_path: Path) -> None:
+    """``analysis=quiet_frames`` on a finished run: the bound split by frame loudness, whose
+    parts add up to the split's bound (up to the latent draws), next to the run's metrics."""
+    ckpt, _ = lgssm_checkpoint
+    result = run_eval(ckpt, tmp_path, "eval.iwae_samples=1", "analysis=quiet_frames",
+                      "analyses.quiet_frames.threshold=1.0")
+    assert 0.0 < result["test/quiet_fraction"] < 1.0
+    parts = result["test/elbo_quiet"] + result["test/elbo_other"]
+    assert parts == pytest.approx(result["test/elbo"], abs=result["test/elbo_se"])
+    assert "test/quiet_fraction" not in run_eval(ckpt, tmp_path / "plain", "eval.iwae_samples=null")
+
+
 def test_exported_latents_have_the_right_shapes(lgssm_checkpoint, tmp_path: Path) -> None:
     ckpt, _ = lgssm_checkpoint
     result = run_eval(ckpt, tmp_path, "eval.iwae_samples=1", "eval.export_latents=true")

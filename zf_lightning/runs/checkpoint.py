@@ -348,7 +348,7 @@ class LastCheckpoint(Checkpoint):
 
     def save(self, trainer: L.Trainer) -> None:
         if trainer.global_step != self.saved_step:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
             self.saved_step = trainer.global_step
 
     def _write_pending(self, trainer: L.Trainer) -> None:
@@ -403,7 +403,7 @@ class LastCheckpoint(Checkpoint):
         epoch_loop = trainer.fit_loop.epoch_loop
         if epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher):
             return
-        self._pending = trainer._checkpoint_connector.dump_checkpoint()
+        self._pending = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
         self._pending_until_end = epoch_loop.batch_progress.is_last_batch
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,

@@ -63,6 +63,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                                           seed, device))
     with open_dict(run_cfg):
         run_cfg.seed = cfg.seed
+        if cfg.get("analyses"):
+            run_cfg.analyses = OmegaConf.merge(run_cfg.get("analyses") or {}, cfg.analyses)
         # analyses that write files (e.g. resampled text) write into this eval run's folder,
         # not into the training run's folder recorded in the checkpoint
         for analysis in (run_cfg.get("analyses") or {}).values():
