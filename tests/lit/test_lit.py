@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from tests.helpers import make_batch, make_model
-from zf_lightning.lit import Constant, LinearRamp, SequenceLitModule
+from zf_lightning.lit import Constant, Delayed, LinearRamp, SequenceLitModule
 from zf_lightning.types import DataSpec, HasAuxCost, SequenceBatch, StepTerms
 
 ADAM = partial(torch.optim.Adam, lr=1e-3)
@@ -34,6 +34,14 @@ def test_ramp_can_go_down_and_rejects_negative_increment() -> None:
     assert [down(s) for s in range(4)] == [1.0, 0.75, 0.5, 0.5]
     with pytest.raises(ValueError, match="magnitude"):
         LinearRamp(start=0.0, increment=-1.0, end=1.0)
+
+
+def test_delayed_weight_is_off_then_ramps_to_its_value() -> None:
+    ramped = Delayed(value=0.4, after=3, ramp=4)
+    assert [ramped(s) for s in range(9)] == pytest.approx([0.0, 0.0, 0.0, 0.1, 0.2, 0.3, 0.4, 0.4, 0.4])
+    assert [Delayed(value=0.4, after=2)(s) for s in range(4)] == [0.0, 0.0, 0.4, 0.4]
+    with pytest.raises(ValueError, match="update counts >= 0"):
+        Delayed(value=1.0, after=-1)
 
 
 class FixedTerms(nn.Module, HasAuxCost):

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from zf_lightning.data.synthetic import ClassificationDataModule, MnistSumDataModule, SetSum
+from zf_lightning.data.synthetic import ClassificationDataModule, MnistSumDataModule, SetMax, SetSum
 from zf_lightning.lit.invariance import permutation_spread
 from zf_lightning.models import RNN, DeepSets, GaussianHead, ZForcing
 from zf_lightning.models.heads import label_nll
@@ -145,9 +145,25 @@ def test_spread_and_flip_rate_are_zero_for_deepsets_and_right_for_an_order_sensi
     assert 0.35 * float(gaps.mean()) < float(spread) / 400 < 0.5 * float(gaps.mean())
 
 
+def test_set_max_as_regression_labels_the_last_step_with_the_largest_element() -> None:
+    dm = ClassificationDataModule(SetMax(values=10, regression=True), length=6, min_length=1,
+                                  test_lengths=[6], num_val=40, num_test=30, batch_size=8)
+    dm.setup()
+    assert dm.spec.regression and dm.spec.classes is None
+    batch = next(iter(dm.val_dataloader()))
+    lengths = batch.mask.sum(dim=1).long()
+    labels = batch.targets[torch.arange(len(lengths)), lengths - 1, 0]
+    largest = torch.stack([row[:n].max() for row, n in zip(batch.inputs, lengths, strict=True)]).float()
+    assert torch.equal(labels, largest)
+    earlier = batch.mask.clone()
+    earlier[torch.arange(len(lengths)), lengths - 1] = 0.0
+    assert bool(torch.isnan(batch.targets[..., 0][earlier.bool()]).all())  # only the last step is scored
+
+
 @pytest.mark.slow
-def test_a_regression_run_writes_accuracy_error_and_spread_per_test_size(tmp_path: Path) -> None:
-    cfg = compose_config("train", ["data=set_sum_regression", "model=rnn", f"paths.output_dir={tmp_path}",
+@pytest.mark.parametrize("data", ["set_sum_regression", "set_max_regression"])
+def test_a_regression_run_writes_accuracy_error_and_spread_per_test_size(data: str, tmp_path: Path) -> None:
+    cfg = compose_config("train", [f"data={data}", "model=rnn", f"paths.output_dir={tmp_path}",
                                    "trainer.max_steps=3", "trainer.val_check_interval=3", "logger=csv",
                                    "data.num_val=20", "data.num_test=20", "samples.num=0"])
     metrics = train(cfg)

@@ -2,6 +2,6 @@
 
 from zf_lightning.lit.module import SequenceLitModule
 from zf_lightning.lit.regularizers import SIRE, Regularizer
-from zf_lightning.lit.schedules import Constant, LinearRamp, WeightSchedule
+from zf_lightning.lit.schedules import Constant, Delayed, LinearRamp, WeightSchedule
 
-__all__ = ["SIRE", "Constant", "LinearRamp", "Regularizer", "SequenceLitModule", "WeightSchedule"]
+__all__ = ["SIRE", "Constant", "Delayed", "LinearRamp", "Regularizer", "SequenceLitModule", "WeightSchedule"]

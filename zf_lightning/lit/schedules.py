@@ -45,3 +45,27 @@ class LinearRamp:
         if self.end >= self.start:
             return float(min(self.start + step * self.increment, self.end))
         return float(max(self.start - step * self.increment, self.end))
+
+
+@dataclass(frozen=True)
+class Delayed:
+    """Zero for the first ``after`` updates, then ``value``, reached linearly over ``ramp`` updates.
+
+    A penalty that would stop a model from fitting its task when on from the start (e.g. SIRE
+    at a large weight) can be switched on once the task is fitted.
+    """
+
+    value: float
+    after: int
+    ramp: int = 0
+
+    def __post_init__(self) -> None:
+        if self.after < 0 or self.ramp < 0:
+            raise ValueError(f"Delayed.after and Delayed.ramp are update counts >= 0, got {self.after} and {self.ramp}")
+
+    def __call__(self, step: int) -> float:
+        if step < self.after:
+            return 0.0
+        if self.ramp == 0:
+            return float(self.value)
+        return float(self.value * min(1.0, (step - self.after + 1) / self.ramp))

@@ -4,7 +4,8 @@ alone, is the target of the last step. Training sizes are small, test sizes larg
 measure length generalization (``test/acc_len<n>``) and, since order carries no information,
 how invariant a model is (``test/perm_flip_rate``). Formats: docs/sets.md.
 
-Labels are classes, or for sums a real value (``regression=true``: a Gaussian head on the sum).
+Labels are classes, or for sums and maxima a real value (``regression=true``: a Gaussian head on
+the label).
 Sums are classified over every sum the largest allowed set can have, so a sum larger than any
 seen in training is a class the model never saw: see docs/sets.md.
 """
@@ -109,11 +110,13 @@ class SetParity(SetTask):
 
 
 class SetMax(SetTask):
-    """The label is the largest element (``values`` classes)."""
+    """The label is the largest element: one of ``values`` classes, or with ``regression`` a real
+    value (the sets' precursor experiments regress the maximum of digits with a squared error)."""
 
-    def __init__(self, values: int = 50) -> None:
+    def __init__(self, values: int = 50, regression: bool = False) -> None:
         super().__init__(values)
         self.classes = values
+        self.regression = regression
 
     def sample(self, size: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
         tokens = self.elements(size, rng)
