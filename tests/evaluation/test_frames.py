@@ -58,3 +58,25 @@ def test_token_targets_are_refused_with_what_was_given() -> None:
     batch = SequenceBatch(inputs=tokens, targets=tokens, mask=torch.ones(1, 3))
     with pytest.raises(ValueError, match=r"real-valued frames.*shape \(1, 3\)"):
         quiet_mask(batch, 0.01)
+
+
+def test_the_study_table_pairs_rows_by_seed_and_splits_each_difference_by_frame_kind() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "quiet_frames.py"
+    spec = importlib.util.spec_from_file_location("quiet_frames_script", path)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    def line(row: str, seed: str, quiet: float, other: float) -> dict[str, str]:
+        return {"row": row, "seed": seed, "elbo": str(quiet + other), "elbo_quiet": str(quiet),
+                "elbo_other": str(other), "quiet_fraction": "0.25", "nll_quiet": "0", "nll_other": "0"}
+
+    lines = [line("base", "1", 100.0, -50.0), line("base", "2", 110.0, -40.0),
+             line("new", "1", 130.0, -55.0), line("new", "2", 150.0, -45.0), line("new", "3", 0.0, 0.0)]
+    table = script.markdown(lines, "test", 0.01, "base")
+    # seeds 1 and 2 pair up (seed 3 has no partner): quiet +30 and +40, other -5 and -5
+    assert "| (new) − (base) | 2 | 30.0 ± 7.1 | 35.0 ± 7.1 | -5.0 ± 0.0 |" in table
+    assert "| base | 2 | 0.250 | 60.0 ± 14.1 | 105.0 ± 7.1 | -45.0 ± 7.1 |" in table

@@ -1,0 +1,118 @@
+"""How many nats of each speech run's bound, and of each difference between rows, come from
+near-silent frames: every completed job of a study is evaluated with ``analysis=quiet_frames``
+(its checkpoint of the best validation bound, the one its test metrics come from), and the
+bound is split into frames whose normalised mean square is below the threshold and the rest.
+Writes ``quiet_frames.csv`` (one line per job) and ``quiet_frames.md`` (row means and, against
+``--baseline``, the paired differences of each part) into ``--out``.
+
+    python scripts/quiet_frames.py outputs/studies/fsdd_table1_all --out results/fsdd_table1_all \\
+        --baseline "Z-Forcing + kla, aux"
+
+Run it from a folder where the jobs' stored data root (e.g. ``../shared/data/fsdd``) resolves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from zf_lightning.report.jobs import Job, read_sweep
+from zf_lightning.report.rows import display_names, group_rows, varying_keys
+from zf_lightning.runs.evaluate import evaluate
+from zf_lightning.runs.pipeline import compose_config
+
+PARTS = ("elbo", "elbo_quiet", "elbo_other", "quiet_fraction", "nll_quiet", "nll_other")
+
+
+def checkpoint_of(job: Job, sweep_dir: Path) -> Path:
+    """The checkpoint of a job's best validation bound, the one its test metrics come from."""
+    best = sorted((sweep_dir / job.name / "checkpoints").glob("best-*.ckpt"))
+    if len(best) != 1:
+        raise FileNotFoundError(f"{sweep_dir / job.name}: expected one best-*.ckpt, found {len(best)}")
+    return best[0]
+
+
+def evaluate_job(checkpoint: Path, split: str, threshold: float) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as out:
+        cfg = compose_config("eval", [f"ckpt_path={checkpoint}", f"paths.output_dir={out}", f"split={split}",
+                                      "analysis=quiet_frames", f"analyses.quiet_frames.threshold={threshold}",
+                                      "eval.iwae_samples=null", "samples.num=0"])
+        metrics = evaluate(cfg)
+    parts = {part: float(metrics[f"{split}/{part}"]) for part in PARTS if part != "elbo"}
+    parts["elbo"] = parts["elbo_quiet"] + parts["elbo_other"]  # the same latent draws as its parts
+    return parts
+
+
+def fmt(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    return f"{mean:.1f}" if len(values) < 2 else f"{mean:.1f} ± {statistics.stdev(values):.1f}"
+
+
+def markdown(lines: list[dict[str, str]], split: str, threshold: float, baseline: str | None) -> str:
+    by_row: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
+    for line in lines:
+        by_row[line["row"]][line["seed"]] = {part: float(line[part]) for part in PARTS}
+    out = [f"# Near-silent frames ({split} split)", "",
+           f"Frames whose normalised mean square is below {threshold} against the rest, per utterance "
+           "(nats; the bound is -(nll + kl) summed over each kind of frame, and its column the sum of the two, "
+           "with the same latent draws; mean ± sample standard deviation over seeds). "
+           "Computed by `scripts/quiet_frames.py` from each job's best checkpoint.", "",
+           "| row | seeds | share of frames quiet | bound | from quiet frames | from the other frames |",
+           "|---|---|---|---|---|---|"]
+    for row, seeds in by_row.items():
+        parts = {part: [v[part] for v in seeds.values()] for part in PARTS}
+        out.append(f"| {row} | {len(seeds)} | {statistics.fmean(parts['quiet_fraction']):.3f} | {fmt(parts['elbo'])} "
+                   f"| {fmt(parts['elbo_quiet'])} | {fmt(parts['elbo_other'])} |")
+    if baseline in by_row:
+        out += ["", f"Paired by seed against {baseline}: (row) − ({baseline}), and how much of it is made on each kind "
+                "of frame.", "",
+                "| difference | seeds | bound | on quiet frames | on the other frames |", "|---|---|---|---|---|"]
+        base = by_row[baseline]
+        for row, seeds in by_row.items():
+            common = sorted(set(seeds) & set(base))
+            if row == baseline or not common:
+                continue
+            diffs = {part: [seeds[s][part] - base[s][part] for s in common]
+                     for part in ("elbo", "elbo_quiet", "elbo_other")}
+            out.append(f"| ({row}) − ({baseline}) | {len(common)} | {fmt(diffs['elbo'])} | {fmt(diffs['elbo_quiet'])} "
+                       f"| {fmt(diffs['elbo_other'])} |")
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep_dir", type=Path, help="a study's job folders, e.g. outputs/studies/fsdd_table1_all")
+    parser.add_argument("--out", type=Path, required=True, help="where quiet_frames.csv and .md go")
+    parser.add_argument("--split", default="test", choices=["val", "test"])
+    parser.add_argument("--threshold", type=float, default=0.01)
+    parser.add_argument("--baseline", default=None, help="the row the paired differences are taken against")
+    args = parser.parse_args()
+    jobs = [job for job in read_sweep(args.sweep_dir) if job.ok]
+    if not jobs:
+        parser.error(f"{args.sweep_dir} holds no completed jobs")
+    checkpoints = {job.name: checkpoint_of(job, args.sweep_dir) for job in jobs}  # every one found before any work
+    rows = group_rows(jobs, varying_keys(jobs))
+    row_of = {job.name: name for row, name in zip(rows, display_names(rows), strict=True) for job in row.jobs}
+    lines = []
+    for job in jobs:
+        parts = evaluate_job(checkpoints[job.name], args.split, args.threshold)
+        lines.append({"job": job.name, "row": row_of[job.name], "seed": job.seed,
+                      **{part: f"{value:.6g}" for part, value in parts.items()}})
+    args.out.mkdir(parents=True, exist_ok=True)
+    with (args.out / "quiet_frames.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["job", "row", "seed", *PARTS])
+        writer.writeheader()
+        writer.writerows(lines)
+    (args.out / "quiet_frames.md").write_text(markdown(lines, args.split, args.threshold, args.baseline))
+    print(f"wrote {args.out / 'quiet_frames.csv'} and {args.out / 'quiet_frames.md'}")
+
+
+if __name__ == "__main__":
+    main()
