@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from zf_lightning.lit.module import VAL_OBJECTIVE
 from zf_lightning.runs.hydra_job import CONF_DIR, RECORD_DIR
 from zf_lightning.runs.status import (
     COMPLETED,
@@ -24,7 +25,8 @@ from zf_lightning.runs.status import (
 
 SEED_KEYS = ("seed",)
 CURVE_KEYS = ("val/elbo", "val/kl")  # plotted
-EXPORT_CURVE_KEYS = (*CURVE_KEYS, "val/aux", "val/acc")  # kept in curves.csv (acc: classification tasks)
+# kept in curves.csv (acc: classification tasks; the objective: how a run ended, beside the bound)
+EXPORT_CURVE_KEYS = (*CURVE_KEYS, "val/aux", "val/acc", VAL_OBJECTIVE)
 JOBS_CSV, CURVES_CSV = "jobs.csv", "curves.csv"
 # per-job facts that are not metrics: why it stopped, how long it ran, which code ran it
 INFO_KEYS = ("stop_reason", "diverged", "updates", "best_step", "started", "finished", "commit")
@@ -229,8 +231,8 @@ def read_wandb(path: str, group: str | None = None, api: Any = None) -> list[Job
         metrics = numeric({k: v for k, v in summary.items() if str(k).startswith("test/")})
         status = COMPLETED if run.state == "finished" and metrics else str(run.state)
         curves: dict[str, list[tuple[int, float]]] = {}
-        for record in run.scan_history(keys=["trainer/global_step", *CURVE_KEYS]):
-            for key in CURVE_KEYS:
+        for record in run.scan_history(keys=["trainer/global_step", *EXPORT_CURVE_KEYS]):
+            for key in EXPORT_CURVE_KEYS:
                 if record.get(key) is not None and record.get("trainer/global_step") is not None:
                     curves.setdefault(key, []).append((int(record["trainer/global_step"]), float(record[key])))
         jobs.append(Job(name=f"{run.id} ({run.name})", overrides=parse_overrides(raw), status=status,
