@@ -17,7 +17,7 @@ from zf_lightning.data.synthetic import ClassificationDataModule, IndexLookup
 from zf_lightning.lit import SequenceLitModule
 from zf_lightning.lit.module import EVAL_WEIGHTS
 from zf_lightning.models import LRU, RNN, CategoricalHead, Transformer
-from zf_lightning.report.build import build_report
+from zf_lightning.report.build import build_report, write_report
 from zf_lightning.report.heatmap import (
     at_chance,
     capacity_grid,
@@ -163,6 +163,27 @@ def test_heatmap_tables_end_with_the_chance_level_the_jobs_logged(tmp_path: Path
     jobs[0].metrics["test/chance_acc"], jobs[2].metrics["test/chance_acc"] = 0.44, 0.5
     jobs[1].metrics["test/chance_acc"] = 0.34
     assert chance_by_length(jobs) == {32: 0.34}
+
+
+def test_chance_computed_for_jobs_that_did_not_log_it_marks_their_cells(tmp_path: Path) -> None:
+    """A study from before chance was logged: the levels of chance.csv (by job name) fill in, a
+    logged value wins, and the report says which jobs' levels were computed."""
+    jobs = [_job("rnn", 8, n, acc=acc) for n, acc in ((8, 0.45), (32, 0.9))] + [_job("lru", 8, 8, acc=0.9)]
+    jobs[2].metrics["test/chance_acc"] = 0.442
+    computed = {jobs[0].name: 0.442, jobs[1].name: 0.344, jobs[2].name: 0.5}
+    assert chance_by_length(jobs, computed) == {8: 0.442, 32: 0.344}
+    study = tmp_path / "study"
+    build_report(jobs, study, "capacity", chance=computed)
+    report = (study / "report.md").read_text()
+    assert "| 8 | 0.450 † | 0.900 |\n| chance | 0.442 | 0.344 |" in report
+    assert "2 of 3 jobs did not log test/chance_acc: their chance level was computed" in report
+    assert (study / "chance.csv").read_text().splitlines()[1:] == [f"{job},{v!r}" for job, v in computed.items()]
+    rebuilt = tmp_path / "rebuilt"  # from the committed files alone: jobs.csv, curves.csv, chance.csv
+    rebuilt.mkdir()
+    for name in ("jobs.csv", "curves.csv", "chance.csv"):
+        (rebuilt / name).write_bytes((study / name).read_bytes())
+    write_report(rebuilt)
+    assert (rebuilt / "report.md").read_text().split("\n", 1)[1] == report.split("\n", 1)[1]
 
 
 def test_cells_within_noise_of_chance_or_below_it_are_marked() -> None:

@@ -110,6 +110,22 @@ def test_epoch_metrics_are_in_the_data_units(per_token: bool) -> None:
         assert m["test/ppl"] == pytest.approx(math.exp(total / steps), rel=1e-5)
 
 
+@pytest.mark.parametrize("per_token", [False, True])
+def test_the_validation_objective_is_the_loss_at_the_settled_weights(per_token: bool) -> None:
+    """Whatever the update, val/objective weighs the terms as the schedules end (KL 1, aux 2, bwd
+    0.1 here), in the bound's units; the test split has none."""
+    lit, batch = fixed_module(per_token=per_token, kl_weight=LinearRamp(start=0.2, increment=0.1, end=1.0),
+                              aux_weight=LinearRamp(start=0.0, increment=0.5, end=2.0), bwd_weight=0.1)
+    assert lit.settled_weights() == {"kl": 1.0, "aux": 2.0, "bwd": 0.1}
+    for split in ("val", "test"):
+        _, sums = lit.objective(batch, {"kl": 1.0, "aux": 0.0, "bwd": 0.0})
+        lit._accumulate(split, batch, sums)
+    unit = 4 if per_token else 2
+    # sums over both sequences: nll 10, kl 2.5, aux 8, bwd 12
+    assert lit.epoch_metrics("val")["val/objective"] == pytest.approx((10 + 2.5 + 2 * 8 + 0.1 * 12) / unit)
+    assert "test/objective" not in lit.epoch_metrics("test")
+
+
 def test_aux_weight_on_a_model_without_aux_cost_is_a_clear_error() -> None:
     class NoAux(nn.Module):
         def forward(self, batch: SequenceBatch) -> StepTerms:  # pragma: no cover - never called

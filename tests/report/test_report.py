@@ -25,10 +25,11 @@ from zf_lightning.runs.status import failed_jobs, job_folders
 
 
 def make_job(sweep: Path, num: int, overrides: list[str], metrics: dict | None, status: str = "completed",
-             error: str | None = None, curve: list[tuple[int, float, float]] = (), config: dict | None = None,
+             error: str | None = None, curve: list[tuple[float, ...]] = (), config: dict | None = None,
              choices: dict | None = None) -> Path:
     """A job folder as train.py leaves it: .hydra/overrides.yaml (and hydra.yaml with the group
-    ``choices``), status.json, metrics.json, csv."""
+    ``choices``), status.json, metrics.json, csv. A ``curve`` point is (step, val/elbo, val/kl),
+    or (step, val/elbo, val/kl, val/objective) as newer runs log it."""
     job = sweep / str(num)
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
@@ -41,11 +42,13 @@ def make_job(sweep: Path, num: int, overrides: list[str], metrics: dict | None, 
     if curve:
         (job / "csv").mkdir()
         with (job / "csv" / "metrics.csv").open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=["epoch", "step", "train/loss_step", "val/elbo", "val/kl"])
+            writer = csv.DictWriter(fh, fieldnames=["epoch", "step", "train/loss_step", "val/elbo", "val/kl",
+                                                    "val/objective"])
             writer.writeheader()
-            for step, elbo, kl in curve:
+            for step, elbo, kl, *objective in curve:
                 writer.writerow({"epoch": 0, "step": step, "train/loss_step": 1.0})
-                writer.writerow({"epoch": 0, "step": step, "val/elbo": elbo, "val/kl": kl})
+                writer.writerow({"epoch": 0, "step": step, "val/elbo": elbo, "val/kl": kl}
+                                | ({"val/objective": objective[0]} if objective else {}))
     if config is not None:
         (job / "config_resolved.yaml").write_text(yaml.safe_dump(config))
     return job

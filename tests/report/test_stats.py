@@ -74,10 +74,13 @@ def study(tmp_path: Path) -> Path:
                 make_job(sweep, num, overrides, None, status="failed", error="RuntimeError: boom")
             else:
                 elbo = base[seed] + offset
+                broken = (ablation, seed) == ("kla_aux", 1)  # its objective ends worse than it began
+                objective = (50.0, 45.0, 60.0) if broken else (50.0, 45.0, 40.0)
                 job = make_job(sweep, num, overrides, {"test/elbo": elbo, "test/kl": 2.0},
-                               curve=[(100, elbo - 10, 1.0), (200, elbo - 1, 1.0), (300, elbo, 1.0)],
+                               curve=[(100, elbo - 10, 1.0, objective[0]), (200, elbo - 1, 1.0, objective[1]),
+                                      (300, elbo, 1.0, objective[2])],
                                choices={"model": "zforcing", "ablation": ablation})
-                diverged = "true" if (ablation, seed) == ("kla_aux", 1) else "false"
+                diverged = "true" if broken else "false"
                 status = (job / "status.json").read_text().replace('"completed"', '"completed", "stop_reason": '
                                                                     '"converged", "updates": 300, "best_step": 300, '
                                                                     f'"diverged": {diverged}')
@@ -110,27 +113,73 @@ def test_the_report_gives_paired_differences_with_known_answers(study: Path) -> 
     assert rows["Z-Forcing"][1] == "4" and rows["Z-Forcing"][-1] == NO_DIFFERENCE
     # seed 4 never ran and seed 3 failed: two pairs are left
     assert rows["Z-Forcing + kla, aux"][1:3] == ["2", "+1.10"]
-    text = (study / "report.md").read_text()
-    assert "| Z-Forcing + aux | 4 | converged: 4 | 0 | 300 [300–300] | 300 |" in text
-    assert "| Z-Forcing + kla, aux | 2 | converged: 2 | 1 |" in text  # seed 1 diverged
+    ended = runs_rows((study / "report.md").read_text())
+    assert ended["Z-Forcing + aux"][:5] == ["4", "converged: 4", "0", "0", "-105.8 → -95.75"]
+    assert ended["Z-Forcing + aux"][5:8] == ["50 → 40", "300 [300–300]", "300"]
+    assert ended["Z-Forcing + kla, aux"][:4] == ["2", "converged: 2", "1", "0"]  # seed 1 diverged
+    assert ended["Z-Forcing + kla, aux"][5] == "50 → 50"
 
 
-def test_jobs_from_before_the_diverged_flag_are_judged_by_their_curves(tmp_path: Path) -> None:
+def runs_rows(report: str) -> dict[str, list[str]]:
+    """The "How the runs ended" table's cells after the row name, by row name."""
+    section = report.split("## How the runs ended", 1)[1].split("\n#", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("| ")][1:]
+    return {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines)}
+
+
+def test_a_run_diverged_only_when_its_objective_got_worse(tmp_path: Path) -> None:
+    """Known endings (val/elbo higher is better, val/objective lower is better): the bound falling
+    while the objective improves has its own name; without an objective curve the report says so."""
     sweep = tmp_path / "sweep"
-    for num, (seed, curve) in enumerate(((1, [(100, -50.0, 1.0), (200, -80.0, 1.0)]),    # got worse
-                                         (2, [(100, -50.0, 1.0), (200, -40.0, 1.0)]),    # improved
-                                         (3, [(100, -50.0, 1.0), (200, -60.0, 1.0)]),    # worse, flagged False
-                                         (4, [(100, -50.0, 1.0), (200, float("nan"), 1.0)]))):  # not finite
+    endings = {1: [(100, -50.0, 1.0, 10.0), (200, -80.0, 1.0, 5.0)],  # bound fell, objective improved
+               2: [(100, -50.0, 1.0, 10.0), (200, -80.0, 1.0, 12.0)],  # both worse: diverged
+               3: [(100, -50.0, 1.0, 10.0), (200, -40.0, 1.0, 12.0)],  # bound better, objective worse: diverged
+               4: [(100, -50.0, 1.0, 10.0), (200, float("nan"), 1.0, float("nan"))],  # not finite: diverged
+               5: [(100, -50.0, 1.0, 10.0), (200, -45.0, 1.0, 8.0)]}  # both improved
+    for num, (seed, curve) in enumerate(endings.items()):
         job = make_job(sweep, num, ["ablation=aux", f"seed={seed}"], {"test/elbo": -1.0}, curve=curve,
                        config={"table_row": "Z-Forcing + aux"})
-        flag = {"diverged": False} if seed == 3 else {}  # a recorded flag wins over the curve
-        (job / "status.json").write_text(json.dumps({"status": "completed", "stop_reason": "max_steps"} | flag))
-    job = make_job(sweep, 4, ["ablation=kla", "seed=1"], {"test/elbo": -1.0},
-                   curve=[(100, -50.0, 1.0), (200, -45.0, 1.0)], config={"table_row": "Z-Forcing + kla"})
-    (job / "status.json").write_text(json.dumps({"status": "completed", "stop_reason": "max_steps"}))
+        (job / "status.json").write_text(json.dumps({"status": "completed", "stop_reason": "max_steps"}))
+    for num, (seed, curve) in enumerate((  # jobs from before val/objective was logged
+            (1, [(100, -50.0, 1.0), (200, -80.0, 1.0)]), (2, [(100, -50.0, 1.0), (200, -45.0, 1.0)]),
+            (3, [(100, -50.0, 1.0), (200, float("nan"), 1.0)])), start=len(endings)):
+        job = make_job(sweep, num, ["ablation=kla", f"seed={seed}"], {"test/elbo": -1.0}, curve=curve,
+                       config={"table_row": "Z-Forcing + kla"})
+        (job / "status.json").write_text(json.dumps({"status": "completed", "stop_reason": "max_steps",
+                                                     "diverged": seed == 1}))  # the old rule: the bound fell
     write_report(sweep)
-    text = (sweep / "report.md").read_text()
-    assert "| Z-Forcing + aux | 4 | max_steps: 4 | 2 |" in text and "| Z-Forcing + kla | 1 | max_steps: 1 | 0 |" in text
+    ended = runs_rows((sweep / "report.md").read_text())
+    assert ended["Z-Forcing + aux"][2:5] == ["3", "1", "-50 → -61.25 (1 not finite)"]
+    assert ended["Z-Forcing + aux"][5] == "10 → 9.25 (1 not finite)"
+    # the bound went non-finite in seed 3: diverged whatever the objective did
+    assert ended["Z-Forcing + kla"][2:6] == ["1 (objective not recorded for 2)",
+                                            "the bound fell in 1, objective not recorded",
+                                            "-50 → -62.5 (1 not finite)", "not recorded"]
+    committed = tmp_path / "committed"
+    write_report(sweep, committed)
+    assert "val/objective" in (committed / "curves.csv").read_text()  # exported: a rebuilt report decides too
+    rebuilt = tmp_path / "rebuilt"
+    rebuilt.mkdir()
+    for name in ("jobs.csv", "curves.csv"):
+        (rebuilt / name).write_bytes((committed / name).read_bytes())
+    write_report(rebuilt)
+    assert runs_rows((rebuilt / "report.md").read_text()) == ended
+
+
+def test_without_curves_the_recorded_flag_decides_by_the_rule_its_run_used(tmp_path: Path) -> None:
+    """A job that logged val/objective recorded the objective's verdict; an older one the bound's."""
+    sweep = tmp_path / "sweep"
+    for num, (row, metrics, flag) in enumerate((("new", {"val/objective": 1.0}, True),
+                                                ("new", {"val/objective": 1.0}, False),
+                                                ("old", {}, True), ("old", {}, False))):
+        job = make_job(sweep, num, [f"+row={row}", f"seed={num}"], {"test/elbo": -1.0} | metrics,
+                       config={"table_row": row})
+        (job / "status.json").write_text(json.dumps({"status": "completed", "stop_reason": "max_steps",
+                                                     "diverged": flag}))
+    write_report(sweep)
+    ended = runs_rows((sweep / "report.md").read_text())
+    assert ended["new"][2:4] == ["1", "0"]
+    assert ended["old"][2:4] == ["objective not recorded", "the bound fell in 1, objective not recorded"]
 
 
 def test_an_unknown_baseline_is_a_clear_error(study: Path) -> None:

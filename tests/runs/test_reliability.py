@@ -317,12 +317,15 @@ def test_a_diverged_run_is_flagged_in_the_log_and_status(tmp_path: Path, caplog:
         train(short_run(run, "trainer.max_steps=3", "trainer.val_check_interval=1",
                         "+callbacks.spoil._target_=tests.runs.test_reliability.SpoilWeightsAfterFirstValidation"))
     status = json.loads((run / "status.json").read_text())
-    assert status["status"] == "completed" and status["diverged"] is True
-    assert status["divergence"]["last"] > status["divergence"]["first"]
-    assert "training diverged: val/neg_elbo" in caplog.text
+    assert status["status"] == "completed" and status["diverged"] is True and status["bound_fell"] is True
+    first, last = status["first_and_last_validation"]["val/objective"]
+    assert last > first
+    assert "training diverged: val/objective was" in caplog.text
     sane = tmp_path / "sane"
-    train(short_run(sane, "trainer.max_epochs=2"))
-    assert json.loads((sane / "status.json").read_text())["diverged"] is False
+    metrics = train(short_run(sane, "trainer.max_epochs=2"))
+    status = json.loads((sane / "status.json").read_text())
+    assert status["diverged"] is False and status["bound_fell"] is False
+    assert status["first_and_last_validation"]["val/objective"][1] == pytest.approx(metrics["val/objective"])
 
 
 def test_a_model_broken_by_a_huge_learning_rate_reports_a_nonfinite_bound(tmp_path: Path) -> None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from omegaconf import OmegaConf
@@ -18,7 +20,17 @@ from zf_lightning.runs.context import RunContext
 from zf_lightning.runs.guard import check_config
 from zf_lightning.runs.pipeline import CONF_DIR, build_datamodule, build_module, compose_config, train
 from zf_lightning.runs.status import code_version
-from zf_lightning.runs.stopping import CONVERGED, MAX_STEPS, NOT_FINITE, PlateauStopping
+from zf_lightning.runs.stopping import (
+    BOUND_FELL,
+    CONVERGED,
+    DIVERGED,
+    MAX_STEPS,
+    NOT_FINITE,
+    OBJECTIVE_NOT_RECORDED,
+    DivergenceWatch,
+    PlateauStopping,
+    RunEnding,
+)
 
 STUDIES = sorted(p.stem for p in (CONF_DIR / "study").glob("*.yaml"))
 VALIDATE_EVERY_5 = ["trainer.val_check_interval=5", "trainer.check_val_every_n_epoch=null", "trainer.max_epochs=-1"]
@@ -227,6 +239,47 @@ def test_the_plateau_rule_waits_out_a_slow_climb_and_stops_a_flat_curve() -> Non
     assert plateau([*climbing, (22_250, float("nan"))]).decide() == NOT_FINITE
     worse = [(s, 100.0 + s / 1000) for s in range(250, 6_001, 250)]
     assert plateau(worse).decide() == CONVERGED  # no gain at all over the window
+
+
+def test_a_run_diverged_when_its_objective_got_worse_not_when_only_its_bound_fell() -> None:
+    """(first, last) pairs, lower is better: the aux-dominated run (bound worse, objective better) is
+    named apart; a non-finite bound is a divergence even with no objective recorded."""
+    assert RunEnding.of((60.0, 220.0), (-2500.0, -2900.0)).verdict == BOUND_FELL
+    assert RunEnding.of((60.0, 220.0), (-2500.0, -2400.0)).verdict == DIVERGED
+    assert RunEnding.of((60.0, 50.0), (-2500.0, -2400.0)).verdict == DIVERGED
+    assert RunEnding.of((60.0, 50.0), (10.0, float("nan"))).verdict == DIVERGED
+    assert RunEnding.of((60.0, 50.0), (10.0, 5.0)).verdict is None
+    assert RunEnding.of((60.0, 220.0), None).verdict == OBJECTIVE_NOT_RECORDED
+    assert RunEnding.of((60.0, float("inf")), None).verdict == DIVERGED
+    assert RunEnding.of((60.0, 50.0), None) == RunEnding(bound_fell=False, diverged=None)
+
+
+def watched(*validations: tuple[float, float]) -> DivergenceWatch:
+    """A watch that saw these (val/neg_elbo, val/objective) validations, after a sanity check it ignores."""
+    watch = DivergenceWatch("val/neg_elbo")
+    trainer = SimpleNamespace(sanity_checking=True, callback_metrics={"val/neg_elbo": 1e9, "val/objective": 1e9})
+    watch.on_validation_end(trainer, None)
+    for bound, objective in validations:
+        trainer = SimpleNamespace(sanity_checking=False,
+                                  callback_metrics={"val/neg_elbo": bound, "val/objective": objective})
+        watch.on_validation_end(trainer, None)
+    return watch
+
+
+def test_the_watch_names_a_falling_bound_apart_from_a_divergence(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="zf_lightning.runs.stopping"):
+        record = watched((67.0, -2498.0), (150.0, -2700.0), (217.0, -2938.0)).report()
+    assert record == {"diverged": False, "bound_fell": True, "first_and_last_validation": {
+        "val/neg_elbo": [67.0, 217.0], "val/objective": [-2498.0, -2938.0]}}
+    assert "the bound fell while the objective improved" in caplog.text and "diverged" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="zf_lightning.runs.stopping"):
+        record = watched((67.0, -2498.0), (217.0, -2400.0)).report()
+    assert record["diverged"] is True and "training diverged: val/objective was -2498" in caplog.text
+    resumed = DivergenceWatch("val/neg_elbo")
+    resumed.load_state_dict(watched((67.0, -2498.0), (60.0, -2500.0)).state_dict())
+    assert resumed.report()["diverged"] is False and resumed.report()["bound_fell"] is False
+    assert DivergenceWatch("val/neg_elbo").report() == {}
 
 
 @pytest.mark.slow

@@ -3,7 +3,8 @@
 loss = mean over sequences of  sum_t mask_t (nll + w_kl kl + w_aux aux + w_bwd bwd)  +  w_reg penalty
 
 where the optional regularizer (``regularizer`` config group, e.g. SIRE) gives one penalty per
-batch, logged as ``train/<name>`` with its weight ``train/w_<name>``.
+batch, logged as ``train/<name>`` with its weight ``train/w_<name>``. Validation scores the bound
+(KL weight 1, no aux) and ``val/objective``, the loss at the weights the schedules settle at.
 
 Metrics are accumulated as exact sums over an epoch (torchmetrics, so they also
 reduce across DDP processes) and reported in the data's own units: per sequence
@@ -55,11 +56,24 @@ EVAL_WEIGHTS = {"kl": 1.0, "aux": 0.0, "bwd": 0.0}
 FULL_KL = Constant(1.0)
 FULL_REGULARIZER = Constant(1.0)
 NO_AUX = Constant(0.0)
+SETTLED_STEP = 10**9  # an update count past the end of every schedule's ramp
+# The validation objective: the trained loss at the settled weights (see ``settled_weights``), in the
+# bound's units; lower is better. Unlike train/loss it weighs every validation alike, so a run's curve
+# of it can be read from the first validation to the last.
+OBJECTIVE = "objective"
+VAL_OBJECTIVE = f"val/{OBJECTIVE}"
 
 
 def schedule_can_be_positive(schedule: WeightSchedule) -> bool:
     """Whether a weight schedule is ever non-zero (checked at the start and far in the future)."""
-    return schedule(0) != 0.0 or schedule(10**9) != 0.0
+    return schedule(0) != 0.0 or schedule(SETTLED_STEP) != 0.0
+
+
+def weighted_terms(terms: dict[str, Tensor], weights: dict[str, float]) -> Tensor:
+    """The trained loss from its terms: nll + w_kl kl + w_aux aux (+ w_bwd bwd); one formula for
+    the training step and the validation objective."""
+    total = terms["nll"] + weights["kl"] * terms["kl"] + weights["aux"] * terms["aux"]
+    return total + weights["bwd"] * terms["bwd"] if weights["bwd"] else total
 
 
 class SequenceLitModule(L.LightningModule):
@@ -169,13 +183,17 @@ class SequenceLitModule(L.LightningModule):
         w_aux = self.aux_weight(step)
         return {"kl": self.kl_weight(step), "aux": w_aux, "bwd": self.bwd_weight if w_aux > 0 else 0.0}
 
+    def settled_weights(self) -> dict[str, float]:
+        """The loss weights once every schedule has finished its ramp: the objective a run ends up
+        training (or was heading for, if it stopped mid-ramp), which ``val/objective`` measures at
+        every validation."""
+        return self.weights(SETTLED_STEP)
+
     def objective(self, batch: SequenceBatch, weights: dict[str, float]) -> tuple[Tensor, dict[str, Tensor]]:
         """Loss (mean over sequences) and the per-sequence sums of every term."""
         terms: StepTerms = self.model(batch)
         sums = terms.masked_sums(batch.mask)
-        per_seq = sums["nll"] + weights["kl"] * sums["kl"] + weights["aux"] * sums["aux"]
-        if weights["bwd"]:
-            per_seq = per_seq + weights["bwd"] * sums["bwd"]
+        per_seq = weighted_terms(sums, weights)
         sums["loss"] = per_seq
         return per_seq.mean(), sums
 
@@ -328,6 +346,8 @@ class SequenceLitModule(L.LightningModule):
         bound = self._per_unit(s["nll"] + s["kl"], n_seq, n_steps)
         out["neg_elbo"] = bound
         out["elbo"] = -bound
+        if split == "val":
+            out[OBJECTIVE] = self._per_unit(weighted_terms(s, self.settled_weights()), n_seq, n_steps)
         out["nats_per_step"] = (s["nll"] + s["kl"]) / n_steps
         out["bpd"] = out["nats_per_step"] / (self.spec.dims_per_step * math.log(2.0))
         if self.spec.per_token:

@@ -5,7 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from zf_lightning.report.heatmap import add_capacity_heatmaps, capacity_headline
-from zf_lightning.report.jobs import CURVES_CSV, JOBS_CSV, Job, read_jobs, write_curves_csv, write_jobs_csv
+from zf_lightning.report.jobs import (
+    CHANCE_CSV,
+    CURVES_CSV,
+    JOBS_CSV,
+    Job,
+    read_chance,
+    read_jobs,
+    write_chance,
+    write_curves_csv,
+    write_jobs_csv,
+)
 from zf_lightning.report.plots import write_curves
 from zf_lightning.report.rows import HEADLINE, Row, group_rows, metric_names, varying_keys
 from zf_lightning.report.size_curves import add_size_curves
@@ -13,8 +23,9 @@ from zf_lightning.report.tables import write_csv, write_markdown
 
 
 def build_report(jobs: list[Job], out_dir: Path, title: str, headline: str = HEADLINE,
-                 baseline: str | None = None) -> list[Row]:
-    """Write report.md, report.csv, curves.png, jobs.csv and curves.csv for these jobs; returns the rows."""
+                 baseline: str | None = None, chance: dict[str, float] | None = None) -> list[Row]:
+    """Write report.md, report.csv, curves.png, jobs.csv and curves.csv for these jobs (and
+    chance.csv: the computed chance levels, by job name, where given); returns the rows."""
     out_dir.mkdir(parents=True, exist_ok=True)
     keys = varying_keys(jobs)
     rows = group_rows(jobs, keys)
@@ -25,7 +36,9 @@ def build_report(jobs: list[Job], out_dir: Path, title: str, headline: str = HEA
     write_curves(out_dir / "curves.png", rows)
     write_jobs_csv(out_dir / JOBS_CSV, jobs)
     write_curves_csv(out_dir / CURVES_CSV, jobs)
-    add_capacity_heatmaps(jobs, out_dir, out_dir / "report.md")  # sweeps over width and data.length
+    if chance:
+        write_chance(out_dir / CHANCE_CSV, chance)
+    add_capacity_heatmaps(jobs, out_dir, out_dir / "report.md", computed_chance=chance)  # width x data.length
     add_size_curves(rows, out_dir, out_dir / "report.md")  # jobs tested at several sizes
     return rows
 
@@ -33,4 +46,5 @@ def build_report(jobs: list[Job], out_dir: Path, title: str, headline: str = HEA
 def write_report(sweep_dir: Path, out_dir: Path | None = None, headline: str = HEADLINE,
                  baseline: str | None = None) -> list[Row]:
     """Report of a sweep folder or a committed study folder (written into it unless ``out_dir`` is given)."""
-    return build_report(read_jobs(sweep_dir), out_dir or Path(sweep_dir), str(sweep_dir), headline, baseline)
+    return build_report(read_jobs(sweep_dir), out_dir or Path(sweep_dir), str(sweep_dir), headline, baseline,
+                        read_chance(sweep_dir))

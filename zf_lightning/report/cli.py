@@ -11,7 +11,9 @@
   mean over seeds with a ±1 standard deviation band (from each job's ``csv/metrics.csv``).
 * ``jobs.csv`` (one line per job: row, seed, why it stopped, updates, every metric) and
   ``curves.csv`` (every job's validation curves): the report can be rebuilt from these two
-  files alone, e.g. from a study committed under ``results/``.
+  files alone, e.g. from a study committed under ``results/``; a folder's ``chance.csv`` (chance
+  levels computed by ``scripts/chance_levels.py`` for jobs that did not log them) is read and
+  written alongside.
 
 With ``--baseline ROW`` the report adds each row's paired difference against that row
 (``zf_lightning.report.stats``); jobs that record why they stopped add how the runs ended
@@ -29,7 +31,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from zf_lightning.report.build import build_report, write_report
-from zf_lightning.report.jobs import combined_jobs, read_wandb
+from zf_lightning.report.jobs import combined_chance, combined_jobs, read_wandb
 from zf_lightning.report.rows import HEADLINE
 from zf_lightning.report.study_notes import write_study_notes
 from zf_lightning.runs.status import INTERRUPTED, RUNNING
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("several folders are reported together into --out FOLDER")
         out = args.out
         rows = build_report(combined_jobs(args.sweep_dirs), out, " + ".join(map(str, args.sweep_dirs)), args.metric,
-                            args.baseline)
+                            args.baseline, combined_chance(args.sweep_dirs))
     else:
         parser.error("give a sweep folder or --wandb ENTITY/PROJECT")
     statuses = Counter(job.status for row in rows for job in row.failed)

@@ -26,6 +26,7 @@ Grid = dict[str, dict[tuple[int, int], list[float]]]
 class SweepJob(Protocol):
     """What a heatmap reads from a job (the report's ``Job``)."""
 
+    name: str
     overrides: dict[str, str]
     metrics: dict[str, float]
 
@@ -53,14 +54,16 @@ def capacity_grid(jobs: Iterable[SweepJob], metric: str = ACCURACY) -> Grid:
     return grid
 
 
-def chance_by_length(jobs: Iterable[SweepJob]) -> dict[int, float]:
-    """The chance accuracy of each length, from the jobs that logged it. It depends only on the
-    data, so every job at a length should carry the same value; a length whose jobs disagree
-    (a sweep that also varied the data, e.g. the task's label count) gets none rather than one
-    picked at random."""
+def chance_by_length(jobs: Iterable[SweepJob], computed: Mapping[str, float] | None = None) -> dict[int, float]:
+    """The chance accuracy of each length, from the jobs that logged it, else from the level
+    ``computed`` for the job from its data config (by job name). It depends only on the data, so
+    every job at a length should carry the same value; a length whose jobs disagree (a sweep that
+    also varied the data, e.g. the task's label count) gets none rather than one picked at random."""
+    computed = computed or {}
     seen: dict[int, set[float]] = {}
     for job in jobs:
-        length, value = _as_int(job.overrides.get(LENGTH_KEY)), job.metrics.get(CHANCE, math.nan)
+        length = _as_int(job.overrides.get(LENGTH_KEY))
+        value = job.metrics.get(CHANCE, computed.get(job.name, math.nan))
         if job.ok and length is not None and math.isfinite(value):
             seen.setdefault(length, set()).add(round(value, 9))
     return {length: values.pop() for length, values in seen.items() if len(values) == 1}
@@ -181,19 +184,25 @@ def capacity_headline(jobs: Iterable[SweepJob], headline: str, default: str) -> 
     return headline
 
 
-def add_capacity_heatmaps(jobs: Iterable[SweepJob], out_dir: Path, report: Path, metric: str = ACCURACY) -> bool:
+def add_capacity_heatmaps(jobs: Iterable[SweepJob], out_dir: Path, report: Path, metric: str = ACCURACY,
+                          computed_chance: Mapping[str, float] | None = None) -> bool:
     """Write ``heatmap.png`` and append the heatmap section to ``report`` when the sweep varies
-    width and length; returns whether it did."""
+    width and length; returns whether it did. ``computed_chance``: job name -> chance level
+    computed from its data config, for jobs that did not log ``test/chance_acc``."""
     jobs = list(jobs)
     grid = capacity_grid(jobs, metric)
     if not grid:
         return False
-    chance = chance_by_length(jobs)
+    chance = chance_by_length(jobs, computed_chance)
     write_heatmaps(out_dir / "heatmap.png", grid, metric, chance)
     section = ["## Capacity heatmaps", "", f"![{metric} by width and length, one panel per model](heatmap.png)", ""]
     if metric == ACCURACY and chance:
         section += [f"{AT_CHANCE}: within two binomial standard errors of the chance level ({TEST_EXAMPLES} test "
                     "examples per length) or below it.", ""]
+        computed = [j for j in jobs if j.ok and CHANCE not in j.metrics and j.name in (computed_chance or {})]
+        if computed:
+            section += [f"{len(computed)} of {len(jobs)} jobs did not log {CHANCE}: their chance level was computed "
+                        "from the study's data config (chance.csv, scripts/chance_levels.py).", ""]
     elif metric == ACCURACY:
         section += ["The jobs logged no chance level (test/chance_acc): cells cannot be read against it here.", ""]
     section += heatmap_tables(grid, metric, chance)

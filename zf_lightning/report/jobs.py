@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from zf_lightning.lit.module import VAL_OBJECTIVE
+from zf_lightning.report.heatmap import CHANCE
 from zf_lightning.runs.hydra_job import CONF_DIR, RECORD_DIR
 from zf_lightning.runs.status import (
     COMPLETED,
@@ -24,8 +26,12 @@ from zf_lightning.runs.status import (
 
 SEED_KEYS = ("seed",)
 CURVE_KEYS = ("val/elbo", "val/kl")  # plotted
-EXPORT_CURVE_KEYS = (*CURVE_KEYS, "val/aux", "val/acc")  # kept in curves.csv (acc: classification tasks)
+# kept in curves.csv (acc: classification tasks; the objective: how a run ended, beside the bound)
+EXPORT_CURVE_KEYS = (*CURVE_KEYS, "val/aux", "val/acc", VAL_OBJECTIVE)
 JOBS_CSV, CURVES_CSV = "jobs.csv", "curves.csv"
+# computed chance levels of jobs that did not log test/chance_acc (scripts/chance_levels.py): kept
+# apart from jobs.csv, so a logged value and a computed one are never mistaken for each other
+CHANCE_CSV = "chance.csv"
 # per-job facts that are not metrics: why it stopped, how long it ran, which code ran it
 INFO_KEYS = ("stop_reason", "diverged", "updates", "best_step", "started", "finished", "commit")
 UNREADABLE = "unreadable"  # a job whose status.json or metrics.json cannot be parsed
@@ -191,6 +197,23 @@ def read_jobs_csv(directory: Path) -> list[Job]:
     return jobs
 
 
+def read_chance(directory: Path) -> dict[str, float]:
+    """Job name -> computed chance level, from the folder's ``chance.csv`` (empty without one)."""
+    path = Path(directory) / CHANCE_CSV
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as fh:
+        return {row["job"]: float(row[CHANCE]) for row in csv.DictReader(fh)}
+
+
+def write_chance(path: Path, chance: Mapping[str, float]) -> None:
+    """``chance.csv``: job, computed chance level (``repr``, so it reads back exactly)."""
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["job", CHANCE])
+        writer.writerows([job, repr(value)] for job, value in chance.items())
+
+
 def read_jobs(directory: Path) -> list[Job]:
     """The jobs of a sweep folder, or of a committed study folder that holds only jobs.csv."""
     directory = Path(directory)
@@ -214,6 +237,11 @@ def combined_jobs(directories: list[Path]) -> list[Job]:
     return jobs
 
 
+def combined_chance(directories: list[Path]) -> dict[str, float]:
+    """The computed chance levels of several folders, under the job names ``combined_jobs`` gives."""
+    return {f"{Path(d).name}/{job}": value for d in directories for job, value in read_chance(d).items()}
+
+
 def read_wandb(path: str, group: str | None = None, api: Any = None) -> list[Job]:
     """Jobs from a W&B project (``entity/project``), optionally one sweep's group."""
     if api is None:
@@ -229,8 +257,8 @@ def read_wandb(path: str, group: str | None = None, api: Any = None) -> list[Job
         metrics = numeric({k: v for k, v in summary.items() if str(k).startswith("test/")})
         status = COMPLETED if run.state == "finished" and metrics else str(run.state)
         curves: dict[str, list[tuple[int, float]]] = {}
-        for record in run.scan_history(keys=["trainer/global_step", *CURVE_KEYS]):
-            for key in CURVE_KEYS:
+        for record in run.scan_history(keys=["trainer/global_step", *EXPORT_CURVE_KEYS]):
+            for key in EXPORT_CURVE_KEYS:
                 if record.get(key) is not None and record.get("trainer/global_step") is not None:
                     curves.setdefault(key, []).append((int(record["trainer/global_step"]), float(record[key])))
         jobs.append(Job(name=f"{run.id} ({run.name})", overrides=parse_overrides(raw), status=status,

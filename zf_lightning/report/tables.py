@@ -13,11 +13,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from zf_lightning.lit.module import VAL_OBJECTIVE
 from zf_lightning.report.jobs import SEED_KEYS, Job
 from zf_lightning.report.rows import Row, display_names
 from zf_lightning.report.stats import higher_is_better, mean_std, paired_difference
 from zf_lightning.runs.status import INTERRUPTED, RUNNING, error_summary
-from zf_lightning.runs.stopping import CONVERGED, bound_diverged
+from zf_lightning.runs.stopping import CONVERGED, RunEnding
 
 
 def fmt(mean: float, std: float) -> str:
@@ -80,18 +81,56 @@ def late_improvement(job: Job, key: str = "val/elbo", fraction: float = 0.2) -> 
     return points[-1][1] - _curve_value(points, last * (1 - fraction))
 
 
-def diverged(job: Job, key: str = "val/elbo") -> bool:
-    """The job's recorded ``diverged`` flag; for jobs from before it was recorded, the same rule
-    read from the curve: the last validation bound is worse than the first."""
-    if job.info.get("diverged") in ("True", "False"):
-        return job.info["diverged"] == "True"
-    points = job.curves.get(key) or []
-    # the curve is the ELBO (higher is better): its negation is the bound the rule reads
-    return len(points) >= 2 and bound_diverged(-points[0][1], -points[-1][1])
+def _first_last(points: list[tuple[int, float]] | None, sign: float = 1.0) -> tuple[float, float] | None:
+    return (sign * points[0][1], sign * points[-1][1]) if points is not None and len(points) >= 2 else None
+
+
+def run_ending(job: Job) -> RunEnding:
+    """How the job's validation ended, by the rule of ``DivergenceWatch``: read from its curves of
+    the bound (val/elbo, negated) and of the objective (``val/objective``); a job with neither
+    curve falls back on its recorded ``diverged`` flag, which judged the objective for jobs that
+    logged it and the bound for older ones."""
+    bound = _first_last(job.curves.get("val/elbo"), -1.0)
+    objective = _first_last(job.curves.get(VAL_OBJECTIVE))
+    if bound is None and objective is None and job.info.get("diverged") in ("True", "False"):
+        flag = job.info["diverged"] == "True"
+        return RunEnding(None, flag) if VAL_OBJECTIVE in job.metrics else RunEnding(flag, None)
+    return RunEnding.of(bound, objective)
+
+
+def _diverged_cell(endings: list[RunEnding]) -> str:
+    known = [e.diverged for e in endings if e.diverged is not None]
+    missing = len(endings) - len(known)
+    if not missing:
+        return str(sum(known))
+    return "objective not recorded" if not known else f"{sum(known)} (objective not recorded for {missing})"
+
+
+def _bound_fell_cell(endings: list[RunEnding]) -> str:
+    fell = [e for e in endings if e.bound_fell]
+    improved = sum(e.diverged is False for e in fell)
+    missing = sum(e.diverged is None for e in fell)
+    if not missing:
+        return str(improved)
+    return f"{improved}; the bound fell in {missing} more whose objective was not recorded" if improved else (
+        f"the bound fell in {missing}, objective not recorded")
+
+
+def _first_last_cell(jobs: list[Job], key: str, missing: str = "–") -> str:
+    """Mean over runs of a curve's first and last validation value (non-finite last values counted)."""
+    pairs = [p for j in jobs if (p := _first_last(j.curves.get(key)))]
+    if not pairs:
+        return missing
+    first = statistics.fmean(a for a, _ in pairs)
+    finite = [b for _, b in pairs if math.isfinite(b)]
+    last = f"{statistics.fmean(finite):.4g}" if finite else "not finite"
+    broken = len(pairs) - len(finite)
+    return f"{first:.4g} → {last}" + (f" ({broken} not finite)" if broken and finite else "")
 
 
 def runs_table(rows: list[Row]) -> list[str]:
-    """How each row's runs ended: converged or capped, updates, best update, late improvement."""
+    """How each row's runs ended: converged or capped, diverged or not, the bound and the objective
+    from the first validation to the last, updates, best update, late improvement."""
     body = []
     for row, name in zip(rows, display_names(rows), strict=True):
         done = row.done
@@ -99,16 +138,21 @@ def runs_table(rows: list[Row]) -> list[str]:
         updates = [float(j.info["updates"]) for j in done if j.info.get("updates")]
         best = [float(j.info["best_step"]) for j in done if j.info.get("best_step") not in (None, "", "None")]
         late = [v for v in (late_improvement(j) for j in done) if math.isfinite(v)]
+        endings = [run_ending(j) for j in done]
         body.append([
             name, str(len(done)), ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "–",
-            str(sum(diverged(j) for j in done)),
+            _diverged_cell(endings), _bound_fell_cell(endings),
+            _first_last_cell(done, "val/elbo"), _first_last_cell(done, VAL_OBJECTIVE, "not recorded"),
             (f"{statistics.fmean(updates):.0f} [{min(updates):.0f}–{max(updates):.0f}]" if updates else "–"),
             f"{statistics.fmean(best):.0f}" if best else "–",
             fmt(*mean_std(late)) if late else "–",
         ])
-    return md_table(["row", "runs", "stopped by", "diverged (last bound worse than the first)",
-                      "updates (mean [min–max])", "best checkpoint at update (mean)",
-                      "val/elbo gain over the last 20 % of updates"], body)
+    return md_table(["row", "runs", "stopped by",
+                     "diverged (objective worse at the last validation than at the first, or not finite)",
+                     "bound fell while the objective improved", "val/elbo, first → last validation (mean)",
+                     f"{VAL_OBJECTIVE}, first → last validation (mean; lower is better)",
+                     "updates (mean [min–max])", "best checkpoint at update (mean)",
+                     "val/elbo gain over the last 20 % of updates"], body)
 
 
 def paired_table(rows: list[Row], baseline: str, metric: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""Why a run stopped, at which update its best checkpoint was taken, and whether it diverged.
+"""Why a run stopped, at which update its best checkpoint was taken, and how its validation ended
+(diverged, or its bound fell while its objective improved).
 
 A study compares runs that were capped in different ways: some converged (early stopping on
 the validation bound ran out of patience), some hit the update cap, some the wall-clock
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, EarlyStopping, Timer
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
+from zf_lightning.lit.module import VAL_OBJECTIVE
 from zf_lightning.runs.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -146,51 +149,106 @@ def checkpoint_step(path: str | Path | None, also_trusted: Collection[str] = ())
     return int(load_checkpoint(Path(path), also_trusted).get("global_step", 0)) if path else None
 
 
-def bound_diverged(first: float, last: float) -> bool:
-    """A bound (lower is better) diverged when its last value is not finite or is worse than
-    its first: the one rule for live runs and for reading old jobs' curves."""
+def got_worse(first: float, last: float) -> bool:
+    """A value (lower is better) got worse when its last value is not finite or is above its first."""
     return not math.isfinite(last) or (math.isfinite(first) and last > first)
 
 
-class DivergenceWatch(Callback):
-    """Remembers the monitored validation bound (lower is better) at the first and the latest
-    validation, across resumes (its state rides in the checkpoints), so a run whose bound ended
-    worse than where it started (e.g. a learning rate far too high) is said to have diverged,
-    in the log and in status.json, instead of ending as a plain 'completed'."""
+DIVERGED = "diverged"
+BOUND_FELL = "bound fell while the objective improved"
+OBJECTIVE_NOT_RECORDED = "objective not recorded"
 
-    def __init__(self, monitor: str) -> None:
+
+@dataclass(frozen=True)
+class RunEnding:
+    """How a run's validation ended against its first validation: whether its bound fell (the
+    ELBO ended lower, or not finite) and whether it diverged (the objective it trains ended worse,
+    or the objective or the bound went non-finite). The two differ when a weighted term other than
+    the bound (e.g. the aux cost) dominates the objective: the optimizer then improves what it is
+    asked to while the bound falls, which is no divergence. ``None``: not recorded."""
+
+    bound_fell: bool | None
+    diverged: bool | None
+
+    @classmethod
+    def of(cls, bound: tuple[float, float] | None, objective: tuple[float, float] | None) -> RunEnding:
+        """From the (first, last) validation values of the negative bound and of the objective,
+        both lower is better; either may be missing."""
+        bound_fell = None if bound is None else got_worse(*bound)
+        broke = bound is not None and not math.isfinite(bound[1])
+        return cls(bound_fell, True if broke else None if objective is None else got_worse(*objective))
+
+    @property
+    def verdict(self) -> str | None:
+        """``diverged``, ``bound fell while the objective improved``, ``objective not recorded``
+        (where it would decide), or None for a run that ended no worse than it began."""
+        if self.diverged:
+            return DIVERGED
+        if self.diverged is None and self.bound_fell is not False:
+            return OBJECTIVE_NOT_RECORDED
+        return BOUND_FELL if self.bound_fell else None
+
+
+class DivergenceWatch(Callback):
+    """Remembers the monitored validation bound and the validation objective (both lower is better)
+    at the first and the latest validation, across resumes (its state rides in the checkpoints), so
+    a run whose objective ended worse than where it started (e.g. a learning rate far too high) is
+    said to have diverged, in the log and in status.json, instead of ending as a plain 'completed';
+    and a run whose bound fell while its objective improved is named so, not called diverged."""
+
+    def __init__(self, monitor: str, objective: str = VAL_OBJECTIVE) -> None:
         self.monitor = monitor
+        self.objective = objective
         self.first: float | None = None
         self.last: float | None = None
+        self.objective_first: float | None = None
+        self.objective_last: float | None = None
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         value = trainer.callback_metrics.get(self.monitor)
         if trainer.sanity_checking or value is None:
             return
-        value = float(value)
+        objective = trainer.callback_metrics.get(self.objective)
+        objective = None if objective is None else float(objective)
         if self.first is None:
-            self.first = value
-        self.last = value
+            self.first, self.objective_first = float(value), objective
+        self.last, self.objective_last = float(value), objective
 
     def state_dict(self) -> dict[str, Any]:
-        return {"first": self.first, "last": self.last}
+        return {"first": self.first, "last": self.last, "objective_first": self.objective_first,
+                "objective_last": self.objective_last}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.first, self.last = state_dict.get("first"), state_dict.get("last")
+        self.objective_first, self.objective_last = state_dict.get("objective_first"), state_dict.get("objective_last")
 
-    def diverged(self) -> bool:
+    def ending(self) -> RunEnding | None:
+        """None before the first validation; the objective is missing for a module that does not log it."""
         if self.first is None or self.last is None:
-            return False
-        return bound_diverged(self.first, self.last)
+            return None
+        objective = None if self.objective_first is None or self.objective_last is None else (
+            self.objective_first, self.objective_last)
+        return RunEnding.of((self.first, self.last), objective)
 
     def report(self) -> dict[str, Any]:
-        """Fields for status.json (none before two validations); warns when the run diverged."""
-        if self.first is None or self.last is None:
+        """Fields for status.json (none before a validation); warns when the run diverged or its
+        bound fell while its objective improved."""
+        ending = self.ending()
+        if ending is None:
             return {}
-        if not self.diverged():
-            return {"diverged": False}
-        message = (f"training diverged: {self.monitor} was {self.first:.6g} at the first validation and "
-                   f"{self.last:.6g} at the last (lower is better); lower the learning rate (optim.lr)")
-        log.warning("%s", message)
-        return {"diverged": True, "warning": message,
-                "divergence": {"metric": self.monitor, "first": self.first, "last": self.last}}
+        values = (f"{self.objective} was {self.objective_first:.6g} at the first validation and "
+                  f"{self.objective_last:.6g} at the last, {self.monitor} {self.first:.6g} and {self.last:.6g}"
+                  if self.objective_first is not None and self.objective_last is not None else
+                  f"{self.monitor} was {self.first:.6g} at the first validation and {self.last:.6g} at the last")
+        if ending.verdict == DIVERGED:
+            log.warning("training diverged: %s (lower is better); lower the learning rate (optim.lr)", values)
+        elif ending.verdict == BOUND_FELL:
+            log.warning("the bound fell while the objective improved: %s (lower is better); a weighted term other "
+                        "than the bound (e.g. the aux cost) dominates the objective: lower its weight", values)
+        elif ending.bound_fell:
+            log.warning("the bound fell: %s (lower is better); %s was not logged, so whether training diverged "
+                        "cannot be told", values, self.objective)
+        return {"diverged": ending.diverged, "bound_fell": ending.bound_fell,
+                "first_and_last_validation": {
+                    self.monitor: [self.first, self.last],
+                    self.objective: [self.objective_first, self.objective_last]}}
