@@ -345,9 +345,16 @@ def test_rows_read_at_matched_updates_flag_an_order_that_changes_and_say_where_t
     table, flips = matched_updates_table(rows)
     assert table[0] == "| row | val/elbo at update 2,000 | val/elbo at update 3,000 |"
     assert flips == ["ablation=a / ablation=b"]
-    assert read_at(rows[1]) == "convergence" and read_at(*rows) == "a budget (max_steps: 2)"
+    assert read_at(rows[1]) == "convergence"
+    assert read_at(*rows) == "a budget (max_steps, capped while improving: 2)"
     paired = paired_table(rows, rows[1].name, "test/elbo")
     assert paired[2].startswith(f"| ({rows[0].name}) − ({rows[1].name}) | 2 | -15.00 |")
+    # 'a' rose over its last 20 % when its cap stopped it: the difference is no verdict on the methods
+    assert "| cannot tell (capped while improving; worse at this budget) | a budget (" in paired[2]
+    flat = [_curve_job("a", s, [(1000, -50.0), (2000, -15.0), (3000, -15.0)], "max_steps") for s in (1, 2)]
+    flat_rows = group_rows(flat + jobs[2:], ["ablation"])
+    assert read_at(*flat_rows) == "a budget (max_steps: 2)"
+    assert "| worse | a budget (max_steps: 2) |" in paired_table(flat_rows, flat_rows[1].name, "test/elbo")[2]
     same = group_rows([_curve_job("c", s, [(1000, -1.0), (3000, 0.0)], "max_steps") for s in (1, 2)], ["ablation"])
     assert matched_steps(same) == [] and matched_updates_table(same) == ([], [])
 

@@ -16,9 +16,9 @@ from typing import Any
 from zf_lightning.lit.module import VAL_OBJECTIVE
 from zf_lightning.report.jobs import SEED_KEYS, Job
 from zf_lightning.report.rows import Row, display_names
-from zf_lightning.report.stats import higher_is_better, mean_std, paired_difference
+from zf_lightning.report.stats import CANNOT_TELL, higher_is_better, mean_std, paired_difference
 from zf_lightning.runs.status import INTERRUPTED, RUNNING, error_summary
-from zf_lightning.runs.stopping import CONVERGED, RunEnding
+from zf_lightning.runs.stopping import CONVERGED, MAX_EPOCHS, MAX_STEPS, TIME_LIMIT, RunEnding
 
 
 def fmt(mean: float, std: float) -> str:
@@ -81,6 +81,21 @@ def late_improvement(job: Job, key: str = "val/elbo", fraction: float = 0.2) -> 
     return points[-1][1] - _curve_value(points, last * (1 - fraction))
 
 
+CAPS = (MAX_STEPS, MAX_EPOCHS, TIME_LIMIT)
+CAPPED_WHILE_IMPROVING = "capped while improving"
+
+
+def capped_while_improving(job: Job) -> bool:
+    """A run its cap stopped while its bound still rose over its last 20 % of updates: where it
+    would have ended is unknown, so no comparison resting on it is one of the methods."""
+    return job.info.get("stop_reason") in CAPS and late_improvement(job) > 0
+
+
+def stop_label(job: Job) -> str:
+    reason = job.info.get("stop_reason", "unknown")
+    return f"{reason}, {CAPPED_WHILE_IMPROVING}" if capped_while_improving(job) else reason
+
+
 def _first_last(points: list[tuple[int, float]] | None, sign: float = 1.0) -> tuple[float, float] | None:
     return (sign * points[0][1], sign * points[-1][1]) if points is not None and len(points) >= 2 else None
 
@@ -134,7 +149,7 @@ def runs_table(rows: list[Row]) -> list[str]:
     body = []
     for row, name in zip(rows, display_names(rows), strict=True):
         done = row.done
-        reasons = Counter(job.info.get("stop_reason", "unknown") for job in done)
+        reasons = Counter(stop_label(job) for job in done)
         updates = [float(j.info["updates"]) for j in done if j.info.get("updates")]
         best = [float(j.info["best_step"]) for j in done if j.info.get("best_step") not in (None, "", "None")]
         late = [v for v in (late_improvement(j) for j in done) if math.isfinite(v)]
@@ -180,7 +195,10 @@ def paired_table(rows: list[Row], baseline: str, metric: str) -> list[str]:
         se = "–" if math.isnan(diff.se) else f"{diff.se:.2f}"
         label = f"({name}) − ({baseline})" + "".join(f" · {k}={v}" for k, v in zip(context, values, strict=True))
         mean = "–" if math.isnan(diff.mean) else f"{diff.mean:+.2f}"
-        body.append([label, str(diff.n), mean, se, interval, diff.verdict, read_at(row, base)])
+        verdict = diff.verdict
+        if any(capped_while_improving(j) for j in (*row.done, *base.done)) and not verdict.startswith(CANNOT_TELL):
+            verdict = f"{CANNOT_TELL} ({CAPPED_WHILE_IMPROVING}; {verdict} at this budget)"
+        body.append([label, str(diff.n), mean, se, interval, verdict, read_at(row, base)])
     return md_table(["difference (row − baseline)", "paired seeds", f"mean difference in {metric}", "standard error",
                       "95 % t-interval", "verdict", "read at"], body)
 
@@ -188,7 +206,7 @@ def paired_table(rows: list[Row], baseline: str, metric: str) -> list[str]:
 def read_at(*rows: Row) -> str:
     """Whether a comparison of these rows is one at convergence (every run converged) or at a
     budget (some run stopped at its cap or time limit: what it would reach, it cannot tell)."""
-    reasons = Counter(job.info.get("stop_reason", "unknown") for row in rows for job in row.done)
+    reasons = Counter(stop_label(job) for row in rows for job in row.done)
     if set(reasons) == {CONVERGED}:
         return "convergence"
     capped = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items()) if k != CONVERGED)
