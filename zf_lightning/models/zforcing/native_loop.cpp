@@ -106,44 +106,74 @@ void forward_loop(const Tensor& y, const Tensor& hs, const Tensor& q_raw, const 
   });
 }
 
+// The backward pass's loop (recurrence.py's _backward_steps), with the pointwise derivatives that
+// the Python pass forms for all steps before its loop (lstm_factors, clipped_leaky_relu_grad,
+// posterior_factors) formed here step by step, by the same operations in the same order.
 template <typename T>
 void backward_loop_impl(const Tensor& d_y, const Tensor& d_h_all, const Tensor& d_z_all, const Tensor& d_q_raw,
-                        const Tensor& sample_scale, const Tensor& gate_factors, const Tensor& dc_factor,
-                        const Tensor& acts, const Tensor& act_grad, const Tensor& w_h_t, const Tensor& w_post_t,
-                        const Tensor& w_z_t) {
+                        const Tensor& y, const Tensor& acts, const Tensor& cs, const Tensor& tanh_cs, const Tensor& q,
+                        const Tensor& q_raw, const Tensor& noise, const Tensor& w_h_t, const Tensor& w_post_t,
+                        const Tensor& w_z_t, double slope, double bound, c10::optional<double> clamp) {
   const int64_t T_ = d_y.size(0), B = d_y.size(2), H = d_h_all.size(1), Z = d_z_all.size(1);
-  const int64_t M = act_grad.size(1);
-  const int64_t HB = H * B, MB = M * B;
+  const int64_t M = d_y.size(1) - 4 * H;
+  const int64_t HB = H * B, ZB = Z * B, MB = M * B;
+  const T one(1), slope_(static_cast<T>(slope)), bound_(static_cast<T>(bound));
   Tensor dc_t = at::zeros({H, B}, d_y.options());
+  Tensor dc_factor = at::empty({H, B}, d_y.options());
+  Tensor scale_t = at::empty({2, Z, B}, d_y.options());
+  Tensor half_logvar_exp = at::empty({Z, B}, d_y.options());
   T* dc = dc_t.data_ptr<T>();
+  T* dcf = dc_factor.data_ptr<T>();
+  T* scale = scale_t.data_ptr<T>();
+  const T* e = half_logvar_exp.data_ptr<T>();
   for (int64_t t = T_ - 1; t >= 0; --t) {
     Tensor dy = d_y.select(0, t);
     Tensor d_gates = dy.narrow(0, 0, 4 * H), d_post = dy.narrow(0, 4 * H, M);
     Tensor dz_t = d_z_all.select(0, t), d_out = d_q_raw.select(0, t);
     Tensor dh_t = d_h_all.select(0, t + 1);
     const T* dh = dh_t.data_ptr<T>();
-    const T* gf = gate_factors.select(0, t).data_ptr<T>();
-    const T* f = acts.select(0, t).data_ptr<T>() + HB;
+    const T* a = acts.select(0, t).data_ptr<T>();
+    const T *ig = a, *fg = a + HB, *gg = a + 2 * HB, *og = a + 3 * HB;
+    const T* c_prev = cs.select(0, t).data_ptr<T>();
+    const T* tc = tanh_cs.select(0, t).data_ptr<T>();
     T* dg = d_gates.data_ptr<T>();
-    // the LSTM update (lstm_backward_into): dc += dh dc_factor; gates i, f, g from dc, o from dh; dc *= f
-    dc_t.addcmul_(dh_t, dc_factor.select(0, t));
-    for (int64_t r = 0; r < 3; ++r) {
-      const T* gfr = gf + r * HB;
-      T* dgr = dg + r * HB;
-      for (int64_t i = 0; i < HB; ++i) dgr[i] = gfr[i] * dc[i];
+    // the LSTM update (lstm_factors, lstm_backward_into): dc += dh o (1 - tanh(c)^2); the gates'
+    // gradients g i (1 - i) dc, c_prev f (1 - f) dc, i (1 - g^2) dc, tanh(c) o (1 - o) dh; dc *= f
+    for (int64_t i = 0; i < HB; ++i) dcf[i] = og[i] * (one - tc[i] * tc[i]);
+    dc_t.addcmul_(dh_t, dc_factor);
+    for (int64_t i = 0; i < HB; ++i) {
+      dg[i] = gg[i] * ig[i] * (one - ig[i]) * dc[i];
+      dg[HB + i] = c_prev[i] * fg[i] * (one - fg[i]) * dc[i];
+      dg[2 * HB + i] = ig[i] * (one - gg[i] * gg[i]) * dc[i];
+      dg[3 * HB + i] = tc[i] * og[i] * (one - og[i]) * dh[i];
+      dc[i] = dc[i] * fg[i];
     }
-    const T* gfo = gf + 3 * HB;
-    T* dgo = dg + 3 * HB;
-    for (int64_t i = 0; i < HB; ++i) dgo[i] = gfo[i] * dh[i];
-    for (int64_t i = 0; i < HB; ++i) dc[i] = dc[i] * f[i];
-    // dz_t += W_z^T d_gates; d q_raw_t += scale [dz_t; dz_t]
+    // dz_t += W_z^T d_gates; d q_raw_t += scale [dz_t; dz_t] with scale = [1; noise exp(logvar / 2) / 2],
+    // zero where the clamp held q_raw (posterior_factors)
     dz_t.addmm_(w_z_t, d_gates);
-    d_out.view({2, Z, B}).addcmul_(sample_scale.select(0, t).view({2, Z, B}), dz_t);
-    // the posterior's first layer: d_post = (W_2^T d q_raw_t) act'
+    Tensor q_t = q.select(0, t);
+    at::mul_out(half_logvar_exp, q_t.narrow(0, Z, Z), 0.5);
+    half_logvar_exp.exp_();
+    const T* eps = noise.select(0, t).data_ptr<T>();
+    for (int64_t i = 0; i < ZB; ++i) {
+      scale[i] = one;
+      scale[ZB + i] = eps[i] * e[i] * T(0.5);
+    }
+    if (clamp.has_value()) {
+      const T c = static_cast<T>(*clamp);
+      const T* raw = q_raw.select(0, t).data_ptr<T>();
+      for (int64_t i = 0; i < 2 * ZB; ++i) scale[i] = scale[i] * T(raw[i] >= -c && raw[i] <= c);
+    }
+    d_out.view({2, Z, B}).addcmul_(scale_t, dz_t);
+    // the posterior's first layer: d_post = (W_2^T d q_raw_t) act'(y_t[4H:]) (clipped_leaky_relu_grad)
     at::mm_out(d_post, w_post_t, d_out);
     T* dp = d_post.data_ptr<T>();
-    const T* ag = act_grad.select(0, t).data_ptr<T>();
-    for (int64_t i = 0; i < MB; ++i) dp[i] = dp[i] * ag[i];
+    const T* pre = y.select(0, t).data_ptr<T>() + 4 * HB;
+    for (int64_t i = 0; i < MB; ++i) {
+      const T leaky = pre[i] > T(0) ? pre[i] : pre[i] * slope_;
+      const T grad = (pre[i] > T(0) ? one : slope_) * T(leaky >= -bound_ && leaky <= bound_);
+      dp[i] = dp[i] * grad;
+    }
     if (t > 0) {  // h_0 is the constant zero state: its gradient is not needed
       d_h_all.select(0, t).addmm_(w_h_t, dy);
     }
@@ -151,18 +181,18 @@ void backward_loop_impl(const Tensor& d_y, const Tensor& d_h_all, const Tensor& 
 }
 
 void backward_loop(const Tensor& d_y, const Tensor& d_h_all, const Tensor& d_z_all, const Tensor& d_q_raw,
-                   const Tensor& sample_scale, const Tensor& gate_factors, const Tensor& dc_factor, const Tensor& acts,
-                   const Tensor& act_grad, const Tensor& w_h_t, const Tensor& w_post_t, const Tensor& w_z_t) {
+                   const Tensor& y, const Tensor& acts, const Tensor& cs, const Tensor& tanh_cs, const Tensor& q,
+                   const Tensor& q_raw, const Tensor& noise, const Tensor& w_h_t, const Tensor& w_post_t,
+                   const Tensor& w_z_t, double slope, double bound, c10::optional<double> clamp) {
   for (auto [x, name] : std::vector<std::pair<const Tensor*, const char*>>{
-           {&d_y, "d_y"}, {&d_h_all, "d_h_all"}, {&d_z_all, "d_z_all"}, {&d_q_raw, "d_q_raw"},
-           {&sample_scale, "sample_scale"}, {&gate_factors, "gate_factors"}, {&dc_factor, "dc_factor"},
-           {&acts, "acts"}, {&act_grad, "act_grad"}, {&w_h_t, "w_h_t"}, {&w_post_t, "w_post_t"},
-           {&w_z_t, "w_z_t"}}) {
+           {&d_y, "d_y"}, {&d_h_all, "d_h_all"}, {&d_z_all, "d_z_all"}, {&d_q_raw, "d_q_raw"}, {&y, "y"},
+           {&acts, "acts"}, {&cs, "cs"}, {&tanh_cs, "tanh_cs"}, {&q, "q"}, {&q_raw, "q_raw"}, {&noise, "noise"},
+           {&w_h_t, "w_h_t"}, {&w_post_t, "w_post_t"}, {&w_z_t, "w_z_t"}}) {
     check_buffer(*x, name, d_y);
   }
   AT_DISPATCH_FLOATING_TYPES(d_y.scalar_type(), "zf_native_backward_loop", [&] {
-    backward_loop_impl<scalar_t>(d_y, d_h_all, d_z_all, d_q_raw, sample_scale, gate_factors, dc_factor, acts,
-                                 act_grad, w_h_t, w_post_t, w_z_t);
+    backward_loop_impl<scalar_t>(d_y, d_h_all, d_z_all, d_q_raw, y, acts, cs, tanh_cs, q, q_raw, noise, w_h_t,
+                                 w_post_t, w_z_t, slope, bound, clamp);
   });
 }
 

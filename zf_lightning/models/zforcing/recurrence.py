@@ -111,12 +111,18 @@ def posterior_factors(
     """
     mean, logvar = q.chunk(2, 1)
     scale = torch.cat([torch.ones_like(mean), noise * torch.exp(0.5 * logvar) * 0.5], 1)
-    rest = torch.zeros_like(q) if d_q is None else d_q.clone()
     if clamp is not None:
-        inside = (q_raw >= -clamp) & (q_raw <= clamp)
-        scale = scale * inside
-        rest = rest * inside
-    return scale, rest
+        scale = scale * ((q_raw >= -clamp) & (q_raw <= clamp))
+    return scale, posterior_rest(q_raw, clamp, d_q)
+
+
+def posterior_rest(q_raw: Tensor, clamp: float | None, d_q: Tensor | None) -> Tensor:
+    """The part of d q_raw from q's own gradient (zero without one) for all steps, zero where the
+    clamp held q_raw: ``posterior_factors``' ``r``, a new buffer the backward loop adds to."""
+    rest = torch.zeros_like(q_raw) if d_q is None else d_q.clone()
+    if clamp is not None:
+        rest = rest * ((q_raw >= -clamp) & (q_raw <= clamp))
+    return rest
 
 
 def cln_cell(gates_x: Tensor, gh: Tensor, cond: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
@@ -238,14 +244,16 @@ class PlainRecurrence(torch.autograd.Function):
         # each step adds in place what flows back through the recurrence
         d_h_all = hs.new_zeros(hs.shape) if d_hs is None else torch.empty_like(hs).copy_(d_hs)
         d_z_all = z.new_zeros(z.shape) if d_z is None else torch.empty_like(z).copy_(d_z)
-        gate_factors, dc_factor = ops.cell_factors(acts, cs[:T], tanh_cs)
-        act_grad = ops.act_grad(y[:, 4 * H :], slope, bound)
-        sample_scale, d_q_raw = ops.sample_factors(q, q_raw, noise, clamp, None if d_q is None else d_q.contiguous())
         d_y = hs.new_empty(T, 4 * H + M, B)  # gradient of y_t, i.e. of pre_t
-        if native is not None:
-            native.backward_loop(d_y, d_h_all, d_z_all, d_q_raw, sample_scale, gate_factors, dc_factor, acts,
-                                 act_grad, w_h_t, w_post_t, w_z_t)
+        d_q = None if d_q is None else d_q.contiguous()
+        if native is not None:  # forms the pointwise derivatives step by step, in its loop
+            d_q_raw = posterior_rest(q_raw, clamp, d_q)
+            native.backward_loop(d_y, d_h_all, d_z_all, d_q_raw, y, acts, cs, tanh_cs, q, q_raw, noise, w_h_t,
+                                 w_post_t, w_z_t, slope, bound, clamp)
         else:
+            gate_factors, dc_factor = ops.cell_factors(acts, cs[:T], tanh_cs)
+            act_grad = ops.act_grad(y[:, 4 * H :], slope, bound)
+            sample_scale, d_q_raw = ops.sample_factors(q, q_raw, noise, clamp, d_q)
             _backward_steps(d_y, d_h_all, d_z_all, d_q_raw, sample_scale, gate_factors, dc_factor, acts, act_grad,
                             w_h_t, w_post_t, w_z_t, ops)
         d_pre = d_y.transpose(0, 1).contiguous()  # [4H + M, T, B], the layout of pre
