@@ -227,3 +227,16 @@ def test_native_loop_default_is_the_config_default_and_adds_no_state() -> None:
     on, off = make_model("real", native_loop=True), make_model("real", native_loop=False)
     assert on.state_dict().keys() == off.state_dict().keys()  # checkpoints load either way
     off.load_state_dict(on.state_dict(), strict=True)
+
+
+@needs_build
+@pytest.mark.native
+def test_native_loop_under_autocast_equals_the_python_loop_and_bf16_weights_keep_python(ops: object) -> None:
+    model = make_model("real", **ODD)
+    batch = make_batch("real", seed=13)
+    noise = torch.randn(3, 7, model.z_dim)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the recurrence runs in fp32 either way
+        assert model._native(torch.ones(1, dtype=torch.bfloat16)) is ops
+        _assert_identical(model, batch, noise)
+    half = make_model("real", **ODD).to(torch.bfloat16)
+    assert half._native(torch.ones(1, dtype=torch.bfloat16)) is None  # the C++ loops are float and double only

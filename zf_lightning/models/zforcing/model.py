@@ -37,7 +37,7 @@ from zf_lightning.models.heads import HeadFactory, label_nll, natural_head
 from zf_lightning.models.latent import LatentPath, latent_noise, latent_terms
 from zf_lightning.models.layers import ClippedLeakyReLU, GaussianMLP, ZLSTMCell, lstm_pointwise
 from zf_lightning.models.zforcing.cell import LoopLinear
-from zf_lightning.models.zforcing.native import native_loops
+from zf_lightning.models.zforcing.native import NativeLoops, native_loops
 from zf_lightning.models.zforcing.recurrence import plain_recurrence, step_ops
 from zf_lightning.types import (
     DataSpec,
@@ -88,7 +88,7 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
             (``zf_lightning.models.zforcing.native``) on CPU tensors: the same buffers, products
             and kernels as the Python loops, without their per-operation cost. Built on first use
             and cached; where it cannot be built the Python loops run (one log line). Ignored
-            with ``cond_layer_norm``, ``compile_step`` and on a GPU.
+            with ``cond_layer_norm``, ``compile_step``, on a GPU and for half-precision weights.
     """
 
     def __init__(
@@ -276,10 +276,12 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
 
         return batch_major(hs), batch_major(z), batch_major(q)
 
-    def _native(self, x: Tensor) -> Any | None:
+    def _native(self, x: Tensor) -> NativeLoops | None:
         """The C++ step loops when this model uses them for ``x`` (built on the first call), else None."""
         if not self.native_loop or self.compile_step or x.device.type != "cpu":
             return None
+        if x.dtype not in (torch.float32, torch.float64) and not torch.is_autocast_enabled("cpu"):
+            return None  # the C++ loops are built for these (under autocast the recurrence runs in fp32)
         return native_loops()
 
     def _loop_cond_layer_norm(self, emb: Tensor, post_from_b: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -25,8 +25,9 @@ import shutil
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -36,12 +37,22 @@ SOURCE = Path(__file__).with_name("native_loop.cpp")
 # no fused multiply-add: each multiply and add rounds as the ATen ops of the Python loop do
 CFLAGS = ["-O3", "-ffp-contract=off"]
 
+
+@dataclass(frozen=True)
+class NativeLoops:
+    """The extension's two loops (``torch.ops.zf_native``), held in a plain object: autocast's input
+    casting would turn the iterable op namespace itself into a generator."""
+
+    forward_loop: Callable[..., None]
+    backward_loop: Callable[..., None]
+
+
 _lock = threading.Lock()
-_loaded: dict[str, Any] = {}
+_loaded: dict[str, NativeLoops | None] = {}
 
 
-def native_loops(verbose: bool = False) -> Any | None:
-    """``torch.ops.zf_native`` (``forward_loop``, ``backward_loop``), building the extension the
+def native_loops(verbose: bool = False) -> NativeLoops | None:
+    """The C++ ``forward_loop`` and ``backward_loop``, building the extension the
     first time on this machine and loading it the first time in this process; None, with one
     log line, if it cannot be built or loaded."""
     with _lock:
@@ -61,14 +72,14 @@ def library_path() -> Path:
     return Path(root) / "zf_native_loop" / f"zf_native_loop_{key}.so"
 
 
-def _load(verbose: bool) -> Any | None:
+def _load(verbose: bool) -> NativeLoops | None:
     try:
         path = library_path()
         if path.exists():
             torch.ops.load_library(str(path))
         else:
             _build(path, verbose)  # which also loads it
-        return torch.ops.zf_native
+        return NativeLoops(torch.ops.zf_native.forward_loop, torch.ops.zf_native.backward_loop)
     except Exception as err:  # no compiler, no ninja, a failed build: the Python loop does the same work
         lines = str(err).strip().splitlines()
         log.warning(

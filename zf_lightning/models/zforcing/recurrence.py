@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from zf_lightning.models.layers import clipped_leaky_relu, fp32_backward, fp32_forward, lstm_pointwise
+from zf_lightning.models.zforcing.native import NativeLoops
 
 
 # ---------------------------------------------------------------- pointwise step pieces
@@ -202,7 +203,7 @@ class PlainRecurrence(torch.autograd.Function):
         bound: float,
         clamp: float | None,
         keep: bool,
-        native: Any | None,
+        native: NativeLoops | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         width, T, B = pre.shape
         H, Z = w_h.shape[1], w_z.shape[1]
@@ -349,7 +350,7 @@ def plain_recurrence(
     slope: float,
     bound: float,
     clamp: float | None,
-    native: Any | None = None,
+    native: NativeLoops | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Run the plain recurrence; returns h_0..h_T [T+1, H, B], z [T, Z, B] and q [T, 2Z, B].
 
