@@ -5,13 +5,15 @@ Three training steps (forward, backward, gradient-norm clip, Adam), each the med
 
 * ``reference``: ``reference_forward``, the readable step-by-step implementation (every MLP
   and the output layer inside the Python loop, as in the authors' code);
-* ``fast``: ``ZForcing.forward``, the thin loop the model trains with;
+* ``fast``: ``ZForcing.forward`` with its step loops in Python (``native_loop=False``);
+* ``native``: the same with the step loops in C++ (``native_loop=True``, the extension built
+  before timing; ``build_s`` is that build, cold when the extension cache is empty);
 * ``floor``: a deterministic model of the same sizes built from one fused backward
   ``nn.LSTM`` and one fused forward ``nn.LSTM`` with the same output layer on each (as the
   model's output and backward heads): what a latent-free model costs, so ``fast / floor``
   says what the latents cost on top of it.
 
-The three are timed round-robin (reference, fast, floor, reference, ...), so load from other
+The variants are timed round-robin (reference, fast, native, floor, reference, ...), so load from other
 processes on a shared machine spreads over all of them instead of biasing one; the JSON also
 gives per-round (paired) ratios and the load averages before and after. The OpenMP runtime is
 left as training gets it; on a CPU shared with other busy jobs, ``OMP_WAIT_POLICY=PASSIVE``
@@ -49,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 from zf_lightning.evaluation.estimators import log_weights  # noqa: E402
 from zf_lightning.models.heads import BernoulliHead, GaussianHead, OutputHead  # noqa: E402
 from zf_lightning.models.zforcing.model import ZForcing  # noqa: E402
+from zf_lightning.models.zforcing.native import native_loops  # noqa: E402
 from zf_lightning.models.zforcing.reference import reference_forward  # noqa: E402
 from zf_lightning.runs.pipeline import compose_config  # noqa: E402
 from zf_lightning.types import DataSpec, SequenceBatch, StepTerms  # noqa: E402
@@ -203,7 +206,7 @@ def bench_size(sizes: Sizes, args: argparse.Namespace, device: torch.device) -> 
     torch.manual_seed(0)
     batch = make_batch(sizes, device)
     noise = torch.randn(sizes.batch, sizes.steps, sizes.z_dim, generator=torch.Generator().manual_seed(1)).to(device)
-    base = make_model(sizes).to(device)
+    base = make_model(sizes, native_loop=False).to(device)
     ref_model, fast_model = copy.deepcopy(base), copy.deepcopy(base)
     floor = FusedFloor(sizes).to(device)
     steps: dict[str, Callable[[], None]] = {
@@ -211,8 +214,19 @@ def bench_size(sizes: Sizes, args: argparse.Namespace, device: torch.device) -> 
             ref_model, lambda: zforcing_loss(reference_forward(ref_model, batch, noise), batch.mask)
         ),
         "fast": train_step_fn(fast_model, lambda: zforcing_loss(fast_model(batch, noise), batch.mask)),
-        "floor": train_step_fn(floor, lambda: floor(batch)),
     }
+    build_s = None
+    if not args.no_native and device.type == "cpu":
+        start = time.perf_counter()
+        if native_loops() is None:
+            raise SystemExit("the native loop did not build (see the log line above); --no-native skips it")
+        build_s = time.perf_counter() - start  # building, or loading the cached build
+        native_model = make_model(sizes, native_loop=True).to(device)
+        native_model.load_state_dict(base.state_dict())
+        steps["native"] = train_step_fn(
+            native_model, lambda: zforcing_loss(native_model(batch, noise), batch.mask)
+        )
+    steps["floor"] = train_step_fn(floor, lambda: floor(batch))
     compile_s = None
     if args.compile_step:
         compiled = make_model(sizes, compile_step=True).to(device)
@@ -228,6 +242,13 @@ def bench_size(sizes: Sizes, args: argparse.Namespace, device: torch.device) -> 
     out["reference_over_floor"] = medians["reference"] / medians["floor"]
     out["paired_reference_over_fast"] = paired_ratio(times["reference"], times["fast"])
     out["paired_fast_over_floor"] = paired_ratio(times["fast"], times["floor"])
+    if "native" in times:
+        out["build_s"] = build_s  # type: ignore[assignment]
+        out["native_over_floor"] = medians["native"] / medians["floor"]
+        out["reference_over_native"] = medians["reference"] / medians["native"]
+        out["paired_native_over_floor"] = paired_ratio(times["native"], times["floor"])
+        out["paired_native_over_fast"] = paired_ratio(times["native"], times["fast"])
+        out["paired_reference_over_native"] = paired_ratio(times["reference"], times["native"])
     if compile_s is not None:
         out["compile_s"] = compile_s
         out["compiled_over_floor"] = medians["compiled"] / medians["floor"]
@@ -237,12 +258,18 @@ def bench_size(sizes: Sizes, args: argparse.Namespace, device: torch.device) -> 
     # evaluation: K-sample importance-sampled bound, no gradients
     k = args.eval_samples
     eval_batch = make_batch(sizes, device, seed=2)
-    evaluate = lambda: log_weights(fast_model, eval_batch, k, chunk_size=args.eval_chunk)  # noqa: E731
-    eval_s = statistics.median(round_robin({"eval": evaluate}, max(3, args.repeats // 3), 1, device)["eval"])
+    evals = {"eval": fast_model} | ({"eval_native": native_model} if "native" in times else {})
+    eval_times = round_robin(
+        {name: (lambda m=m: log_weights(m, eval_batch, k, chunk_size=args.eval_chunk)) for name, m in evals.items()},
+        max(3, args.repeats // 3),
+        1,
+        device,
+    )
     out["threads"] = threads
     out["eval_samples"] = k
-    out["eval_s"] = eval_s
-    out["eval_seq_per_s"] = sizes.batch / eval_s
+    for name, t in eval_times.items():
+        out[f"{name}_s"] = statistics.median(t)
+        out[f"{name}_seq_per_s"] = sizes.batch / statistics.median(t)
     out["sizes"] = (
         f"B={sizes.batch} T={sizes.steps} D={sizes.dim} ({sizes.kind}) emb={sizes.emb_dim} "
         f"H={sizes.rnn_dim} z={sizes.z_dim} mlp={sizes.mlp_dim}"
@@ -280,6 +307,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--eval-samples", type=int, default=10, help="K of the importance-sampled bound")
     parser.add_argument("--eval-chunk", type=int, default=None, help="samples per forward pass in evaluation")
     parser.add_argument("--compile-step", action="store_true", help="also time the optional compiled step")
+    parser.add_argument("--no-native", action="store_true", help="do not time the C++ step loops")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
 
@@ -312,7 +340,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         if not args.json:
             r = result[name]
             print(f"[{name}] {r['sizes']}")
-            for key in ("reference", "fast", "floor", "compiled"):
+            for key in ("reference", "fast", "native", "floor", "compiled"):
                 if f"{key}_s" in r:
                     print(f"  {key:>9}: {1e3 * r[f'{key}_s']:9.1f} ms/step")
             print(
@@ -323,8 +351,15 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                 f"  fast / floor      = {r['fast_over_floor']:.2f}x   ("
                 f"paired per round {r['paired_fast_over_floor']:.2f}x)"
             )
+            if "native_over_floor" in r:
+                print(
+                    f"  native / floor    = {r['native_over_floor']:.2f}x   ("
+                    f"paired per round {r['paired_native_over_floor']:.2f}x)"
+                )
             print(f"  reference / floor = {r['reference_over_floor']:.2f}x")
-            print(f"  eval (IWAE K={r['eval_samples']}): {r['eval_seq_per_s']:.1f} sequences/s")
+            for name in ("eval", "eval_native"):
+                if f"{name}_s" in r:
+                    print(f"  {name} (IWAE K={r['eval_samples']}): {r[f'{name}_seq_per_s']:.1f} sequences/s")
     result["meta"]["load_average_after"] = load_average()  # type: ignore[index]
     if args.json:
         print(json.dumps(result, indent=1))

@@ -60,8 +60,9 @@ log = logging.getLogger(__name__)
 # are restored as they were, so a command that changes these cannot continue that run.
 FIXED_ON_RESUME = ("model", "lit", "schedule", "optim", "seed", "data")
 # ... except these, which do not change what was learned (where the data now lives, how it is loaded)
-FREE_ON_RESUME = ("model.compile_step", "data.root", "data.files", "data.cache_dir", "data.data_dir", "data.path",
-                  "data.num_workers", "data.pin_memory", "data.eval_batch_size", "data.persistent_workers")
+FREE_ON_RESUME = ("model.compile_step", "model.native_loop", "data.root", "data.files", "data.cache_dir",
+                  "data.data_dir", "data.path", "data.num_workers", "data.pin_memory", "data.eval_batch_size",
+                  "data.persistent_workers")
 
 
 class ResumeRefusedError(ValueError):

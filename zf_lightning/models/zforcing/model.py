@@ -37,6 +37,7 @@ from zf_lightning.models.heads import HeadFactory, label_nll, natural_head
 from zf_lightning.models.latent import LatentPath, latent_noise, latent_terms
 from zf_lightning.models.layers import ClippedLeakyReLU, GaussianMLP, ZLSTMCell, lstm_pointwise
 from zf_lightning.models.zforcing.cell import LoopLinear
+from zf_lightning.models.zforcing.native import NativeLoops, native_loops
 from zf_lightning.models.zforcing.recurrence import plain_recurrence, step_ops
 from zf_lightning.types import (
     DataSpec,
@@ -52,6 +53,8 @@ from zf_lightning.types import (
 )
 
 AuxInput = Literal["h_z", "z"]
+# whether ZForcing runs its step loops in C++ unless told otherwise (docs/speed.md: what it saves)
+NATIVE_LOOP_DEFAULT = True
 
 
 AuxLoss = Literal["gaussian", "l2"]
@@ -81,6 +84,11 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
             compiler and a cold compile of tens of seconds on a CPU, and there the compiled step
             measured slower than the eager one at the FSDD studies' sizes (docs/speed.md); on a
             GPU it replaces many small kernel launches with a few.
+        native_loop: run the plain recurrence's step loops (forward and backward) in C++
+            (``zf_lightning.models.zforcing.native``) on CPU tensors: the same buffers, products
+            and kernels as the Python loops, without their per-operation cost. Built on first use
+            and cached; where it cannot be built the Python loops run (one log line). Ignored
+            with ``cond_layer_norm``, ``compile_step``, on a GPU and for half-precision weights.
     """
 
     def __init__(
@@ -97,6 +105,7 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
         aux_reduction: AuxReduction = "sum",
         dropout: float = 0.0,
         compile_step: bool | str = False,
+        native_loop: bool = NATIVE_LOOP_DEFAULT,
     ) -> None:
         super().__init__()
         if aux_input not in ("h_z", "z"):
@@ -114,6 +123,7 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
         self.cond_layer_norm = cond_layer_norm
         self.compile_step = compile_step
         self._ops = step_ops(compile_step)
+        self.native_loop = native_loop
 
         self.embedding = InputEmbedding(spec, emb_dim, dropout)
         # labelled data: the targets the backward LSTM reads are labels (class ids or real values,
@@ -258,12 +268,21 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
             act.slope,
             act.bound,
             self.posterior.clamp,
+            self._native(pre),
         )
 
         def batch_major(x: Tensor) -> Tensor:
             return x.permute(2, 0, 1).contiguous()  # [T, ., B] -> [B, T, .]
 
         return batch_major(hs), batch_major(z), batch_major(q)
+
+    def _native(self, x: Tensor) -> NativeLoops | None:
+        """The C++ step loops when this model uses them for ``x`` (built on the first call), else None."""
+        if not self.native_loop or self.compile_step or x.device.type != "cpu":
+            return None
+        if x.dtype not in (torch.float32, torch.float64) and not torch.is_autocast_enabled("cpu"):
+            return None  # the C++ loops are built for these (under autocast the recurrence runs in fp32)
+        return native_loops()
 
     def _loop_cond_layer_norm(self, emb: Tensor, post_from_b: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The recurrence with z_t setting the gain and bias of LN(W_hh h_{t-1}); returns h_0..h_T

@@ -35,13 +35,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from zf_lightning.models.layers import clipped_leaky_relu, fp32_backward, fp32_forward, lstm_pointwise
+from zf_lightning.models.zforcing.native import NativeLoops
 
 
 # ---------------------------------------------------------------- pointwise step pieces
 def clipped_leaky_relu_grad(pre: Tensor, slope: float, bound: float) -> Tensor:
     """Derivative of ``clipped_leaky_relu`` at ``pre`` (torch's conventions at the kinks)."""
     leaky = F.leaky_relu(pre, slope)
-    return torch.where(pre > 0, 1.0, slope) * ((leaky >= -bound) & (leaky <= bound))
+    return torch.where(pre > 0, pre.new_ones(()), pre.new_full((), slope)) * ((leaky >= -bound) & (leaky <= bound))
 
 
 def sample_posterior(out: Tensor, noise: Tensor, clamp: float | None, dim: int = -1) -> tuple[Tensor, Tensor]:
@@ -111,12 +112,18 @@ def posterior_factors(
     """
     mean, logvar = q.chunk(2, 1)
     scale = torch.cat([torch.ones_like(mean), noise * torch.exp(0.5 * logvar) * 0.5], 1)
-    rest = torch.zeros_like(q) if d_q is None else d_q.clone()
     if clamp is not None:
-        inside = (q_raw >= -clamp) & (q_raw <= clamp)
-        scale = scale * inside
-        rest = rest * inside
-    return scale, rest
+        scale = scale * ((q_raw >= -clamp) & (q_raw <= clamp))
+    return scale, posterior_rest(q_raw, clamp, d_q)
+
+
+def posterior_rest(q_raw: Tensor, clamp: float | None, d_q: Tensor | None) -> Tensor:
+    """The part of d q_raw from q's own gradient (zero without one) for all steps, zero where the
+    clamp held q_raw: ``posterior_factors``' ``r``, a new buffer the backward loop adds to."""
+    rest = torch.zeros_like(q_raw) if d_q is None else d_q.clone()
+    if clamp is not None:
+        rest = rest * ((q_raw >= -clamp) & (q_raw <= clamp))
+    return rest
 
 
 def cln_cell(gates_x: Tensor, gh: Tensor, cond: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
@@ -196,6 +203,7 @@ class PlainRecurrence(torch.autograd.Function):
         bound: float,
         clamp: float | None,
         keep: bool,
+        native: NativeLoops | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         width, T, B = pre.shape
         H, Z = w_h.shape[1], w_z.shape[1]
@@ -212,21 +220,14 @@ class PlainRecurrence(torch.autograd.Function):
         cs = new(T + 1 if keep else 2, H, B)
         hs[0].zero_()
         cs[0].zero_()
-        # every step's slice of every buffer, taken once (slicing inside the loop costs as much as an op)
-        steps = zip(
-            y.unbind(0), y[:, : 4 * H].unbind(0), y[:, 4 * H :].unbind(0), hs[:T].unbind(0), hs[1:].unbind(0),
-            q_raw.unbind(0), q.unbind(0), z.unbind(0), noise.unbind(0), strict=True,
-        )
-        for t, (y_t, gates, post_pre, h, h_new, q_raw_t, q_t, z_t, noise_t) in enumerate(steps):
-            k = t if keep else 0
-            c_in, c_out = (t, t + 1) if keep else (t % 2, (t + 1) % 2)
-            y_t.addmm_(w_h, h)
-            q_raw_t.addmm_(w_post, ops.act_into(post_pre, slope, bound, post_act[k]))
-            ops.sample_into(q_raw_t, noise_t, clamp, q_t, z_t)
-            gates.addmm_(w_z, z_t)
-            ops.cell(gates, cs[c_in], acts[k], cs[c_out], tanh_cs[k], h_new)
+        if native is not None:
+            native.forward_loop(y, hs, q_raw, q, z, noise, post_act, acts, cs, tanh_cs, w_h, w_post, w_z, slope,
+                                bound, clamp, keep)
+        else:
+            _forward_steps(y, hs, q_raw, q, z, noise, post_act, acts, cs, tanh_cs, w_h, w_post, w_z, ops, slope,
+                           bound, clamp, keep)
         ctx.save_for_backward(noise, w_h, w_post, w_z, hs, z, q, y, post_act, acts, cs, tanh_cs, q_raw)
-        ctx.consts = (ops, slope, bound, clamp)
+        ctx.consts = (ops, slope, bound, clamp, native)
         ctx.set_materialize_grads(False)  # an output nothing used gets None, not a zero tensor
         return hs, z, q
 
@@ -235,7 +236,7 @@ class PlainRecurrence(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, d_hs: Tensor | None, d_z: Tensor | None, d_q: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         noise, w_h, w_post, w_z, hs, z, q, y, post_act, acts, cs, tanh_cs, q_raw = ctx.saved_tensors
-        ops, slope, bound, clamp = ctx.consts
+        ops, slope, bound, clamp, native = ctx.consts
         T, H, B = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
         Z, M = z.shape[1], post_act.shape[1]
         # the transposed weights, copied once: W^T @ g reads them row-major (twice as fast as W.t() @ g)
@@ -244,31 +245,98 @@ class PlainRecurrence(torch.autograd.Function):
         # each step adds in place what flows back through the recurrence
         d_h_all = hs.new_zeros(hs.shape) if d_hs is None else torch.empty_like(hs).copy_(d_hs)
         d_z_all = z.new_zeros(z.shape) if d_z is None else torch.empty_like(z).copy_(d_z)
-        gate_factors, dc_factor = ops.cell_factors(acts, cs[:T], tanh_cs)
-        act_grad = ops.act_grad(y[:, 4 * H :], slope, bound)
-        sample_scale, d_q_raw = ops.sample_factors(q, q_raw, noise, clamp, None if d_q is None else d_q.contiguous())
         d_y = hs.new_empty(T, 4 * H + M, B)  # gradient of y_t, i.e. of pre_t
-        dc = hs.new_zeros(H, B)
-        steps = zip(
-            d_y.unbind(0), d_y[:, : 4 * H].unbind(0), d_y[:, 4 * H :].unbind(0), d_h_all[:T].unbind(0),
-            d_h_all[1:].unbind(0), d_z_all.unbind(0), d_q_raw.view(T, 2, Z, B).unbind(0),
-            sample_scale.view(T, 2, Z, B).unbind(0), gate_factors.unbind(0), dc_factor.unbind(0),
-            acts[:, H : 2 * H].unbind(0), act_grad.unbind(0), strict=True,
-        )
-        for t, (dy, d_gates, d_post, dh_prev, dh, dz, d_out, scale, gate_f, dc_f, f, act_f) in reversed(
-            list(enumerate(steps))
-        ):
-            ops.cell_backward(dh, dc, gate_f, dc_f, f, d_gates)
-            dz.addmm_(w_z_t, d_gates)
-            d_out.addcmul_(scale, dz)
-            torch.mm(w_post_t, d_out.view(2 * Z, B), out=d_post).mul_(act_f)
-            if t > 0:  # h_0 is the constant zero state: its gradient is not needed
-                dh_prev.addmm_(w_h_t, dy)
+        d_q = None if d_q is None else d_q.contiguous()
+        if native is not None:  # forms the pointwise derivatives step by step, in its loop
+            d_q_raw = posterior_rest(q_raw, clamp, d_q)
+            native.backward_loop(d_y, d_h_all, d_z_all, d_q_raw, y, acts, cs, tanh_cs, q, q_raw, noise, w_h_t,
+                                 w_post_t, w_z_t, slope, bound, clamp)
+        else:
+            gate_factors, dc_factor = ops.cell_factors(acts, cs[:T], tanh_cs)
+            act_grad = ops.act_grad(y[:, 4 * H :], slope, bound)
+            sample_scale, d_q_raw = ops.sample_factors(q, q_raw, noise, clamp, d_q)
+            _backward_steps(d_y, d_h_all, d_z_all, d_q_raw, sample_scale, gate_factors, dc_factor, acts, act_grad,
+                            w_h_t, w_post_t, w_z_t, ops)
         d_pre = d_y.transpose(0, 1).contiguous()  # [4H + M, T, B], the layout of pre
         d_w_h = d_pre.view(-1, T * B) @ hs[:T].transpose(0, 1).reshape(H, T * B).t()
         d_w_post = d_q_raw.transpose(0, 1).reshape(2 * Z, T * B) @ post_act.transpose(0, 1).reshape(M, T * B).t()
         d_w_z = d_pre[: 4 * H].view(4 * H, T * B) @ z.transpose(0, 1).reshape(Z, T * B).t()
-        return d_pre, None, d_w_h, d_w_post, d_q_raw.sum((0, 2)), d_w_z, None, None, None, None, None
+        return d_pre, None, d_w_h, d_w_post, d_q_raw.sum((0, 2)), d_w_z, None, None, None, None, None, None
+
+
+def _forward_steps(
+    y: Tensor,
+    hs: Tensor,
+    q_raw: Tensor,
+    q: Tensor,
+    z: Tensor,
+    noise: Tensor,
+    post_act: Tensor,
+    acts: Tensor,
+    cs: Tensor,
+    tanh_cs: Tensor,
+    w_h: Tensor,
+    w_post: Tensor,
+    w_z: Tensor,
+    ops: StepOps,
+    slope: float,
+    bound: float,
+    clamp: float | None,
+    keep: bool,
+) -> None:
+    """The forward pass's loop over steps, in Python: fills the buffers ``PlainRecurrence.forward``
+    allocated (``keep``: the backward-only ones hold every step, else one)."""
+    T, H = y.shape[0], hs.shape[1]
+    # every step's slice of every buffer, taken once (slicing inside the loop costs as much as an op)
+    steps = zip(
+        y.unbind(0), y[:, : 4 * H].unbind(0), y[:, 4 * H :].unbind(0), hs[:T].unbind(0), hs[1:].unbind(0),
+        q_raw.unbind(0), q.unbind(0), z.unbind(0), noise.unbind(0), strict=True,
+    )
+    for t, (y_t, gates, post_pre, h, h_new, q_raw_t, q_t, z_t, noise_t) in enumerate(steps):
+        k = t if keep else 0
+        c_in, c_out = (t, t + 1) if keep else (t % 2, (t + 1) % 2)
+        y_t.addmm_(w_h, h)
+        q_raw_t.addmm_(w_post, ops.act_into(post_pre, slope, bound, post_act[k]))
+        ops.sample_into(q_raw_t, noise_t, clamp, q_t, z_t)
+        gates.addmm_(w_z, z_t)
+        ops.cell(gates, cs[c_in], acts[k], cs[c_out], tanh_cs[k], h_new)
+
+
+def _backward_steps(
+    d_y: Tensor,
+    d_h_all: Tensor,
+    d_z_all: Tensor,
+    d_q_raw: Tensor,
+    sample_scale: Tensor,
+    gate_factors: Tensor,
+    dc_factor: Tensor,
+    acts: Tensor,
+    act_grad: Tensor,
+    w_h_t: Tensor,
+    w_post_t: Tensor,
+    w_z_t: Tensor,
+    ops: StepOps,
+) -> None:
+    """The backward pass's loop over steps (T-1..0), in Python: fills ``d_y`` and adds into
+    ``d_h_all``, ``d_z_all`` and ``d_q_raw`` what flows back through the recurrence."""
+    T, H, B = d_h_all.shape[0] - 1, d_h_all.shape[1], d_h_all.shape[2]
+    Z = d_z_all.shape[1]
+    dc = d_y.new_zeros(H, B)
+    steps = zip(
+        d_y.unbind(0), d_y[:, : 4 * H].unbind(0), d_y[:, 4 * H :].unbind(0), d_h_all[:T].unbind(0),
+        d_h_all[1:].unbind(0), d_z_all.unbind(0), d_q_raw.view(T, 2, Z, B).unbind(0),
+        sample_scale.view(T, 2, Z, B).unbind(0), gate_factors.unbind(0), dc_factor.unbind(0),
+        acts[:, H : 2 * H].unbind(0), act_grad.unbind(0), strict=True,
+    )
+    for t, (dy, d_gates, d_post, dh_prev, dh, dz, d_out, scale, gate_f, dc_f, f, act_f) in reversed(
+        list(enumerate(steps))
+    ):
+        ops.cell_backward(dh, dc, gate_f, dc_f, f, d_gates)
+        dz.addmm_(w_z_t, d_gates)
+        d_out.addcmul_(scale, dz)
+        torch.mm(w_post_t, d_out.view(2 * Z, B), out=d_post).mul_(act_f)
+        if t > 0:  # h_0 is the constant zero state: its gradient is not needed
+            dh_prev.addmm_(w_h_t, dy)
 
 
 def plain_recurrence(
@@ -282,6 +350,7 @@ def plain_recurrence(
     slope: float,
     bound: float,
     clamp: float | None,
+    native: NativeLoops | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Run the plain recurrence; returns h_0..h_T [T+1, H, B], z [T, Z, B] and q [T, 2Z, B].
 
@@ -289,8 +358,12 @@ def plain_recurrence(
     the posterior's first-layer pre-activations from b_t (bias included); ``noise``: [T, Z, B];
     ``w_h``: [4H + M, H] = [W_hh; W_qh]; ``w_post``, ``b_post``: the posterior's second layer;
     ``w_z``: [4H, Z], the z map folded into the gate weights; ``slope``, ``bound``: the
-    posterior's nonlinearity; ``clamp``: its output clamp (None: none).
+    posterior's nonlinearity; ``clamp``: its output clamp (None: none); ``native``: the C++ step
+    loops (``zf_lightning.models.zforcing.native``), which compute the same on CPU tensors, or
+    None for the Python loops.
     """
     keep = torch.is_grad_enabled() and any(x.requires_grad for x in (pre, w_h, w_post, b_post, w_z))
     # the reparameterisation noise is sampled, never learned: no gradient flows to it
-    return PlainRecurrence.apply(pre, noise.detach(), w_h, w_post, b_post, w_z, ops, slope, bound, clamp, keep)
+    return PlainRecurrence.apply(
+        pre, noise.detach(), w_h, w_post, b_post, w_z, ops, slope, bound, clamp, keep, native
+    )

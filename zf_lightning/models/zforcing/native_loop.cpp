@@ -1,0 +1,204 @@
+// The step loops of PlainRecurrence (recurrence.py) in C++: the same buffers, the same products
+// (ATen's addmm_/mm_out, so the same BLAS calls), the same ATen kernels for sigmoid, tanh, exp
+// and addcmul (which may fuse its multiply-add, depending on the CPU), and what is left, the
+// products, clamps and the clipped leaky ReLU, as plain loops that round as ATen's kernels do
+// (built with -ffp-contract=off: no multiply-add is fused where ATen's is not).
+// What it removes is the fixed cost of each Python-level operation: a step here is a few
+// ATen calls and some loops over contiguous slices, with no Python or per-op autograd in between.
+#include <ATen/core/Tensor.h>
+#include <ATen/Dispatch.h>
+#include <ATen/ops/addcmul.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/exp.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/mul.h>
+#include <ATen/ops/sigmoid.h>
+#include <ATen/ops/tanh.h>
+#include <c10/util/Optional.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+
+void check_buffer(const Tensor& x, const char* name, const Tensor& like) {
+  TORCH_CHECK(x.is_contiguous(), "native loop: ", name, " must be contiguous");
+  TORCH_CHECK(x.device().is_cpu(), "native loop: ", name, " must be on the CPU");
+  TORCH_CHECK(x.scalar_type() == like.scalar_type(), "native loop: ", name, " has another dtype");
+}
+
+// clamp(leaky_relu(x, slope), -bound, bound) into out, as act_into does
+template <typename T>
+void act_into(const T* x, T* out, int64_t n, T slope, T bound) {
+  for (int64_t i = 0; i < n; ++i) {
+    T v = x[i] > T(0) ? x[i] : x[i] * slope;
+    out[i] = std::min(std::max(v, -bound), bound);
+  }
+}
+
+template <typename T>
+void forward_loop_impl(const Tensor& y, const Tensor& hs, const Tensor& q_raw, const Tensor& q, const Tensor& z,
+                       const Tensor& noise, const Tensor& post_act, const Tensor& acts, const Tensor& cs,
+                       const Tensor& tanh_cs, const Tensor& w_h, const Tensor& w_post, const Tensor& w_z,
+                       double slope, double bound, c10::optional<double> clamp, bool keep) {
+  const int64_t T_ = y.size(0), B = y.size(2), H = hs.size(1), Z = z.size(1), M = post_act.size(1);
+  const int64_t HB = H * B, ZB = Z * B, MB = M * B;
+  const T slope_ = static_cast<T>(slope), bound_ = static_cast<T>(bound);
+  Tensor half_logvar_exp = at::empty({Z, B}, y.options());
+  for (int64_t t = 0; t < T_; ++t) {
+    const int64_t k = keep ? t : 0;
+    const int64_t c_in = keep ? t : t % 2, c_out = keep ? t + 1 : (t + 1) % 2;
+    Tensor y_t = y.select(0, t);
+    Tensor gates = y_t.narrow(0, 0, 4 * H), post_pre = y_t.narrow(0, 4 * H, M);
+    Tensor h = hs.select(0, t), h_new = hs.select(0, t + 1);
+    Tensor q_raw_t = q_raw.select(0, t), q_t = q.select(0, t), z_t = z.select(0, t);
+    Tensor post_act_k = post_act.select(0, k), acts_k = acts.select(0, k), tanh_c = tanh_cs.select(0, k);
+    // y_t += [W_hh; W_qh] h_{t-1}
+    y_t.addmm_(w_h, h);
+    // the posterior: q_raw_t += W_2 act(y_t[4H:]); q_t = clamp(q_raw_t); z_t = mean + exp(logvar / 2) noise
+    act_into<T>(post_pre.data_ptr<T>(), post_act_k.data_ptr<T>(), MB, slope_, bound_);
+    q_raw_t.addmm_(w_post, post_act_k);
+    if (clamp.has_value()) {
+      const T c = static_cast<T>(*clamp);
+      const T* src = q_raw_t.data_ptr<T>();
+      T* dst = q_t.data_ptr<T>();
+      for (int64_t i = 0; i < 2 * ZB; ++i) dst[i] = std::min(std::max(src[i], -c), c);
+    }
+    at::mul_out(half_logvar_exp, q_t.narrow(0, Z, Z), 0.5);
+    half_logvar_exp.exp_();
+    at::addcmul_out(z_t, q_t.narrow(0, 0, Z), half_logvar_exp, noise.select(0, t));
+    // the gates: y_t[:4H] += W_z z_t, then the LSTM update
+    gates.addmm_(w_z, z_t);
+    at::sigmoid_out(acts_k, gates);
+    Tensor g_act = acts_k.narrow(0, 2 * H, H);
+    at::tanh_out(g_act, gates.narrow(0, 2 * H, H));
+    const T* a = acts_k.data_ptr<T>();
+    const T *fg = a + HB, *og = a + 3 * HB;
+    const T* c_prev = cs.select(0, c_in).data_ptr<T>();
+    Tensor c_new_t = cs.select(0, c_out);
+    T* c_new = c_new_t.data_ptr<T>();
+    for (int64_t i = 0; i < HB; ++i) c_new[i] = fg[i] * c_prev[i];
+    c_new_t.addcmul_(acts_k.narrow(0, 0, H), g_act);
+    at::tanh_out(tanh_c, c_new_t);
+    const T* tc = tanh_c.data_ptr<T>();
+    T* hp = h_new.data_ptr<T>();
+    for (int64_t i = 0; i < HB; ++i) hp[i] = og[i] * tc[i];
+  }
+}
+
+void forward_loop(const Tensor& y, const Tensor& hs, const Tensor& q_raw, const Tensor& q, const Tensor& z,
+                  const Tensor& noise, const Tensor& post_act, const Tensor& acts, const Tensor& cs,
+                  const Tensor& tanh_cs, const Tensor& w_h, const Tensor& w_post, const Tensor& w_z, double slope,
+                  double bound, c10::optional<double> clamp, bool keep) {
+  for (auto [x, name] : std::vector<std::pair<const Tensor*, const char*>>{
+           {&y, "y"}, {&hs, "hs"}, {&q_raw, "q_raw"}, {&q, "q"}, {&z, "z"}, {&noise, "noise"},
+           {&post_act, "post_act"}, {&acts, "acts"}, {&cs, "cs"}, {&tanh_cs, "tanh_cs"}, {&w_h, "w_h"},
+           {&w_post, "w_post"}, {&w_z, "w_z"}}) {
+    check_buffer(*x, name, y);
+  }
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "zf_native_forward_loop", [&] {
+    forward_loop_impl<scalar_t>(y, hs, q_raw, q, z, noise, post_act, acts, cs, tanh_cs, w_h, w_post, w_z, slope,
+                                bound, clamp, keep);
+  });
+}
+
+// The backward pass's loop (recurrence.py's _backward_steps), with the pointwise derivatives that
+// the Python pass forms for all steps before its loop (lstm_factors, clipped_leaky_relu_grad,
+// posterior_factors) formed here step by step, by the same operations in the same order.
+template <typename T>
+void backward_loop_impl(const Tensor& d_y, const Tensor& d_h_all, const Tensor& d_z_all, const Tensor& d_q_raw,
+                        const Tensor& y, const Tensor& acts, const Tensor& cs, const Tensor& tanh_cs, const Tensor& q,
+                        const Tensor& q_raw, const Tensor& noise, const Tensor& w_h_t, const Tensor& w_post_t,
+                        const Tensor& w_z_t, double slope, double bound, c10::optional<double> clamp) {
+  const int64_t T_ = d_y.size(0), B = d_y.size(2), H = d_h_all.size(1), Z = d_z_all.size(1);
+  const int64_t M = d_y.size(1) - 4 * H;
+  const int64_t HB = H * B, ZB = Z * B, MB = M * B;
+  const T one(1), slope_(static_cast<T>(slope)), bound_(static_cast<T>(bound));
+  Tensor dc_t = at::zeros({H, B}, d_y.options());
+  Tensor dc_factor = at::empty({H, B}, d_y.options());
+  Tensor scale_t = at::empty({2, Z, B}, d_y.options());
+  Tensor half_logvar_exp = at::empty({Z, B}, d_y.options());
+  T* dc = dc_t.data_ptr<T>();
+  T* dcf = dc_factor.data_ptr<T>();
+  T* scale = scale_t.data_ptr<T>();
+  const T* e = half_logvar_exp.data_ptr<T>();
+  for (int64_t t = T_ - 1; t >= 0; --t) {
+    Tensor dy = d_y.select(0, t);
+    Tensor d_gates = dy.narrow(0, 0, 4 * H), d_post = dy.narrow(0, 4 * H, M);
+    Tensor dz_t = d_z_all.select(0, t), d_out = d_q_raw.select(0, t);
+    Tensor dh_t = d_h_all.select(0, t + 1);
+    const T* dh = dh_t.data_ptr<T>();
+    const T* a = acts.select(0, t).data_ptr<T>();
+    const T *ig = a, *fg = a + HB, *gg = a + 2 * HB, *og = a + 3 * HB;
+    const T* c_prev = cs.select(0, t).data_ptr<T>();
+    const T* tc = tanh_cs.select(0, t).data_ptr<T>();
+    T* dg = d_gates.data_ptr<T>();
+    // the LSTM update (lstm_factors, lstm_backward_into): dc += dh o (1 - tanh(c)^2); the gates'
+    // gradients g i (1 - i) dc, c_prev f (1 - f) dc, i (1 - g^2) dc, tanh(c) o (1 - o) dh; dc *= f
+    for (int64_t i = 0; i < HB; ++i) dcf[i] = og[i] * (one - tc[i] * tc[i]);
+    dc_t.addcmul_(dh_t, dc_factor);
+    for (int64_t i = 0; i < HB; ++i) {
+      dg[i] = gg[i] * ig[i] * (one - ig[i]) * dc[i];
+      dg[HB + i] = c_prev[i] * fg[i] * (one - fg[i]) * dc[i];
+      dg[2 * HB + i] = ig[i] * (one - gg[i] * gg[i]) * dc[i];
+      dg[3 * HB + i] = tc[i] * og[i] * (one - og[i]) * dh[i];
+      dc[i] = dc[i] * fg[i];
+    }
+    // dz_t += W_z^T d_gates; d q_raw_t += scale [dz_t; dz_t] with scale = [1; noise exp(logvar / 2) / 2],
+    // zero where the clamp held q_raw (posterior_factors)
+    dz_t.addmm_(w_z_t, d_gates);
+    Tensor q_t = q.select(0, t);
+    at::mul_out(half_logvar_exp, q_t.narrow(0, Z, Z), 0.5);
+    half_logvar_exp.exp_();
+    const T* eps = noise.select(0, t).data_ptr<T>();
+    for (int64_t i = 0; i < ZB; ++i) {
+      scale[i] = one;
+      scale[ZB + i] = eps[i] * e[i] * T(0.5);
+    }
+    if (clamp.has_value()) {
+      const T c = static_cast<T>(*clamp);
+      const T* raw = q_raw.select(0, t).data_ptr<T>();
+      for (int64_t i = 0; i < 2 * ZB; ++i) scale[i] = scale[i] * T(raw[i] >= -c && raw[i] <= c);
+    }
+    d_out.view({2, Z, B}).addcmul_(scale_t, dz_t);
+    // the posterior's first layer: d_post = (W_2^T d q_raw_t) act'(y_t[4H:]) (clipped_leaky_relu_grad)
+    at::mm_out(d_post, w_post_t, d_out);
+    T* dp = d_post.data_ptr<T>();
+    const T* pre = y.select(0, t).data_ptr<T>() + 4 * HB;
+    for (int64_t i = 0; i < MB; ++i) {
+      const T leaky = pre[i] > T(0) ? pre[i] : pre[i] * slope_;
+      const T grad = (pre[i] > T(0) ? one : slope_) * T(leaky >= -bound_ && leaky <= bound_);
+      dp[i] = dp[i] * grad;
+    }
+    if (t > 0) {  // h_0 is the constant zero state: its gradient is not needed
+      d_h_all.select(0, t).addmm_(w_h_t, dy);
+    }
+  }
+}
+
+void backward_loop(const Tensor& d_y, const Tensor& d_h_all, const Tensor& d_z_all, const Tensor& d_q_raw,
+                   const Tensor& y, const Tensor& acts, const Tensor& cs, const Tensor& tanh_cs, const Tensor& q,
+                   const Tensor& q_raw, const Tensor& noise, const Tensor& w_h_t, const Tensor& w_post_t,
+                   const Tensor& w_z_t, double slope, double bound, c10::optional<double> clamp) {
+  for (auto [x, name] : std::vector<std::pair<const Tensor*, const char*>>{
+           {&d_y, "d_y"}, {&d_h_all, "d_h_all"}, {&d_z_all, "d_z_all"}, {&d_q_raw, "d_q_raw"}, {&y, "y"},
+           {&acts, "acts"}, {&cs, "cs"}, {&tanh_cs, "tanh_cs"}, {&q, "q"}, {&q_raw, "q_raw"}, {&noise, "noise"},
+           {&w_h_t, "w_h_t"}, {&w_post_t, "w_post_t"}, {&w_z_t, "w_z_t"}}) {
+    check_buffer(*x, name, d_y);
+  }
+  AT_DISPATCH_FLOATING_TYPES(d_y.scalar_type(), "zf_native_backward_loop", [&] {
+    backward_loop_impl<scalar_t>(d_y, d_h_all, d_z_all, d_q_raw, y, acts, cs, tanh_cs, q, q_raw, noise, w_h_t,
+                                 w_post_t, w_z_t, slope, bound, clamp);
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY(zf_native, m) {
+  m.def("forward_loop", &forward_loop);
+  m.def("backward_loop", &backward_loop);
+}
