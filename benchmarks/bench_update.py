@@ -1,7 +1,7 @@
 """How much of a training update is the model step? A study's ``Trainer.fit`` against the bare step
 on the very same batches, in one process.
 
-For a configuration (Hydra overrides of ``conf/train.yaml``, as ``train.py`` takes them; default:
+For a configuration (Hydra overrides of ``zf_lightning/conf/train.yaml``, as ``train.py`` takes them; default:
 the FSDD studies' ``experiment=fsdd_study``) each round runs, for ``--steps`` updates:
 
 * ``update``: ``Trainer.fit`` as a study job runs it: the data module's loader, the config's

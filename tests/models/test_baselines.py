@@ -15,9 +15,10 @@ from torch import nn
 
 from tests.conftest import SHARED_DATA, require_shared
 from tests.helpers import HEADS, make_batch
+from zf_lightning.conf import CONF_DIR
 from zf_lightning.models import RNN, SRNN, VRNN, BernoulliHead, GaussianHead, GMMHead, ZForcing
 from zf_lightning.models.layers import lstm_pointwise
-from zf_lightning.runs.pipeline import CONF_DIR, compose_config
+from zf_lightning.runs.pipeline import compose_config
 from zf_lightning.types import DataSpec, SequenceBatch, StepTerms
 
 TERMS = ("nll", "kl", "aux", "bwd", "log_p_z", "log_q_z")

@@ -13,10 +13,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.conftest import TINY, missing_data, require_shared
+from zf_lightning.conf import CONF_DIR
 from zf_lightning.data.synthetic import ClassificationDataModule
 from zf_lightning.runs.context import RunContext
 from zf_lightning.runs.guard import check_config
-from zf_lightning.runs.pipeline import CONF_DIR, build_datamodule, build_module, compose_config, train
+from zf_lightning.runs.pipeline import build_datamodule, build_module, compose_config, train
 from zf_lightning.runs.status import code_version
 from zf_lightning.runs.stopping import CONVERGED, MAX_STEPS, NOT_FINITE, PlateauStopping
 
