@@ -73,7 +73,7 @@ class Sizes:
 TIMIT = Sizes(
     "timit", emb_dim=512, rnn_dim=1024, z_dim=256, mlp_dim=512, batch=32, steps=40, dim=200, kind="real", threads=2
 )
-# the committed FSDD studies (experiment=fsdd_study): zf_lightning/conf/model/zforcing.yaml's CPU sizes, batch 32,
+# the committed FSDD studies (study/common/fsdd.yaml): zf_lightning/conf/model/zforcing.yaml's CPU sizes, batch 32,
 # ~30 frames of 200 samples at 8 kHz, one thread per run
 FSDD = Sizes(
     "fsdd", emb_dim=64, rnn_dim=128, z_dim=32, mlp_dim=64, batch=32, steps=30, dim=200, kind="real", threads=1
