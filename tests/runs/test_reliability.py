@@ -490,7 +490,7 @@ def test_a_moved_data_folder_names_the_override_that_points_at_the_new_place(tmp
     listed = f"data.files=[{','.join(str(f) for f in files)}]"
 
     def sentences_run(*extra: str) -> DictConfig:
-        tiny_text = [o for o in TINY if not o.startswith("data.")] + ["data=sentences", listed, "analysis=none",
+        tiny_text = [o for o in TINY if not o.startswith("data.")] + ["data=sentences", listed, "analyses=none",
                                                                         "data.batch_size=8", "data.vocab_size=50"]
         return compose_config("train", [f"paths.output_dir={run}", f"paths.cache_dir={tmp_path / 'cache'}",
                                         *tiny_text, *SHORT, *extra])

@@ -100,7 +100,7 @@ def test_each_study_composes_and_its_first_updates_run(study: str, tmp_path: Pat
     sizes = {"emb_dim": 8, "rnn_dim": 8, "z_dim": 2, "mlp_dim": 8}
     tiny = [f"model.{k}={v}" for k, v in sizes.items() if k in cfg.model] + ["trainer.max_steps=2",
             f"callbacks.{stopping}.start_step=0", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-            "trainer.val_check_interval=1", "logger=csv", "analysis=none", "samples.num=0",
+            "trainer.val_check_interval=1", "logger=csv", "analyses=none", "samples.num=0",
             "continue_on_failure=false"]  # a failure raises here, instead of returning the worst value
     cfg = compose_config("train", [f"study={study}", f"paths.output_dir={tmp_path}",
                                    f"paths.cache_dir={tmp_path / 'cache'}", *tiny])

@@ -139,7 +139,7 @@ def split_metrics(trainer: L.Trainer, lit: SequenceLitModule, dm: SequenceDataMo
 
 
 def run_analyses(cfg: DictConfig, lit: SequenceLitModule, dm: SequenceDataModule, split: str) -> AnalysisResult:
-    """Post-training analyses from the ``analysis`` group (e.g. active units, latent probes).
+    """Post-training analyses from the ``analyses`` group (e.g. active units, latent probes).
 
     Each entry is a ``_partial_`` callable ``(model, datamodule, split) -> {metric: value}``;
     the tables of those that return an ``AnalysisResult`` are gathered in ``.tables``.
