@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The package as a wheel holds it, built from pyproject.toml by setuptools' ``build_py`` (which
     copies the packages and their package data), without a network or the ``wheel`` package."""
+    pytest.importorskip("setuptools", reason="building the package needs setuptools in this environment")
     out = tmp_path_factory.mktemp("build")
     subprocess.run([sys.executable, "-c", "from setuptools import setup; setup()", "-q",
                     "egg_info", "--egg-base", str(out), "build_py", "--build-lib", str(out / "site")],

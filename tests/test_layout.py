@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "zf_lightning"
 
 # layer of each top-level part of the package: a module may import lower layers and its own part
 LAYERS = {
-    "conf": 0,  # the config tree: YAML, and a module that only says where it lives
+    "conf": 0,  # the config tree: YAML, where it lives, and its catalog of groups and options
     "types": 0,
     "models": 1,
     "data": 1,

@@ -2,7 +2,8 @@
 package so that an installed package composes it from any folder, as a source checkout does.
 
 ``CONF_MODULE`` is the one name of where the configs live: Hydra reads the tree from it
-(``CONFIG_PATH``), and code that reads a config file directly uses ``CONF_DIR``.
+(``CONFIG_PATH``), and code that reads a config file directly uses ``CONF_DIR``. The groups and
+their options: ``python -m zf_lightning.conf.catalog``.
 """
 
 from __future__ import annotations
