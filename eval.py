@@ -10,10 +10,11 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from zf_lightning.conf import CONFIG_PATH
 from zf_lightning.runs.evaluate import evaluate
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

@@ -35,7 +35,7 @@ from zf_lightning.runs.pipeline import compose_config, train  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ablations", nargs="+", default=["plain", "aux"], help="conf/ablation options to train")
+    p.add_argument("--ablations", nargs="+", default=["plain", "aux"], help="ablation options to train")
     p.add_argument("--steps", type=int, default=600, help="optimizer updates per model (the training budget)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)

@@ -1,7 +1,7 @@
 """Is the data loader ever the bottleneck? Training steps per second fed by the real loader
 versus the same training fed the same batches from memory.
 
-For each configuration (Hydra overrides of ``conf/train.yaml``, as ``train.py`` takes them)
+For each configuration (Hydra overrides of ``zf_lightning/conf/train.yaml``, as ``train.py`` takes them)
 this builds the data module and the LightningModule exactly as training does, then runs
 ``Trainer.fit`` twice per round for ``--steps`` updates:
 

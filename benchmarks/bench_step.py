@@ -76,7 +76,7 @@ class Sizes:
 TIMIT = Sizes(
     "timit", emb_dim=512, rnn_dim=1024, z_dim=256, mlp_dim=512, batch=32, steps=40, dim=200, kind="real", threads=2
 )
-# the committed FSDD studies (experiment=fsdd_study): conf/model/zforcing.yaml's CPU sizes, batch 32,
+# the committed FSDD studies (study/common/fsdd.yaml): zf_lightning/conf/model/zforcing.yaml's CPU sizes, batch 32,
 # ~30 frames of 200 samples at 8 kHz, one thread per run
 FSDD = Sizes(
     "fsdd", emb_dim=64, rnn_dim=128, z_dim=32, mlp_dim=64, batch=32, steps=30, dim=200, kind="real", threads=1
@@ -156,8 +156,8 @@ def zforcing_loss(terms: StepTerms, mask: Tensor) -> Tensor:
 
 
 def train_step_fn(model: nn.Module, loss_fn: Callable[[], Tensor]) -> Callable[[], None]:
-    """One update as training does it (conf/optim/adam.yaml, conf/trainer/default.yaml): zero grads,
-    forward, backward, clip the gradient norm at 100, Adam step (lr 1e-3, eps 1e-5)."""
+    """One update as training does it (optim=adam, trainer=default): zero grads, forward, backward,
+    clip the gradient norm at 100, Adam step (lr 1e-3, eps 1e-5)."""
     params = list(model.parameters())
     optimizer = torch.optim.Adam(params, lr=1e-3, eps=1e-5)
 

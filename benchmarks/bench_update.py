@@ -1,8 +1,8 @@
 """How much of a training update is the model step? A study's ``Trainer.fit`` against the bare step
 on the very same batches, in one process.
 
-For a configuration (Hydra overrides of ``conf/train.yaml``, as ``train.py`` takes them; default:
-the FSDD studies' ``experiment=fsdd_study``) each round runs, for ``--steps`` updates:
+For a configuration (Hydra overrides of ``zf_lightning/conf/train.yaml``, as ``train.py`` takes them; default:
+the FSDD studies' budget, ``study=common/fsdd``) each round runs, for ``--steps`` updates:
 
 * ``update``: ``Trainer.fit`` as a study job runs it: the data module's loader, the config's
   trainer (clip, validation interval), callbacks (checkpoints, early stopping, learning-rate
@@ -14,7 +14,7 @@ Both are timed from the start of update ``--warmup`` to the end; the ratio is th
 rounds of update / step per update (goal: <= 1.2, a study update mostly the step).
 
     python benchmarks/bench_update.py --json
-    python benchmarks/bench_update.py --config "experiment=fsdd_study data.root=../shared/data/fsdd" --steps 500
+    python benchmarks/bench_update.py --config "study=common/fsdd data.root=../shared/data/fsdd" --steps 500
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from zf_lightning.runs.pipeline import (  # noqa: E402
 )
 from zf_lightning.types import SequenceBatch  # noqa: E402
 
-FSDD_STUDY = f"experiment=fsdd_study data.root={ROOT.parent / 'shared' / 'data' / 'fsdd'}"
+FSDD_STUDY = f"study=common/fsdd data.root={ROOT.parent / 'shared' / 'data' / 'fsdd'}"
 
 
 class UpdateClock(L.Callback):

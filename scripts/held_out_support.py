@@ -17,8 +17,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from zf_lightning.conf import CONF_DIR
 from zf_lightning.data.synthetic import ClassificationDataModule
-from zf_lightning.runs.pipeline import CONF_DIR, build_datamodule, compose_config
+from zf_lightning.runs.pipeline import build_datamodule, compose_config
 
 SWEPT = ("data.length", "data.task.dim")
 

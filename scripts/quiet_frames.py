@@ -1,5 +1,5 @@
 """How many nats of each speech run's bound, and of each difference between rows, come from
-near-silent frames: every completed job of a study is evaluated with ``analysis=quiet_frames``
+near-silent frames: every completed job of a study is evaluated with ``analyses=quiet_frames``
 (its checkpoint of the best validation bound, the one its test metrics come from), and the
 bound is split into frames whose normalised mean square is below the threshold and the rest.
 Writes ``quiet_frames.csv`` (one line per job) and ``quiet_frames.md`` (row means and, against
@@ -42,7 +42,7 @@ def checkpoint_of(job: Job, sweep_dir: Path) -> Path:
 def evaluate_job(checkpoint: Path, split: str, threshold: float) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as out:
         cfg = compose_config("eval", [f"ckpt_path={checkpoint}", f"paths.output_dir={out}", f"split={split}",
-                                      "analysis=quiet_frames", f"analyses.quiet_frames.threshold={threshold}",
+                                      "analyses=quiet_frames", f"analyses.quiet_frames.threshold={threshold}",
                                       "eval.iwae_samples=null", "samples.num=0"])
         metrics = evaluate(cfg)
     parts = {part: float(metrics[f"{split}/{part}"]) for part in PARTS if part != "elbo"}

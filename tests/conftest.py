@@ -70,7 +70,7 @@ TINY = [
 
 @pytest.fixture
 def compose_train(tmp_path: Path) -> Callable[..., DictConfig]:
-    """Compose conf/train.yaml with tiny sizes; outputs and caches go under tmp_path."""
+    """Compose zf_lightning/conf/train.yaml with tiny sizes; outputs and caches go under tmp_path."""
 
     def _compose(*overrides: str, tiny: bool = True) -> DictConfig:
         base = [f"paths.output_dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}"]

@@ -13,6 +13,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from zf_lightning.conf import CONF_DIR
 from zf_lightning.data.synthetic import ClassificationDataModule, IndexLookup
 from zf_lightning.lit import SequenceLitModule
 from zf_lightning.lit.module import EVAL_WEIGHTS
@@ -29,7 +30,6 @@ from zf_lightning.report.heatmap import (
 )
 from zf_lightning.report.jobs import Job
 from zf_lightning.report.rows import HEADLINE
-from zf_lightning.runs.pipeline import CONF_DIR
 
 BUILDERS = {
     "rnn": lambda spec: RNN(spec, CategoricalHead, emb_dim=16, rnn_dim=32),

@@ -1,5 +1,5 @@
 """The package's layout: subpackages only at the top level, imports that go down the layers
-(types <- models/data <- lit/evaluation <- runs <- report), no import cycles (function-level
+(conf, types <- models/data <- lit/evaluation <- runs <- report), no import cycles (function-level
 imports included), the report never reaching the models, and every module importable in a
 fresh interpreter."""
 
@@ -16,6 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "zf_lightning"
 
 # layer of each top-level part of the package: a module may import lower layers and its own part
 LAYERS = {
+    "conf": 0,  # the config tree: YAML, where it lives, and its catalog of groups and options
     "types": 0,
     "models": 1,
     "data": 1,

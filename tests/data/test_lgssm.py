@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import hydra
 import pytest
 import torch
 from omegaconf import OmegaConf
 
+from zf_lightning.conf import CONF_DIR
 from zf_lightning.data.lgssm import (
     LgssmDataModule,
     dense_log_likelihood,
@@ -17,7 +17,7 @@ from zf_lightning.data.lgssm import (
     kalman_log_likelihood,
 )
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "data" / "lgssm.yaml"
+CONF = CONF_DIR / "data" / "lgssm.yaml"
 
 
 def _spd(dim: int, gen: torch.Generator, floor: float = 0.1) -> torch.Tensor:

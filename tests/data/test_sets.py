@@ -4,6 +4,8 @@ permutation flip rate on an invariant and on an order-sensitive model."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from torch import Tensor, nn
 
 from zf_lightning.data.synthetic import (
     ClassificationDataModule,
+    MnistSum,
     MnistSumDataModule,
     SetMax,
     SetParity,
@@ -92,8 +95,8 @@ def test_a_sum_beyond_max_size_is_a_clear_error() -> None:
 
 @pytest.fixture(scope="module")
 def mnist_sum() -> MnistSumDataModule:
-    dm = MnistSumDataModule(length=3, min_length=1, test_lengths=[3, 6], side=7, max_size=6, num_train=300,
-                            num_val=40, num_test=60, batch_size=100)
+    dm = MnistSumDataModule(partial(MnistSum, max_size=6), length=3, min_length=1, test_lengths=[3, 6], side=7,
+                            num_train=300, num_val=40, num_test=60, batch_size=100)
     dm.setup()
     return dm
 
@@ -109,8 +112,8 @@ def test_mnist_sum_test_images_are_never_seen_in_training(mnist_sum: MnistSumDat
 
 
 def test_mnist_sum_modulo_labels() -> None:
-    task = MnistSumDataModule(length=2, test_lengths=[4], max_size=4, modulus=3, num_train=10, num_val=5,
-                              num_test=5).task
+    task = MnistSumDataModule(partial(MnistSum, max_size=4, modulus=3), length=2, test_lengths=[4], num_train=10,
+                              num_val=5, num_test=5).task
     rng = np.random.default_rng(0)
     for size in (1, 4) * 20:
         tokens, label = task.for_split("test").sample(size, rng)

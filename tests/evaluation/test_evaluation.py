@@ -101,10 +101,10 @@ def test_no_importance_sampling_when_disabled(lgssm_checkpoint, tmp_path: Path) 
 
 
 def test_eval_adds_an_analysis_the_run_did_not_have(lgssm_checkpoint, tmp_path: Path) -> None:
-    """``analysis=quiet_frames`` on a finished run: the bound split by frame loudness, whose
+    """``analyses=quiet_frames`` on a finished run: the bound split by frame loudness, whose
     parts add up to the split's bound (up to the latent draws), next to the run's metrics."""
     ckpt, _ = lgssm_checkpoint
-    result = run_eval(ckpt, tmp_path, "eval.iwae_samples=1", "analysis=quiet_frames",
+    result = run_eval(ckpt, tmp_path, "eval.iwae_samples=1", "analyses=quiet_frames",
                       "analyses.quiet_frames.threshold=1.0")
     assert 0.0 < result["test/quiet_fraction"] < 1.0
     parts = result["test/elbo_quiet"] + result["test/elbo_other"]

@@ -214,7 +214,7 @@ def test_text_data_turns_the_analyses_on(data: str, tmp_path: Path) -> None:
     cfg = compose_config("train", [f"data={data}", f"paths.output_dir={tmp_path}"])
     assert cfg.analyses.latent_probe._target_ == "zf_lightning.evaluation.probes.latent_probe"
     assert cfg.analyses.resample.output_dir == str(tmp_path)
-    assert not compose_config("train", [f"data={data}", "analysis=none"]).get("analyses")
+    assert not compose_config("train", [f"data={data}", "analyses=none"]).get("analyses")
     assert not compose_config("train", []).get("analyses")  # other data: off
 
 

@@ -6,6 +6,7 @@ label, and the flip rate and spread of an invariant and of an order-sensitive mo
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from zf_lightning.data.synthetic import ClassificationDataModule, MnistSumDataModule, SetMax, SetSum
+from zf_lightning.data.synthetic import ClassificationDataModule, MnistSum, MnistSumDataModule, SetMax, SetSum
 from zf_lightning.lit.invariance import permutation_spread
 from zf_lightning.models import RNN, DeepSets, GaussianHead, ZForcing
 from zf_lightning.models.heads import label_nll
@@ -70,7 +71,8 @@ def test_regression_is_on_the_plain_sum_and_mnist_sum_has_it_too() -> None:
         SetSum(values=10, modulus=10, regression=True)
     # regression has no classes to run out of: a test size beyond max_size is allowed
     ClassificationDataModule(SetSum(values=10, max_size=10, regression=True), length=5, test_lengths=[50])
-    dm = MnistSumDataModule(length=3, test_lengths=[5], num_val=10, num_test=10, regression=True)
+    dm = MnistSumDataModule(partial(MnistSum, max_size=100, regression=True), length=3, test_lengths=[5], num_val=10,
+                            num_test=10)
     dm.setup()
     assert dm.spec.regression and dm.spec.classes is None and dm.spec.kind == "real"
     batch = next(iter(dm.test_dataloader()))

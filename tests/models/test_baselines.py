@@ -15,9 +15,10 @@ from torch import nn
 
 from tests.conftest import SHARED_DATA, require_shared
 from tests.helpers import HEADS, make_batch
+from zf_lightning.conf import CONF_DIR
 from zf_lightning.models import RNN, SRNN, VRNN, BernoulliHead, GaussianHead, GMMHead, ZForcing
 from zf_lightning.models.layers import lstm_pointwise
-from zf_lightning.runs.pipeline import CONF_DIR, compose_config
+from zf_lightning.runs.pipeline import compose_config
 from zf_lightning.types import DataSpec, SequenceBatch, StepTerms
 
 TERMS = ("nll", "kl", "aux", "bwd", "log_p_z", "log_q_z")
@@ -393,9 +394,12 @@ def test_table1_sweep_runs_every_variant_once(tmp_path: Path) -> None:
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
     rows = cfg.hydra.sweeper.params["+variant"].split(",")
     assert rows == list(TABLE1)  # the paper's row order
-    fsdd = compose_train(tmp_path, "experiment=table1_fsdd", hydra=True)
+    fsdd = compose_train(tmp_path, "sweep=table1", "experiment=fsdd_zforcing", hydra=True)
     assert fsdd.hydra.sweeper.params["+variant"].split(",") == rows
     assert fsdd.data._target_.endswith("AudioFolderDataModule") and fsdd.data.sample_rate == 8000
+    # the committed table runs the same ten rows (ordered for its own job numbers)
+    committed = compose_train(tmp_path, "study=fsdd_table1_all", hydra=True).hydra.sweeper.params["+variant"]
+    assert sorted(committed.split(",")) == sorted(rows)
 
 
 @pytest.mark.parametrize("variant", list(TABLE1))

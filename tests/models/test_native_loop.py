@@ -221,7 +221,9 @@ def test_the_native_loop_is_not_built_when_off_nor_for_cln_or_compiled_steps(mon
 def test_native_loop_default_is_the_config_default_and_adds_no_state() -> None:
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "model" / "zforcing.yaml")
+    from zf_lightning.conf import CONF_DIR
+
+    cfg = OmegaConf.load(CONF_DIR / "model" / "zforcing.yaml")
     assert cfg.native_loop is NATIVE_LOOP_DEFAULT
     assert make_model("real").native_loop is NATIVE_LOOP_DEFAULT
     on, off = make_model("real", native_loop=True), make_model("real", native_loop=False)

@@ -243,7 +243,7 @@ def test_the_report_ignores_the_keys_hydra_leaves_out_of_a_job_name() -> None:
 
 
 def test_a_jobs_config_names_its_table_row_without_the_model_classes() -> None:
-    """Z-Forcing's ablations carry Table 1's names (conf/row/); another model with the same
+    """Z-Forcing's ablations carry Table 1's names (zf_lightning/conf/row/); another model with the same
     ablation names no row, and a variant's or study's own name wins."""
     from zf_lightning.runs.pipeline import compose_config
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from zf_lightning.runs.checkpoint import CONFIG_KEY, MOVED_TARGETS, load_checkpoint, migrate_config
 from zf_lightning.runs.evaluate import evaluate
@@ -37,6 +38,19 @@ def test_migration_rewrites_every_moved_target_and_nothing_else() -> None:
     assert migrated["analyses"]["probe"]["_target_"] == "zf_lightning.evaluation.probes.latent_probe"
     assert migrated["tags"] == [{"_target_": "zf_lightning.report.callback.SweepStatus"}, "_target_"]
     assert stored["data"]["_target_"] == "zf_lightning.data.text.SentencesDataModule"  # input untouched
+
+
+def test_migration_moves_the_digit_sums_label_settings_under_data_task() -> None:
+    """data=mnist_sum_mod10 as checkpoints stored it before its label settings joined the other sum
+    tasks' under data.task migrates to what the config composes now."""
+    old = {"_target_": "zf_lightning.data.synthetic.MnistSumDataModule", "batch_size": 64, "eval_batch_size": 100,
+           "fresh_train": True, "length": 10, "max_size": 100, "min_length": 1, "modulus": 10, "num_test": 500,
+           "num_train": 10000, "num_val": 500, "num_workers": 0, "pin_memory": False, "seed": 0, "side": 14,
+           "split_seed": 0, "test_fraction": 0.2, "test_lengths": [10, 25, 50, 100], "val_fraction": 0.1,
+           "val_lengths": None}
+    now = OmegaConf.to_container(compose_config("train", ["data=mnist_sum_mod10"]).data)
+    assert migrate_config({"data": old}) == {"data": now}
+    assert migrate_config({"data": now}) == {"data": now}  # a current config is left as it is
 
 
 def test_every_moved_target_names_something_that_exists() -> None:

@@ -9,7 +9,8 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from zf_lightning.runs.pipeline import CONF_DIR, build_callbacks, build_datamodule, build_loggers, build_module
+from zf_lightning.conf import CONF_DIR
+from zf_lightning.runs.pipeline import build_callbacks, build_datamodule, build_loggers, build_module
 
 
 def options(group: str) -> list[str]:
@@ -19,7 +20,7 @@ def options(group: str) -> list[str]:
 def test_the_tree_has_the_agreed_groups() -> None:
     for group in ("data", "model", "output", "ablation", "regularizer", "optim", "trainer", "logger", "callbacks",
                   "paths", "hydra", "debug"):
-        assert options(group), f"conf/{group}/ is empty"
+        assert options(group), f"zf_lightning/conf/{group}/ is empty"
     assert {"plain", "kla", "aux", "kla_aux"} <= set(options("ablation"))
 
 

@@ -28,6 +28,7 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tests.conftest import TINY, compose_config
+from zf_lightning.conf import CONF_DIR
 from zf_lightning.runs.checkpoint import (
     CHOICES_KEY,
     CONFIG_KEY,
@@ -492,7 +493,7 @@ def test_a_moved_data_folder_names_the_override_that_points_at_the_new_place(tmp
     listed = f"data.files=[{','.join(str(f) for f in files)}]"
 
     def sentences_run(*extra: str) -> DictConfig:
-        tiny_text = [o for o in TINY if not o.startswith("data.")] + ["data=sentences", listed, "analysis=none",
+        tiny_text = [o for o in TINY if not o.startswith("data.")] + ["data=sentences", listed, "analyses=none",
                                                                         "data.batch_size=8", "data.vocab_size=50"]
         return compose_config("train", [f"paths.output_dir={run}", f"paths.cache_dir={tmp_path / 'cache'}",
                                         *tiny_text, *SHORT, *extra])
@@ -523,7 +524,7 @@ def test_the_fsdd_regex_example_in_the_config_parses_as_written() -> None:
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    text = (Path(__file__).resolve().parents[2] / "conf" / "data" / "audio_folder.yaml").read_text()
+    text = (CONF_DIR / "data" / "audio_folder.yaml").read_text()
     line = next(line for line in text.splitlines() if "data.test_pattern" in line)
     overrides = shlex.split(line.lstrip("# "))
     parsed = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(overrides)}

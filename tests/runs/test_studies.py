@@ -15,10 +15,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.conftest import TINY, missing_data, require_shared
+from zf_lightning.conf import CONF_DIR
 from zf_lightning.data.synthetic import ClassificationDataModule
 from zf_lightning.runs.context import RunContext
 from zf_lightning.runs.guard import check_config
-from zf_lightning.runs.pipeline import CONF_DIR, build_datamodule, build_module, compose_config, train
+from zf_lightning.runs.pipeline import build_datamodule, build_module, compose_config, train
 from zf_lightning.runs.status import code_version
 from zf_lightning.runs.stopping import (
     BOUND_FELL,
@@ -111,7 +112,7 @@ def test_each_study_composes_and_its_first_updates_run(study: str, tmp_path: Pat
     sizes = {"emb_dim": 8, "rnn_dim": 8, "z_dim": 2, "mlp_dim": 8}
     tiny = [f"model.{k}={v}" for k, v in sizes.items() if k in cfg.model] + ["trainer.max_steps=2",
             f"callbacks.{stopping}.start_step=0", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-            "trainer.val_check_interval=1", "logger=csv", "analysis=none", "samples.num=0",
+            "trainer.val_check_interval=1", "logger=csv", "analyses=none", "samples.num=0",
             "continue_on_failure=false"]  # a failure raises here, instead of returning the worst value
     cfg = compose_config("train", [f"study={study}", f"paths.output_dir={tmp_path}",
                                    f"paths.cache_dir={tmp_path / 'cache'}", *tiny])

@@ -1,4 +1,4 @@
-"""Post-training analyses of a trained latent model (the ``analysis`` config group).
+"""Post-training analyses of a trained latent model (the ``analyses`` config group).
 
 Each public callable has the signature ``(model, datamodule, split, **options) -> {metric: value}``
 that ``zf_lightning.runs.pipeline.run_analyses`` expects:

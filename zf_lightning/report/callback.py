@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 class SweepStatus(HydraCallback):
-    """Hydra callback (conf/hydra/callbacks/sweep_status.yaml): at the end of a multirun, write
+    """Hydra callback (zf_lightning/conf/hydra/callbacks/sweep_status.yaml): at the end of a multirun, write
     the report and exit nonzero when any job failed, naming the failed jobs.
 
     ``results_dir`` (studies): also write the report, jobs.csv, curves.csv and STUDY.md there,

@@ -12,9 +12,10 @@ from typing import Any
 
 import yaml
 
+from zf_lightning.conf import CONF_DIR
 from zf_lightning.lit.module import VAL_OBJECTIVE
 from zf_lightning.report.heatmap import CHANCE
-from zf_lightning.runs.hydra_job import CONF_DIR, RECORD_DIR
+from zf_lightning.runs.hydra_job import RECORD_DIR
 from zf_lightning.runs.status import (
     COMPLETED,
     UnreadableRecordError,
@@ -112,7 +113,7 @@ def _choices(job_dir: Path) -> dict[str, Any]:
 
 def stored_table_row(config: Any, choices: Mapping[str, Any]) -> str | None:
     """The job's ``table_row``: from its resolved config, else (a folder written before the `row`
-    config group existed) the one its model and ablation choices name in conf/row/."""
+    config group existed) the one its model and ablation choices name in zf_lightning/conf/row/."""
     if isinstance(config, dict) and config.get("table_row"):
         return str(config["table_row"])
     model, ablation = choices.get("model"), choices.get("ablation")

@@ -10,9 +10,9 @@ from functools import cache
 
 import yaml
 
+from zf_lightning.conf import CONF_DIR
 from zf_lightning.report.jobs import SEED_KEYS, Job
 from zf_lightning.report.stats import mean_std
-from zf_lightning.runs.hydra_job import CONF_DIR
 
 HEADLINE = "test/elbo"
 # overrides that never make a configuration: Hydra's own and the paths (where a job ran, not what)
@@ -21,7 +21,7 @@ IGNORED_PREFIXES = ("hydra.", "paths.")
 
 @cache
 def excluded_override_keys() -> tuple[str, ...]:
-    """The bookkeeping overrides (resuming, budget, threads) that conf/hydra/default.yaml leaves out
+    """The bookkeeping overrides (resuming, budget, threads) that zf_lightning/conf/hydra/default.yaml leaves out
     of a job's name; they do not make a configuration either."""
     hydra = yaml.safe_load((CONF_DIR / "hydra" / "default.yaml").read_text())
     return tuple(hydra["job"]["config"]["override_dirname"]["exclude_keys"])

@@ -1,6 +1,6 @@
 """``STUDY.md``: how a committed study was run, written next to its report when it ends.
 
-A study (conf/study/) is a sweep with a purpose; its committed folder must tell a reader how
+A study (zf_lightning/conf/study/) is a sweep with a purpose; its committed folder must tell a reader how
 to rerun it and what the numbers rest on: the command, the commit, the machine, the
 schedules and budget that ran, the wall time and which runs stopped early. Notes written
 by hand below the ``NOTES`` marker survive a rewrite.

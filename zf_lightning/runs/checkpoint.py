@@ -2,8 +2,9 @@
 
 Every key we add to a checkpoint is a constant here. Checkpoints also store the resolved
 run config, whose ``_target_`` paths name classes and functions; when one of those moves,
-``MOVED_TARGETS`` maps its old path to the new one and ``migrate_config`` rewrites stored
-configs on load, so checkpoints written before the move keep loading and resuming.
+``MOVED_TARGETS`` maps its old path to the new one, when an object's settings move into a node
+of their own ``MOVED_KEYS`` says where, and ``migrate_config`` rewrites stored configs on load,
+so checkpoints written before the move keep loading and resuming.
 """
 
 from __future__ import annotations
@@ -115,16 +116,36 @@ MOVED_TARGETS: dict[str, str] = {
 }
 
 
+# settings of an object's stored config that moved into a node of their own since, by the object's
+# ``_target_``: (the node's key, what the node builds, the keys that moved into it)
+MOVED_KEYS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
+    # the sum of MNIST digits keeps its label settings under data.task, as the other sum tasks do
+    "zf_lightning.data.synthetic.MnistSumDataModule": (
+        "task", {"_target_": "zf_lightning.data.synthetic.MnistSum", "_partial_": True},
+        ("max_size", "modulus", "regression")),
+}
+
+
 def migrate_target(target: str) -> str:
     """Where a stored ``_target_`` lives now."""
     return MOVED_TARGETS.get(target, target)
 
 
+def _move_keys(node: dict[str, Any]) -> dict[str, Any]:
+    """``node`` with the settings that ``MOVED_KEYS`` names for its ``_target_`` moved into their node."""
+    moved = MOVED_KEYS.get(str(node.get("_target_")))
+    if moved is None or moved[0] in node:
+        return node
+    key, builds, keys = moved
+    return {k: v for k, v in node.items() if k not in keys} | {key: builds | {k: node[k] for k in keys if k in node}}
+
+
 def migrate_config(node: Any) -> Any:
-    """A stored config with every moved ``_target_`` rewritten (a new object; ``node`` is untouched)."""
+    """A stored config with every moved ``_target_`` rewritten and every moved setting in its new node
+    (a new object; ``node`` is untouched)."""
     if isinstance(node, dict):
-        return {k: migrate_target(v) if k == "_target_" and isinstance(v, str) else migrate_config(v)
-                for k, v in node.items()}
+        return _move_keys({k: migrate_target(v) if k == "_target_" and isinstance(v, str) else migrate_config(v)
+                           for k, v in node.items()})
     if isinstance(node, list):
         return [migrate_config(v) for v in node]
     return node
@@ -181,7 +202,7 @@ def load_checkpoint(path: Path, also_trusted: Collection[str] = ()) -> dict[str,
 
     Checkpoints are data: they are unpickled with ``weights_only=True``, which refuses any
     object that could run code (``ValueError``: not a trusted checkpoint). A damaged file raises
-    ``UnreadableCheckpointError`` naming it. The stored config is migrated (``MOVED_TARGETS``)."""
+    ``UnreadableCheckpointError`` naming it. The stored config is migrated (``MOVED_TARGETS``, ``MOVED_KEYS``)."""
     _check_is_checkpoint(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)

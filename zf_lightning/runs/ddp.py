@@ -31,6 +31,12 @@ from lightning.pytorch.strategies.launchers.subprocess_script import _Subprocess
 _DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
+def import_root() -> Path:
+    """The folder the package was imported from (a checkout or site-packages): the workers, started
+    with ``python -m``, import the same code from it, also when the package is not installed."""
+    return Path(sys.modules[__name__.partition(".")[0]].__file__).resolve().parent.parent
+
+
 class JobScriptLauncher(_SubprocessScriptLauncher):
     """Starts local ranks 1..N-1 with ``worker_command`` instead of the original command line."""
 
@@ -51,9 +57,7 @@ class JobScriptLauncher(_SubprocessScriptLauncher):
             "LOCAL_RANK": str(env.local_rank()),
             "WORLD_SIZE": str(self.num_processes * self.num_nodes),
         })
-        # the package must import in the workers even when it is not installed (run from a checkout)
-        source_root = str(Path(__file__).resolve().parents[2])
-        python_path = os.pathsep.join(p for p in (source_root, os.environ.get("PYTHONPATH")) if p)
+        python_path = os.pathsep.join(p for p in (str(import_root()), os.environ.get("PYTHONPATH")) if p)
         self.procs = [
             subprocess.Popen(self.worker_command,
                              env=os.environ | {"LOCAL_RANK": str(local_rank), "PYTHONPATH": python_path})

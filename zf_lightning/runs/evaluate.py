@@ -35,7 +35,7 @@ def load_checkpoint_config(ckpt_path: str | Path) -> tuple[DictConfig, dict[str,
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Rebuild a trained model from its checkpoint's config and evaluate one split.
 
-    ``cfg.eval`` (conf/eval.yaml): ``iwae_samples`` (K or a list of Ks; null/[] skips the
+    ``cfg.eval`` (zf_lightning/conf/eval.yaml): ``iwae_samples`` (K or a list of Ks; null/[] skips the
     importance-sampled bounds), ``chunk_size`` (paths per sequence per forward pass) and
     ``export_latents``. Everything is seeded by ``cfg.seed``.
     """

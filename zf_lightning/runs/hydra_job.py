@@ -22,7 +22,6 @@ from omegaconf import DictConfig, OmegaConf
 from zf_lightning.runs.context import RunContext
 from zf_lightning.runs.guard import RunFolderError, check_writable
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # the Hydra configs (conf/)
 RECORD_DIR = ".hydra"
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 

@@ -16,12 +16,13 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from zf_lightning.conf import CONF_MODULE
 from zf_lightning.data.base import SequenceDataModule
 from zf_lightning.evaluation.probes import AnalysisResult
 from zf_lightning.lit import SequenceLitModule
@@ -35,7 +36,7 @@ from zf_lightning.runs.checkpoint import (
 from zf_lightning.runs.context import RunContext
 from zf_lightning.runs.ddp import JobDDPStrategy, distributed_job
 from zf_lightning.runs.guard import RunLock, check_config, check_writable, holds_run, sync_learning_rate
-from zf_lightning.runs.hydra_job import CONF_DIR, JobLog, record_job
+from zf_lightning.runs.hydra_job import JobLog, record_job
 from zf_lightning.runs.loggers import build_loggers, close_loggers, log_samples, log_tables
 from zf_lightning.runs.policy import failure_value, global_rank, threads_per_job
 from zf_lightning.runs.resume import (
@@ -53,9 +54,9 @@ log = logging.getLogger(__name__)
 
 
 def compose_config(name: str, overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
-    """``conf/<name>.yaml`` with ``overrides``, composed in-process (benchmarks and tests; no Hydra
+    """``zf_lightning/conf/<name>.yaml`` with ``overrides``, composed in-process (benchmarks and tests; no Hydra
     run, so interpolations of ``hydra:`` need ``paths.output_dir`` set in the overrides)."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
         return compose(config_name=name, overrides=overrides, return_hydra_config=return_hydra_config)
 
 
@@ -138,7 +139,7 @@ def split_metrics(trainer: L.Trainer, lit: SequenceLitModule, dm: SequenceDataMo
 
 
 def run_analyses(cfg: DictConfig, lit: SequenceLitModule, dm: SequenceDataModule, split: str) -> AnalysisResult:
-    """Post-training analyses from the ``analysis`` group (e.g. active units, latent probes).
+    """Post-training analyses from the ``analyses`` group (e.g. active units, latent probes).
 
     Each entry is a ``_partial_`` callable ``(model, datamodule, split) -> {metric: value}``;
     the tables of those that return an ``AnalysisResult`` are gathered in ``.tables``.

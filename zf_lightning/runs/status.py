@@ -167,13 +167,17 @@ def completed_metrics(directory: Path, context: RunContext | None = None) -> dic
 
 
 def code_version() -> dict[str, Any]:
-    """The commit the code was run from and whether the checkout had uncommitted changes
-    (empty when the code is not in a git checkout), so a result can be traced to its code."""
-    root = Path(__file__).resolve().parents[2]
+    """The commit the code was run from and whether the checkout had uncommitted changes, so a
+    result can be traced to its code. Empty when the running package is not a tracked part of a
+    git checkout: a copy, or an installed package (even one installed in a checkout's ``.venv``)."""
+    package = Path(__file__).resolve().parents[1]
+    git = ["git", "-C", str(package)]
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+        subprocess.run([*git, "ls-files", "--error-unmatch", "--", "__init__.py"], capture_output=True,
+                       timeout=10, check=True)
+        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return {}

@@ -9,7 +9,7 @@ area-averaged from 28 x 28), so the models read real-valued frames of ``side**2`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -46,11 +46,11 @@ class MnistSum(ClassificationTask):
         if split not in pools:
             raise ValueError(f"split must be one of {sorted(pools)}, got {split!r}")
         if max_size < 1:
-            raise ValueError(f"data.max_size must be >= 1, got {max_size}")
+            raise ValueError(f"data.task.max_size must be >= 1, got {max_size}")
         self.digits = digits
         self.pools = pools
         self.max_size = max_size
-        check_modulus(modulus, regression, "data.modulus", "data.regression")
+        check_modulus(modulus, regression)
         self.split = split
         self.modulus = modulus
         self.regression = regression
@@ -61,7 +61,7 @@ class MnistSum(ClassificationTask):
 
     def check_size(self, size: int) -> str | None:
         if self.modulus is None and not self.regression and size > self.max_size:
-            return f"larger than data.max_size={self.max_size}, which fixes the classes (the possible sums)"
+            return f"larger than data.task.max_size={self.max_size}, which fixes the classes (the possible sums)"
         return super().check_size(size)
 
     def for_split(self, split: str) -> MnistSum:
@@ -86,17 +86,17 @@ class MnistSumDataModule(ClassificationDataModule):
     ``ClassificationDataModule``.
 
     Args:
+        task: ``MnistSum`` without its images (a partial: ``max_size``, ``modulus``, ``regression``,
+            under ``data.task`` as for the other sum tasks), given the digits and pools once the
+            images are split.
         side: images are area-averaged to ``side`` x ``side`` pixels (28: full size).
         val_fraction, test_fraction: shares of the 5,000 images in the validation and test pools.
-        max_size: the largest set of any split (fixes the classes; must cover ``test_lengths``).
-        modulus: null: the label is the digit sum; m: the sum modulo m.
-        regression: the plain digit sum as a real value (a Gaussian head) instead of a class.
         split_seed: the seed of the image split (the pools stay fixed across runs).
     """
 
-    def __init__(self, length: int = 10, min_length: int | None = 1, test_lengths: Sequence[int] | None = None,
-                 side: int = 14, val_fraction: float = 0.1, test_fraction: float = 0.2, max_size: int = 100,
-                 modulus: int | None = None, regression: bool = False, split_seed: int = 0, **kwargs: Any) -> None:
+    def __init__(self, task: Callable[[np.ndarray, dict[str, np.ndarray]], MnistSum], length: int = 10,
+                 min_length: int | None = 1, test_lengths: Sequence[int] | None = None, side: int = 14,
+                 val_fraction: float = 0.1, test_fraction: float = 0.2, split_seed: int = 0, **kwargs: Any) -> None:
         if not 0 < side <= 28:
             raise ValueError(f"data.side must be in 1..28, got {side}")
         if not (0 < val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):
@@ -110,8 +110,8 @@ class MnistSumDataModule(ClassificationDataModule):
                  "test": order[n - n_test :]}
         self.side = side
         self.pixels = downsample_images(images, side).flatten(1).contiguous()
-        task = MnistSum(digits.numpy(), pools, max_size, modulus=modulus, regression=regression)
-        super().__init__(task, length=length, min_length=min_length, test_lengths=test_lengths, **kwargs)
+        super().__init__(task(digits.numpy(), pools), length=length, min_length=min_length, test_lengths=test_lengths,
+                         **kwargs)
 
     @property
     def spec(self) -> DataSpec:

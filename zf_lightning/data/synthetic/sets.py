@@ -17,12 +17,13 @@ import numpy as np
 from zf_lightning.data.synthetic.base import ClassificationTask
 
 
-def check_modulus(modulus: int | None, regression: bool, modulus_key: str, regression_key: str) -> None:
-    """A sum's label options: a modulus of at least 2, and regression only on the plain sum."""
+def check_modulus(modulus: int | None, regression: bool) -> None:
+    """A sum's label options (``data.task`` of every sum task): a modulus of at least 2, and
+    regression only on the plain sum."""
     if modulus is not None and modulus < 2:
-        raise ValueError(f"{modulus_key} must be >= 2 (or null for the plain sum), got {modulus}")
+        raise ValueError(f"data.task.modulus must be >= 2 (or null for the plain sum), got {modulus}")
     if regression and modulus is not None:
-        raise ValueError(f"{regression_key}=true predicts the plain sum as a real value; set {modulus_key}=null "
+        raise ValueError("data.task.regression=true predicts the plain sum as a real value; set data.task.modulus=null "
                          f"(got {modulus}: the sum modulo m is a class label)")
 
 
@@ -66,7 +67,7 @@ class SetSum(SetTask):
         super().__init__(values)
         if max_size < 1:
             raise ValueError(f"data.task.max_size must be >= 1, got {max_size}")
-        check_modulus(modulus, regression, "data.task.modulus", "data.task.regression")
+        check_modulus(modulus, regression)
         self.max_size = max_size
         self.modulus = modulus
         self.regression = regression
