@@ -122,15 +122,21 @@ def test_each_study_composes_and_its_first_updates_run(study: str, tmp_path: Pat
 
 def study_rows(study: str) -> list[list[str]]:
     """Every row of a study: the product of its swept values (seeds aside, they change no config),
-    parsed as Hydra parses the sweeper's params."""
+    parsed as Hydra parses the sweeper's params, once per listed cell where the study lists cells."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    params = compose_config("train", [f"study={study}"], return_hydra_config=True).hydra.sweeper.params
+    from zf_lightning.runs.cells import parse_cells
+
+    sweeper = compose_config("train", [f"study={study}"], return_hydra_config=True).hydra.sweeper
+    params = sweeper.get("params") or {}
     parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items() if k != "seed"])
     swept = [[f"{o.get_key_element()}={value}" for value in
               (o.sweep_string_iterator() if o.is_sweep_override() else [o.get_value_element_as_str()])]
              for o in parsed]
-    return [list(row) for row in itertools.product(*swept)]
+    rows = [list(row) for row in itertools.product(*swept)]
+    cells = [[o for o in cell if not o.startswith("seed=")] for cell in parse_cells(list(sweeper.get("cells") or []))]
+    unique = list(dict.fromkeys(tuple(cell) for cell in cells))
+    return [list(cell) + row for cell in unique for row in rows] if unique else rows
 
 
 @pytest.mark.slow

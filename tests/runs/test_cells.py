@@ -1,0 +1,80 @@
+"""Sweeping a list of cells (zf_lightning/runs/cells.py): the scattered cells of a grid that a
+study continues, each run once per job of the basic sweep."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from hydra_plugins.zf_lightning_cells.cells_sweeper import CellSweeper
+from zf_lightning.runs.cells import parse_cells
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def jobs(sweeper: CellSweeper, *arguments: str) -> list[list[str]]:
+    overrides = OverridesParser.create().parse_overrides([*sweeper._parse_config(), *arguments])
+    return [job for batch in sweeper.split_arguments(overrides, sweeper.max_batch_size) for job in batch]
+
+
+def test_every_job_of_the_sweep_runs_once_per_cell_cells_outermost() -> None:
+    sweeper = CellSweeper(params={"seed": "1,2"}, cells=["model=rnn width=8", "model=lru width=16"])
+    assert jobs(sweeper, "data.length=32") == [
+        ["model=rnn", "width=8", "seed=1", "data.length=32"], ["model=rnn", "width=8", "seed=2", "data.length=32"],
+        ["model=lru", "width=16", "seed=1", "data.length=32"], ["model=lru", "width=16", "seed=2", "data.length=32"]]
+    batched = CellSweeper(max_batch_size=3, cells=["width=8", "width=16", "width=32", "width=64"])
+    overrides = OverridesParser.create().parse_overrides([])
+    assert [len(b) for b in batched.split_arguments(overrides, 3)] == [3, 1]
+
+
+@pytest.mark.parametrize(("cells", "message"), [
+    ([], "lists no cells"),
+    (["model=rnn,lru width=8"], "sweeps a value"),
+    (["width=8 width=16"], "sets a key twice"),
+    (["width=8 model=rnn", "model=rnn width=8"], "listed twice"),
+])
+def test_a_malformed_cell_list_is_refused_naming_the_cell(cells: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        CellSweeper(cells=cells)
+
+
+def test_a_cell_that_sets_a_swept_key_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"sets \['width'\], which the sweep sets too"):
+        jobs(CellSweeper(params={"width": "8,16"}, cells=["model=rnn width=8"]))
+
+
+def test_the_boundary_studies_list_what_the_script_finds_in_their_committed_studies() -> None:
+    """The cells a boundary study continues are the ones scripts/boundary_cells.py reads from the
+    committed study it continues (kept once: the study lists them, the script says why)."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from boundary_cells import boundary_cells
+
+    from zf_lightning.runs.pipeline import compose_config
+
+    for task in ("index_lookup", "dyck", "nearest_neighbor"):
+        cfg = compose_config("train", [f"study=capacity_{task}_boundary"], return_hydra_config=True)
+        assert list(cfg.hydra.sweeper.cells) == boundary_cells(REPO / "results" / f"capacity_{task}"), task
+        assert [" ".join(c) for c in parse_cells(list(cfg.hydra.sweeper.cells))] == list(cfg.hydra.sweeper.cells)
+
+
+@pytest.mark.slow
+def test_a_cell_study_launches_one_job_per_cell(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "train.py", "-m", "study=capacity_dyck_boundary",
+           "hydra.sweeper.cells=['model=rnn width=8 data.length=16','model=lru width=8 data.length=16']",
+           "trainer.max_steps=2", "trainer.val_check_interval=2", "logger=csv", "data.num_train=32",
+           "data.num_val=16", "data.num_test=16", f"hydra.sweep.dir={sweep}", f"paths.cache_dir={tmp_path / 'cache'}",
+           "study.results_dir=" + str(tmp_path / "results"), "hydra.launcher.n_jobs=1"]
+    env = os.environ | {"WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    statuses = [json.loads((sweep / n / "status.json").read_text()) for n in ("0", "1")]
+    assert [s["job"]["overrides"][:3] for s in statuses] == [["model=rnn", "width=8", "data.length=16"],
+                                                              ["model=lru", "width=8", "data.length=16"]]
+    assert not (sweep / "2").exists()
