@@ -3,22 +3,29 @@ study continues, each run once per job of the basic sweep."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from hydra_plugins.zf_lightning_cells.cells_sweeper import CellSweeper
 from zf_lightning.runs.cells import parse_cells
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def jobs(sweeper: CellSweeper, *arguments: str) -> list[list[str]]:
+def CellSweeper(**options: Any) -> Any:  # noqa: N802 - stands for the class
+    """The sweeper class as Hydra's plugin scan last loaded it: the scan re-executes every plugin
+    module and Hydra's own sweeper module, so a class imported before a scan no longer matches."""
+    return importlib.import_module("hydra_plugins.zf_lightning_cells.cells_sweeper").CellSweeper(**options)
+
+
+def jobs(sweeper: Any, *arguments: str) -> list[list[str]]:
     overrides = OverridesParser.create().parse_overrides([*sweeper._parse_config(), *arguments])
     return [job for batch in sweeper.split_arguments(overrides, sweeper.max_batch_size) for job in batch]
 
