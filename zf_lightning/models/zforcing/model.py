@@ -32,7 +32,7 @@ from zf_lightning.models.common import (
     check_head,
     reverse_padded,
 )
-from zf_lightning.models.distributions import gaussian_log_prob, reparameterize
+from zf_lightning.models.distributions import gaussian_nll, reparameterize
 from zf_lightning.models.heads import HeadFactory, label_nll, natural_head
 from zf_lightning.models.latent import LatentPath, latent_noise, latent_terms
 from zf_lightning.models.layers import ClippedLeakyReLU, GaussianMLP, ZLSTMCell, lstm_pointwise
@@ -181,7 +181,7 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
         if self.aux_loss == "l2":
             cost = (target - torch.tanh(mean)).pow(2).sum(-1)
         else:
-            cost = -gaussian_log_prob(target, torch.tanh(mean), logvar)
+            cost = gaussian_nll(target, torch.tanh(mean), logvar)
         return cost / target.shape[-1] if self.aux_reduction == "mean" else cost
 
     # ------------------------------------------------------------------ forward
