@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--baseline", default="c1ebed4", help="git revision to compare against")
     parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--adam", action="store_true", help="also time this tree with Adam foreach and fused")
+    parser.add_argument("--adam", action="store_true",
+                        help="also time this tree and the floor with Adam(foreach=True) and Adam(fused=True)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -118,6 +119,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                 model = copy.deepcopy(new)
                 steps[f"new_{kind}"] = adam_step(list(model.parameters()), lambda m=model: loss(m), **{kind: True})
         steps["floor"] = adam_step(list(floor.parameters()), lambda: floor(batch))
+        if args.adam:
+            for kind in ("foreach", "fused"):
+                model = copy.deepcopy(floor)
+                steps[f"floor_{kind}"] = adam_step(list(model.parameters()), lambda m=model: m(batch), **{kind: True})
         load_before = load_average()
         times = round_robin(steps, args.repeats, args.warmup, torch.device("cpu"))
     medians = {name: statistics.median(t) for name, t in times.items()}
@@ -131,10 +136,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "max_grad_abs_diff": max_grad_diff,
     }
     for name in times:
-        if name != "floor":
+        if not name.startswith("floor"):
             out[f"paired_{name}_over_floor"] = paired_ratio(times[name], times["floor"])
-        if name not in ("floor", "baseline"):
+        if name.startswith("new"):
             out[f"paired_{name}_over_baseline"] = paired_ratio(times[name], times["baseline"])
+    for kind in ("foreach", "fused"):
+        if f"new_{kind}" in times:  # both with the same optimizer
+            out[f"paired_new_{kind}_over_floor_{kind}"] = paired_ratio(times[f"new_{kind}"], times[f"floor_{kind}"])
     if args.json:
         print(json.dumps(out, indent=1))
     else:
