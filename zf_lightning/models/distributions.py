@@ -31,7 +31,7 @@ def gaussian_nll(x: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
     """-log N(x; mean, exp(logvar)) summed over the last dimension: ``-gaussian_log_prob``'s values
     and gradients, bit for bit, from a backward pass of five passes over the inputs where
     autograd's chain runs about a dozen operations (``_GaussianNLL``). The plain expression runs
-    where the fused one does not apply (broadcast shapes, mixed dtypes, autocast, a gradient for ``x``)."""
+    where the fused one does not apply (broadcast shapes, mixed dtypes, autocast)."""
     if not _fusable(x, mean, logvar):
         return -gaussian_log_prob(x, mean, logvar)
     return _GaussianNLL.apply(x, mean, logvar, None)
@@ -51,7 +51,6 @@ def _fusable(x: Tensor, mean: Tensor, logvar: Tensor) -> bool:
     return (
         x.shape == mean.shape == logvar.shape
         and x.dtype == mean.dtype == logvar.dtype
-        and not x.requires_grad
         and not torch.is_autocast_enabled(x.device.type)
     )
 
@@ -84,10 +83,11 @@ class _GaussianNLL(torch.autograd.Function):
             d_mean, d_logvar = d_params.chunk(2, dim=-1)
             torch.mul(-g, inv, out=d_mean).mul_(diff)
             torch.sub(half, torch.mul(half, square, out=d_logvar).mul_(inv), out=d_logvar)
-            return None, None, None, d_params
-        d_mean = d_logvar = None
-        if ctx.needs_input_grad[1]:
+            return -d_mean if ctx.needs_input_grad[0] else None, None, None, d_params
+        d_x = d_mean = d_logvar = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             d_mean = (-g * inv).mul_(diff)
+            d_x = -d_mean if ctx.needs_input_grad[0] else None
         if ctx.needs_input_grad[2]:
             d_logvar = torch.sub(half, (half * square).mul_(inv))
-        return None, d_mean, d_logvar, None
+        return d_x, d_mean if ctx.needs_input_grad[1] else None, d_logvar, None
