@@ -36,6 +36,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.bench_fixed_cost import TINY  # noqa: E402
 from benchmarks.bench_step import FSDD, FusedFloor, load_average, make_batch, make_model, zforcing_loss  # noqa: E402
 from zf_lightning.models.zforcing.model import ZForcing  # noqa: E402
 from zf_lightning.models.zforcing.recurrence import plain_recurrence  # noqa: E402
@@ -133,11 +134,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--foreach", action="store_true", help="Adam(foreach=True)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="bench_fixed_cost.py's tiny sizes (30 steps, batch 1, widths 4): the fixed costs alone")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    sizes = FSDD
+    sizes = TINY if args.tiny else FSDD
     batch = make_batch(sizes, torch.device("cpu"))
     noise = torch.randn(sizes.batch, sizes.steps, sizes.z_dim, generator=torch.Generator().manual_seed(1))
     model = make_model(sizes, native_loop=True)
@@ -211,7 +213,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     share = {k: statistics.median(a / b for a, b in zip(v, times["step"], strict=True)) for k, v in times.items()}
     out: dict[str, object] = {
         "meta": {"load_average_before": load_before, "load_average_after": load_average(),
-                 "repeats": args.repeats, "torch": torch.__version__, "command": " ".join(sys.argv)},
+                 "repeats": args.repeats, "torch": torch.__version__, "command": " ".join(sys.argv),
+                 "sizes": sizes.name},
         "median_ms": {k: round(1e3 * v, 3) for k, v in med.items()},
         "paired_share_of_step": {k: round(v, 3) for k, v in share.items()},
         "aten_ops": counts,
