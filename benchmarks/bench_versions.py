@@ -4,8 +4,9 @@ Timings of two trees taken in two processes on a shared machine differ by whatev
 between them; this times both steps round-robin in one process (with ``bench_step.py``'s floor),
 so the per-round (paired) ratios compare. The baseline is ``git archive <rev> zf_lightning``
 unpacked into a temporary directory as the package ``zf_lightning_baseline`` (its imports
-rewritten); both models get the same weights, batch and noise, so the JSON also says whether
-the two trees' losses and gradients are bit for bit the same.
+rewritten, its C++ extension built under its own op namespace); both models get the same
+weights, batch and noise, so the JSON also says whether the two trees' losses and gradients are
+bit for bit the same.
 
     python benchmarks/bench_versions.py --baseline c1ebed4 --repeats 40 --json
 """
@@ -52,9 +53,11 @@ def import_baseline(rev: str, into: Path) -> object:
         tar.extractall(into, filter="data")
     pkg = into / BASELINE
     (into / "zf_lightning").rename(pkg)
-    for path in pkg.rglob("*.py"):
+    for path in [*pkg.rglob("*.py"), *pkg.rglob("*.cpp")]:
+        # its own package name, and its own op namespace for its C++ extension (two libraries
+        # cannot register the same one)
         path.write_text(path.read_text().replace("zf_lightning.", f"{BASELINE}.").replace(
-            "from zf_lightning import", f"from {BASELINE} import"))
+            "from zf_lightning import", f"from {BASELINE} import").replace("zf_native", "zf_native_baseline"))
     sys.path.insert(0, str(into))
     import importlib
 

@@ -45,6 +45,8 @@ class NativeLoops:
 
     forward_loop: Callable[..., None]
     backward_loop: Callable[..., None]
+    gaussian_terms: Callable[..., None]
+    gaussian_backward: Callable[..., None]
 
 
 _lock = threading.Lock()
@@ -59,6 +61,12 @@ def native_loops(verbose: bool = False) -> NativeLoops | None:
         if "ops" not in _loaded:
             _loaded["ops"] = _load(verbose)
         return _loaded["ops"]
+
+
+def loaded_native() -> NativeLoops | None:
+    """The extension if this process has already loaded it (a model running its native loops), else
+    None: never builds, so code that only profits from it (the Gaussian terms) triggers no build."""
+    return _loaded.get("ops")
 
 
 def library_path() -> Path:
@@ -79,7 +87,8 @@ def _load(verbose: bool) -> NativeLoops | None:
             torch.ops.load_library(str(path))
         else:
             _build(path, verbose)  # which also loads it
-        return NativeLoops(torch.ops.zf_native.forward_loop, torch.ops.zf_native.backward_loop)
+        ops = torch.ops.zf_native
+        return NativeLoops(ops.forward_loop, ops.backward_loop, ops.gaussian_terms, ops.gaussian_backward)
     except Exception as err:  # no compiler, no ninja, a failed build: the Python loop does the same work
         lines = str(err).strip().splitlines()
         log.warning(
