@@ -113,6 +113,21 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         same_grads = all(torch.equal(a, b) for a, b in zip(grads[0][1], grads[1][1], strict=True))
         max_grad_diff = max(float((a - b).abs().max()) for a, b in zip(grads[0][1], grads[1][1], strict=True))
 
+        adam_check = {}
+        if args.adam:  # parameters after three updates from the same start: the for-loop Adam against the others
+            after = {}
+            for kind in ("for_loop", "foreach", "fused"):
+                model = copy.deepcopy(new)
+                update = adam_step(list(model.parameters()), lambda m=model: loss(m),
+                                   **({} if kind == "for_loop" else {kind: True}))
+                for _ in range(3):
+                    update()
+                after[kind] = [p.detach().clone() for p in model.parameters()]
+            for kind in ("foreach", "fused"):
+                pairs = list(zip(after["for_loop"], after[kind], strict=True))
+                adam_check[f"adam_{kind}_same_params"] = all(torch.equal(a, b) for a, b in pairs)
+                adam_check[f"adam_{kind}_max_param_diff"] = max(float((a - b).abs().max()) for a, b in pairs)
+
         steps: dict[str, Callable[[], None]] = {
             "baseline": adam_step(list(old.parameters()), lambda: loss(old)),
             "new": adam_step(list(new.parameters()), lambda: loss(new)),
@@ -137,6 +152,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "same_loss": same_loss,
         "same_grads": same_grads,
         "max_grad_abs_diff": max_grad_diff,
+        **adam_check,
     }
     for name in times:
         if not name.startswith("floor"):
