@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zf_lightning.models.distributions import gaussian_log_prob
+from zf_lightning.models.distributions import gaussian_log_prob, gaussian_nll_params
 from zf_lightning.types import DataSpec, InputKind
 
 
@@ -59,8 +59,7 @@ class GaussianHead(OutputHead):
         return 2 * dim  # mean, log-variance
 
     def nll(self, params: Tensor, target: Tensor) -> Tensor:
-        mean, logvar = params.chunk(2, dim=-1)
-        return -gaussian_log_prob(target, mean, logvar)
+        return gaussian_nll_params(target, params)
 
     def sample(self, params: Tensor) -> Tensor:
         mean, logvar = params.chunk(2, dim=-1)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from zf_lightning.models.common import mask_terms
-from zf_lightning.models.distributions import gaussian_kl, gaussian_log_prob
+from zf_lightning.models.distributions import gaussian_kl, gaussian_nll
 from zf_lightning.types import StepTerms
 
 
@@ -43,8 +43,8 @@ def latent_terms(path: LatentPath, nll: Tensor, mask: Tensor, **extra: Tensor) -
     terms = StepTerms.with_zeros(
         nll=nll,
         kl=gaussian_kl(path.mean_q, path.logvar_q, path.mean_p, path.logvar_p),
-        log_p_z=gaussian_log_prob(path.z, path.mean_p, path.logvar_p),
-        log_q_z=gaussian_log_prob(path.z, path.mean_q, path.logvar_q),
+        log_p_z=-gaussian_nll(path.z, path.mean_p, path.logvar_p),
+        log_q_z=-gaussian_nll(path.z, path.mean_q, path.logvar_q),
         **extra,
     )
     return mask_terms(terms, mask)

@@ -44,6 +44,66 @@ def clipped_leaky_relu(x: Tensor, slope: float, bound: float) -> Tensor:
     return torch.clamp(F.leaky_relu(x, slope), -bound, bound)
 
 
+def _plain_autograd(x: Tensor) -> bool:
+    """Where the one-node functions below step aside for the plain ops: no gradient to form, or
+    autocast (whose casting rules the plain ops follow)."""
+    return not (torch.is_grad_enabled() and x.requires_grad) or torch.is_autocast_enabled(x.device.type)
+
+
+def clamp_fused(x: Tensor, bound: float) -> Tensor:
+    """``torch.clamp(x, -bound, bound)`` as one autograd node whose backward is one comparison and
+    one ``where`` (autograd's: two comparisons, their conjunction and a ``where``); same values and
+    gradients bit for bit."""
+    if _plain_autograd(x):
+        return torch.clamp(x, -bound, bound)
+    return _Clamp.apply(x, bound)
+
+
+def clipped_leaky_relu_fused(x: Tensor, slope: float, bound: float) -> Tensor:
+    """``clipped_leaky_relu`` as one autograd node (backward: a comparison, a ``where`` and the leaky
+    ReLU's own backward kernel, where autograd's chain runs five); same values and gradients bit for bit."""
+    if _plain_autograd(x):
+        return clipped_leaky_relu(x, slope, bound)
+    return _ClippedLeakyReLU.apply(x, slope, bound)
+
+
+class _Clamp(torch.autograd.Function):
+    """clamp(x, -bound, bound); x passed the clamp unchanged exactly where the output equals it
+    (NaN compares unequal, as it fails autograd's window test), so the gradient is
+    where(out == x, grad, 0), which is autograd's."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, bound: float) -> Tensor:  # type: ignore[override]
+        out = torch.clamp(x, -bound, bound)
+        ctx.save_for_backward(x, out)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, out = ctx.saved_tensors
+        return torch.where(out == x, grad, 0.0), None
+
+
+class _ClippedLeakyReLU(torch.autograd.Function):
+    """clamp(leaky_relu(x)): the clamp's gradient as in ``_Clamp``, then the leaky ReLU's backward kernel."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, slope: float, bound: float) -> Tensor:  # type: ignore[override]
+        leaky = F.leaky_relu(x, slope)
+        out = torch.clamp(leaky, -bound, bound)
+        ctx.save_for_backward(x, leaky, out)
+        ctx.slope = slope
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, leaky, out = ctx.saved_tensors
+        inside = torch.where(out == leaky, grad, 0.0)
+        return torch.ops.aten.leaky_relu_backward(inside, x, ctx.slope, False), None, None
+
+
 class ClippedLeakyReLU(nn.Module):
     """Leaky ReLU with slope 1/3, clipped to [-3, 3] (Z-Forcing's nonlinearity)."""
 
@@ -72,9 +132,9 @@ class GaussianMLP(nn.Module):
 
     def from_hidden_preactivation(self, pre: Tensor) -> tuple[Tensor, Tensor]:
         """Finish the MLP from the first layer's output (before the nonlinearity)."""
-        out = self.second(self.act(pre))
+        out = self.second(clipped_leaky_relu_fused(pre, self.act.slope, self.act.bound))
         if self.clamp is not None:
-            out = torch.clamp(out, -self.clamp, self.clamp)
+            out = clamp_fused(out, self.clamp)
         mean, logvar = out.chunk(2, dim=-1)
         return mean, logvar
 

@@ -32,7 +32,7 @@ from zf_lightning.models.common import (
     check_head,
     reverse_padded,
 )
-from zf_lightning.models.distributions import gaussian_log_prob, reparameterize
+from zf_lightning.models.distributions import gaussian_nll, reparameterize
 from zf_lightning.models.heads import HeadFactory, label_nll, natural_head
 from zf_lightning.models.latent import LatentPath, latent_noise, latent_terms
 from zf_lightning.models.layers import ClippedLeakyReLU, GaussianMLP, ZLSTMCell, lstm_pointwise
@@ -181,7 +181,7 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
         if self.aux_loss == "l2":
             cost = (target - torch.tanh(mean)).pow(2).sum(-1)
         else:
-            cost = -gaussian_log_prob(target, torch.tanh(mean), logvar)
+            cost = gaussian_nll(target, torch.tanh(mean), logvar)
         return cost / target.shape[-1] if self.aux_reduction == "mean" else cost
 
     # ------------------------------------------------------------------ forward
@@ -322,17 +322,17 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
             weights.append(aux_first.weight[:, :H])
             readers.append(aux_first)
         from_h = F.linear(states, torch.cat(weights), torch.cat([layer.bias for layer in readers]))
-        out_params, prior_pre, *aux_from_h = from_h.split([w.shape[0] for w in weights], dim=-1)
+        out_params, prior_pre, *aux_from_h = step_rows(from_h, [w.shape[0] for w in weights])
         h_prev = states[:, :-1]
         if aux_from_h:
-            aux_pre = aux_from_h[0][:, :-1] + F.linear(z, aux_first.weight[:, H:])
+            aux_pre = aux_from_h[0] + F.linear(z, aux_first.weight[:, H:])
         else:
             aux_pre = aux_first(z)
         mean_q, logvar_q = q.chunk(2, dim=-1)
-        path = LatentPath(h_prev, z, *self.prior.from_hidden_preactivation(prior_pre[:, :-1]), mean_q, logvar_q)
+        path = LatentPath(h_prev, z, *self.prior.from_hidden_preactivation(prior_pre), mean_q, logvar_q)
         return latent_terms(
             path,
-            label_nll(self.output_head, out_params[:, 1:], batch.targets, self.spec),
+            label_nll(self.output_head, out_params, batch.targets, self.spec),
             batch.mask,
             aux=self._aux_loss(*self.aux_head.from_hidden_preactivation(aux_pre), b),
             bwd=self.backward_head.nll(bwd_params, batch.inputs),
@@ -404,6 +404,44 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
             z = self.sample_prior(h)
         h, c = self.cell_step(self.embedding(x), z, h, c)
         return self.output_head(h), (h, c)
+
+
+def step_rows(from_h: Tensor, widths: list[int]) -> list[Tensor]:
+    """Split the product over the states h_0..h_T [B, T+1, sum(widths)] along its features into
+    what reads h_t (the first width: steps 1..T) and what reads h_{t-1} (the others: steps 0..T-1).
+
+    The same views as slicing each part, as one autograd node: the gradient of ``from_h`` is
+    assembled in one buffer (only the two rows no part reads are zeroed), where slicing's backward
+    zero-fills a buffer per part and concatenates them."""
+    if not (torch.is_grad_enabled() and from_h.requires_grad):
+        parts = from_h.split(widths, dim=-1)
+        return [parts[0][:, 1:], *(p[:, :-1] for p in parts[1:])]
+    return list(_StepRows.apply(from_h, widths))
+
+
+class _StepRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, from_h: Tensor, widths: list[int]) -> tuple[Tensor, ...]:  # type: ignore[override]
+        ctx.shape, ctx.widths = from_h.shape, widths
+        parts = from_h.split(widths, dim=-1)
+        return (parts[0][:, 1:], *(p[:, :-1] for p in parts[1:]))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        like = next(g for g in grads if g is not None)
+        d = like.new_empty(ctx.shape)
+        first = ctx.widths[0]
+        d[:, 0, :first].zero_()
+        d[:, -1, first:].zero_()
+        slots = d.split(ctx.widths, dim=-1)
+        for i, (slot, grad) in enumerate(zip(slots, grads, strict=True)):
+            rows = slot[:, 1:] if i == 0 else slot[:, :-1]
+            if grad is None:
+                rows.zero_()
+            else:
+                rows.copy_(grad)
+        return d, None
 
 
 class PriorMeanStep(DeterministicStep):

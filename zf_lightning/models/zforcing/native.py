@@ -4,6 +4,8 @@ At the sizes the studies run, each step's products take tens of microseconds, so
 Python loop's time is the fixed cost of calling each operation from Python. The extension runs
 the same loops over the same buffers with the same ATen kernels and products, so it computes
 what the Python loop does, bit for bit (the tests hold the two equal); it only removes that cost.
+It also holds the Gaussian NLL's elementwise kernels (``distributions._GaussianNLL``), which run
+wherever the library is already loaded (``loaded_native``), again with the Python path's values.
 
 It is compiled once per machine with ``torch.utils.cpp_extension`` (needs a C++ compiler and
 ninja) and kept in torch's extension cache (``TORCH_EXTENSIONS_DIR``, by default under
@@ -45,6 +47,8 @@ class NativeLoops:
 
     forward_loop: Callable[..., None]
     backward_loop: Callable[..., None]
+    gaussian_terms: Callable[..., None]
+    gaussian_backward: Callable[..., None]
 
 
 _lock = threading.Lock()
@@ -59,6 +63,12 @@ def native_loops(verbose: bool = False) -> NativeLoops | None:
         if "ops" not in _loaded:
             _loaded["ops"] = _load(verbose)
         return _loaded["ops"]
+
+
+def loaded_native() -> NativeLoops | None:
+    """The extension if this process has already loaded it (a model running its native loops), else
+    None: never builds, so code that only profits from it (the Gaussian terms) triggers no build."""
+    return _loaded.get("ops")
 
 
 def library_path() -> Path:
@@ -79,7 +89,8 @@ def _load(verbose: bool) -> NativeLoops | None:
             torch.ops.load_library(str(path))
         else:
             _build(path, verbose)  # which also loads it
-        return NativeLoops(torch.ops.zf_native.forward_loop, torch.ops.zf_native.backward_loop)
+        ops = torch.ops.zf_native
+        return NativeLoops(ops.forward_loop, ops.backward_loop, ops.gaussian_terms, ops.gaussian_backward)
     except Exception as err:  # no compiler, no ninja, a failed build: the Python loop does the same work
         lines = str(err).strip().splitlines()
         log.warning(

@@ -196,9 +196,96 @@ void backward_loop(const Tensor& d_y, const Tensor& d_h_all, const Tensor& d_z_a
   });
 }
 
+// The Gaussian negative log-density's elementwise parts (distributions._GaussianNLL), one pass each
+// instead of five ATen passes: the forward's per-element terms (log 2 pi + logvar) + (x - mean)^2 e,
+// with e = exp(-logvar) formed by ATen beforehand and the sum over the last dimension by ATen
+// afterwards, and the backward's gradients, each rounding step as the ATen expression it replaces.
+// Tensors are [N, R, D] with unit stride along D (any strides along N and R).
+template <typename T>
+void gaussian_terms_impl(const Tensor& x, const Tensor& mean, const Tensor& logvar, const Tensor& inv,
+                         const Tensor& out, double log_2pi) {
+  const int64_t N = x.size(0), R = x.size(1), D = x.size(2);
+  const T c = static_cast<T>(log_2pi);
+  const T *xp = x.data_ptr<T>(), *mp = mean.data_ptr<T>(), *lp = logvar.data_ptr<T>(), *ep = inv.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t r = 0; r < R; ++r) {
+      const T* xr = xp + n * x.stride(0) + r * x.stride(1);
+      const T* mr = mp + n * mean.stride(0) + r * mean.stride(1);
+      const T* lr = lp + n * logvar.stride(0) + r * logvar.stride(1);
+      const T* er = ep + n * inv.stride(0) + r * inv.stride(1);
+      T* o = op + n * out.stride(0) + r * out.stride(1);
+      for (int64_t i = 0; i < D; ++i) {
+        const T diff = xr[i] - mr[i];
+        const T square = diff * diff;
+        o[i] = (lr[i] + c) + square * er[i];
+      }
+    }
+  }
+}
+
+// d mean = (-g e) (x - mean), d logvar = g/2 - (g/2 (x - mean)^2) e, for g [N, R] (e = exp(-logvar))
+template <typename T>
+void gaussian_backward_impl(const Tensor& grad, const Tensor& x, const Tensor& mean, const Tensor& inv,
+                            const Tensor& d_mean, const Tensor& d_logvar) {
+  const int64_t N = x.size(0), R = x.size(1), D = x.size(2);
+  const T *gp = grad.data_ptr<T>(), *xp = x.data_ptr<T>(), *mp = mean.data_ptr<T>(), *ep = inv.data_ptr<T>();
+  T *dmp = d_mean.data_ptr<T>(), *dlp = d_logvar.data_ptr<T>();
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t r = 0; r < R; ++r) {
+      const T g = gp[n * grad.stride(0) + r * grad.stride(1)];
+      const T neg_g = -g, half = g * T(0.5);
+      const T* xr = xp + n * x.stride(0) + r * x.stride(1);
+      const T* mr = mp + n * mean.stride(0) + r * mean.stride(1);
+      const T* er = ep + n * inv.stride(0) + r * inv.stride(1);
+      T* dm = dmp + n * d_mean.stride(0) + r * d_mean.stride(1);
+      T* dl = dlp + n * d_logvar.stride(0) + r * d_logvar.stride(1);
+      for (int64_t i = 0; i < D; ++i) {
+        const T diff = xr[i] - mr[i];
+        dm[i] = (neg_g * er[i]) * diff;
+        dl[i] = half - (half * (diff * diff)) * er[i];
+      }
+    }
+  }
+}
+
+void check_rows(const Tensor& t, const char* name, const Tensor& like) {
+  TORCH_CHECK(t.dim() == 3 && t.stride(2) == 1, "gaussian kernels: ", name, " must be [N, R, D] with unit stride along D");
+  TORCH_CHECK(t.sizes() == like.sizes(), "gaussian kernels: ", name, " has another shape");
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == like.scalar_type(), "gaussian kernels: ", name,
+              " must be a CPU tensor of the same dtype");
+}
+
+void gaussian_terms(const Tensor& x, const Tensor& mean, const Tensor& logvar, const Tensor& inv, const Tensor& out,
+                    double log_2pi) {
+  for (auto [t, name] : std::vector<std::pair<const Tensor*, const char*>>{
+           {&x, "x"}, {&mean, "mean"}, {&logvar, "logvar"}, {&inv, "inv"}, {&out, "out"}}) {
+    check_rows(*t, name, x);
+  }
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "zf_native_gaussian_terms", [&] {
+    gaussian_terms_impl<scalar_t>(x, mean, logvar, inv, out, log_2pi);
+  });
+}
+
+void gaussian_backward(const Tensor& grad, const Tensor& x, const Tensor& mean, const Tensor& inv,
+                       const Tensor& d_mean, const Tensor& d_logvar) {
+  for (auto [t, name] : std::vector<std::pair<const Tensor*, const char*>>{
+           {&x, "x"}, {&mean, "mean"}, {&inv, "inv"}, {&d_mean, "d_mean"}, {&d_logvar, "d_logvar"}}) {
+    check_rows(*t, name, x);
+  }
+  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == x.size(0) && grad.size(1) == x.size(1) &&
+                  grad.scalar_type() == x.scalar_type() && grad.device().is_cpu(),
+              "gaussian kernels: grad must be [N, R] like x");
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "zf_native_gaussian_backward", [&] {
+    gaussian_backward_impl<scalar_t>(grad, x, mean, inv, d_mean, d_logvar);
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY(zf_native, m) {
   m.def("forward_loop", &forward_loop);
   m.def("backward_loop", &backward_loop);
+  m.def("gaussian_terms", &gaussian_terms);
+  m.def("gaussian_backward", &gaussian_backward);
 }
