@@ -8,7 +8,7 @@ Three steps on one FSDD-sized batch, the same weights, round-robin in one proces
 * ``training``: ``objective`` plus what ``training_step`` adds on an update whose metrics the
   loggers do not write (the finiteness check and the epoch sums), as a study runs 9 updates in 10.
 
-The module is built from the FSDD study's config (``experiment=fsdd_study``), its data module's
+The module is built from the FSDD study's config (``study=common/fsdd``), its data module's
 spec replaced by the FSDD shape so no data is read.
 
     python benchmarks/bench_objective.py --repeats 60 --json
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    cfg = compose_config("train", ["experiment=fsdd_study", "paths.output_dir=unused"])
+    cfg = compose_config("train", ["study=common/fsdd", "paths.output_dir=unused"])
     spec = DataSpec("real", FSDD.dim, "utterance", FSDD.dim)
     model = instantiate(cfg.model, spec=spec, _convert_="object")
     lit: SequenceLitModule = instantiate(cfg.lit, model=model, spec=spec, optimizer=instantiate(cfg.optim.optimizer),

@@ -70,3 +70,16 @@ def test_bench_update_times_the_study_update_and_the_bare_step_on_the_same_batch
     ratios = sorted(u / s for u, s in zip(r["per_round_update_s"], r["per_round_step_s"], strict=True))
     assert r["update_over_step"] == pytest.approx(sum(ratios) / 2)  # median of two rounds
     assert json.loads(out.read_text())["update"] == r
+
+
+@pytest.mark.slow
+def test_bench_objective_and_fixed_cost_build_from_the_study_config_and_report_ratios() -> None:
+    """The two profiling benchmarks of the step at FSDD sizes run end to end at two rounds."""
+    objective = _load("bench_objective").main(["--repeats", "2", "--warmup", "0"])
+    assert objective["paired_objective_over_model"] > 0 and objective["paired_training_over_model"] > 0
+    assert set(objective["median_ms"]) == {"model", "objective", "training"}
+    fixed = _load("bench_fixed_cost").main(["--repeats", "2", "--warmup", "0"])
+    median = fixed["median_ms"]
+    assert set(median) == {"step_fsdd", "step_tiny", "floor_fsdd", "floor_tiny"}
+    assert fixed["step_over_floor"] == pytest.approx(median["step_fsdd"] / median["floor_fsdd"])
+    assert 0 < fixed["fixed_share_of_step"] < 1  # the tiny step costs less than the FSDD-size one
