@@ -155,11 +155,11 @@ def zforcing_loss(terms: StepTerms, mask: Tensor) -> Tensor:
     return ((terms.nll + terms.kl + terms.aux + terms.bwd) * mask).sum(1).mean()
 
 
-def train_step_fn(model: nn.Module, loss_fn: Callable[[], Tensor]) -> Callable[[], None]:
+def train_step_fn(model: nn.Module, loss_fn: Callable[[], Tensor], **adam: object) -> Callable[[], None]:
     """One update as training does it (optim=adam, trainer=default): zero grads, forward, backward,
-    clip the gradient norm at 100, Adam step (lr 1e-3, eps 1e-5)."""
+    clip the gradient norm at 100, Adam step (lr 1e-3, eps 1e-5; ``adam``: e.g. ``fused=True``)."""
     params = list(model.parameters())
-    optimizer = torch.optim.Adam(params, lr=1e-3, eps=1e-5)
+    optimizer = torch.optim.Adam(params, lr=1e-3, eps=1e-5, **adam)  # type: ignore[arg-type]
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)

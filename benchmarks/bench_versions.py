@@ -39,6 +39,7 @@ from benchmarks.bench_step import (  # noqa: E402
     make_model,
     paired_ratio,
     round_robin,
+    train_step_fn,
     zforcing_loss,
 )
 
@@ -62,19 +63,6 @@ def import_baseline(rev: str, into: Path) -> object:
     import importlib
 
     return importlib.import_module(f"{BASELINE}.models.zforcing.model")
-
-
-def adam_step(params: list[nn.Parameter], loss_fn: Callable[[], Tensor], **adam: object) -> Callable[[], None]:
-    """bench_step.py's update (zero grads, backward, clip at 100, Adam lr 1e-3 eps 1e-5)."""
-    optimizer = torch.optim.Adam(params, lr=1e-3, eps=1e-5, **adam)  # type: ignore[arg-type]
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss_fn().backward()
-        nn.utils.clip_grad_norm_(params, 100.0)
-        optimizer.step()
-
-    return step
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
@@ -118,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             after = {}
             for kind in ("for_loop", "foreach", "fused"):
                 model = copy.deepcopy(new)
-                update = adam_step(list(model.parameters()), lambda m=model: loss(m),
+                update = train_step_fn(model, lambda m=model: loss(m),
                                    **({} if kind == "for_loop" else {kind: True}))
                 for _ in range(3):
                     update()
@@ -129,18 +117,18 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                 adam_check[f"adam_{kind}_max_param_diff"] = max(float((a - b).abs().max()) for a, b in pairs)
 
         steps: dict[str, Callable[[], None]] = {
-            "baseline": adam_step(list(old.parameters()), lambda: loss(old)),
-            "new": adam_step(list(new.parameters()), lambda: loss(new)),
+            "baseline": train_step_fn(old, lambda: loss(old)),
+            "new": train_step_fn(new, lambda: loss(new)),
         }
         if args.adam:
             for kind in ("foreach", "fused"):
                 model = copy.deepcopy(new)
-                steps[f"new_{kind}"] = adam_step(list(model.parameters()), lambda m=model: loss(m), **{kind: True})
-        steps["floor"] = adam_step(list(floor.parameters()), lambda: floor(batch))
+                steps[f"new_{kind}"] = train_step_fn(model, lambda m=model: loss(m), **{kind: True})
+        steps["floor"] = train_step_fn(floor, lambda: floor(batch))
         if args.adam:
             for kind in ("foreach", "fused"):
                 model = copy.deepcopy(floor)
-                steps[f"floor_{kind}"] = adam_step(list(model.parameters()), lambda m=model: m(batch), **{kind: True})
+                steps[f"floor_{kind}"] = train_step_fn(model, lambda m=model: m(batch), **{kind: True})
         load_before = load_average()
         times = round_robin(steps, args.repeats, args.warmup, torch.device("cpu"))
     medians = {name: statistics.median(t) for name, t in times.items()}
