@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import Tensor, nn
 
 from zf_lightning.models import BernoulliHead, CategoricalHead, GaussianHead, ZForcing
 from zf_lightning.types import DataSpec, SequenceBatch
@@ -36,3 +37,14 @@ def make_model(kind: str = "real", D: int = 5, seed: int = 0, **kwargs) -> ZForc
     sizes = {"emb_dim": 7, "rnn_dim": 6, "z_dim": 3, "mlp_dim": 4} | kwargs
     return ZForcing(spec, HEADS[kind], **sizes)
 
+
+
+def assert_second_backward_doubles(model: nn.Module, loss: Tensor) -> None:
+    """A second backward through a retained graph adds the same gradients again: nothing the
+    first pass freed or overwrote in place is read by the second."""
+    loss.backward(retain_graph=True)
+    once = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    loss.backward()
+    for n, p in model.named_parameters():
+        if n in once:
+            torch.testing.assert_close(p.grad, 2 * once[n], msg=n)

@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from tests.helpers import make_batch, make_model
+from tests.helpers import assert_second_backward_doubles, make_batch, make_model
 from zf_lightning.models import heads
 from zf_lightning.models.zforcing import model as zforcing_model
 from zf_lightning.models.zforcing import native
@@ -174,12 +174,7 @@ def test_native_loop_backward_twice_through_a_retained_graph_doubles_the_gradien
     model = make_model("real", native_loop=True, **ODD)
     batch = make_batch("real")
     loss = _loss(model(batch, torch.randn(3, 7, model.z_dim)), batch.mask)
-    loss.backward(retain_graph=True)
-    once = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    loss.backward()
-    for n, p in model.named_parameters():
-        if n in once:
-            torch.testing.assert_close(p.grad, 2 * once[n], msg=n)
+    assert_second_backward_doubles(model, loss)
 
 
 def test_a_failed_build_logs_once_and_the_model_runs_the_python_loop(

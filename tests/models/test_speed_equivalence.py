@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tests.helpers import make_batch, make_model
+from tests.helpers import assert_second_backward_doubles, make_batch, make_model
 from zf_lightning.models import heads
 from zf_lightning.models.zforcing.cell import LoopLinear
 from zf_lightning.models.zforcing.model import ZForcing
@@ -165,12 +165,7 @@ def test_backward_twice_through_a_retained_graph_doubles_the_gradients() -> None
     model = make_model("real", **ODD)
     batch = make_batch("real")
     loss = _loss(model(batch, torch.randn(3, 7, model.z_dim)), batch.mask, WEIGHTS)
-    loss.backward(retain_graph=True)
-    once = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    loss.backward()
-    for n, p in model.named_parameters():
-        if n in once:
-            torch.testing.assert_close(p.grad, 2 * once[n], msg=n)
+    assert_second_backward_doubles(model, loss)
 
 
 def test_loop_linear_matches_f_linear_with_bias_base_and_unused_steps() -> None:
