@@ -318,7 +318,8 @@ def test_dyck_counts_decide_substituted_negatives_and_tell_nothing_about_swapped
 
 def test_set_tasks_and_skewed_tasks_log_no_chance_level() -> None:
     assert SetParity().chance_accuracy(5) is None  # order carries nothing there: counts are the task
-    assert ClassificationDataModule(SetParity(), length=8, num_val=20, num_test=20).reference_metrics() == {}
+    metrics = ClassificationDataModule(SetParity(), length=8, num_val=20, num_test=20).reference_metrics()
+    assert not any("chance" in key for key in metrics)
     metrics = ClassificationDataModule(StringEquality(), length=10, test_lengths=[10, 12], num_val=20,
                                        num_test=20).reference_metrics()
     assert metrics == {"val/chance_acc": 0.75, "test/chance_acc": 0.75, "test/chance_acc_len10": 0.75,

@@ -236,3 +236,43 @@ def test_validation_can_be_on_sets_longer_than_training() -> None:
     assert dm.shared_sizes("val") == set() and max(dm.train_sizes) == 10  # training is untouched
     with pytest.raises(ValueError, match=r"data\.val_lengths must name at least one size"):
         type(dm)(dm.task, length=10, min_length=1, val_lengths=[])
+
+
+@pytest.mark.parametrize("name", sorted(ORACLES))
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_label_distribution_equals_enumerating_every_set(name: str, size: int) -> None:
+    """The exact label distribution behind the input-blind guess, against counting the labels of
+    every ordered set of ``size`` elements (each equally likely)."""
+    task, oracle = ORACLES[name]
+    counts: dict[int, int] = {}
+    for tokens in np.ndindex(*(task.values,) * size):
+        label = oracle(list(tokens))
+        counts[label] = counts.get(label, 0) + 1
+    total = task.values**size
+    distribution = task.label_distribution(size)
+    assert distribution.sum() == pytest.approx(1.0)
+    expected = {k: c / total for k, c in counts.items()}
+    assert {k: v for k, v in enumerate(distribution) if v > 0} == pytest.approx(expected)
+    assert task.guess_accuracy(size) == pytest.approx(max(counts.values()) / total)
+
+
+def test_input_blind_guess_is_logged_beside_the_size_curves() -> None:
+    """Parity and sums modulo 10 guess at 1 / classes at every size; the maximum of many digits
+    is nearly always 9, so its accuracy at large sizes means little; the sum's mode thins out."""
+    assert SetParity().guess_accuracy(25) == pytest.approx(0.5)
+    assert SetSum(modulus=10).guess_accuracy(100) == pytest.approx(0.1)
+    assert SetMax(values=10, regression=True).guess_accuracy(25) == pytest.approx(1 - 0.9**25)
+    assert SetSum(regression=True).guess_accuracy(100) < 0.015
+    metrics = ClassificationDataModule(SetParity(), length=8, test_lengths=[8, 16], num_val=20,
+                                       num_test=20).reference_metrics()
+    assert metrics == {"val/guess_acc": 0.5, "test/guess_acc": 0.5, "test/guess_acc_len8": 0.5,
+                       "test/guess_acc_len16": 0.5}
+
+
+def test_mnist_sum_guess_follows_its_split_pool(mnist_sum: MnistSumDataModule) -> None:
+    """The digits are not exactly uniform in each pool, so the guess is computed per split."""
+    task = mnist_sum.task
+    pool = task.for_split("test").pools["test"]
+    digits = np.bincount(task.digits[pool], minlength=10) / pool.size
+    assert task.for_split("test").guess_accuracy(1) == pytest.approx(digits.max())
+    assert mnist_sum.reference_metrics()["test/guess_acc_len" + str(max(mnist_sum.test_sizes))] > 0

@@ -209,7 +209,8 @@ def test_the_report_draws_accuracy_against_test_size_with_known_means(tmp_path: 
     num = 0
     for variant, by_size in accuracy.items():
         for seed, wobble in ((1, 0.02), (2, -0.02)):
-            metrics = {f"test/acc_len{n}": acc + wobble for n, acc in by_size.items()} | {"test/acc": 0.7}
+            metrics = ({f"test/acc_len{n}": acc + wobble for n, acc in by_size.items()} | {"test/acc": 0.7}
+                       | {f"test/guess_acc_len{n}": 0.5 for n in by_size})
             make_job(sweep, num, [f"+variant={variant}", "data=set_parity", f"seed={seed}"], metrics,
                      config={"table_row": "LSTM" if variant == "sets/lstm" else "DeepSets"})
             num += 1
@@ -217,8 +218,10 @@ def test_the_report_draws_accuracy_against_test_size_with_known_means(tmp_path: 
     text = (sweep / "report.md").read_text()
     assert (sweep / "size_curves.png").stat().st_size > 10_000
     assert "| row | size 10 | size 100 |" in text
-    assert "| LSTM | 1.000 ± 0.028 (n=2) | 0.500 ± 0.028 (n=2) |" in text
-    assert "| DeepSets | 0.900 ± 0.028 (n=2) | 0.900 ± 0.028 (n=2) |" in text
+    # mean ± t(0.975, 1 df) x standard error: 12.706 x 0.02
+    assert "| LSTM | 1.000 [0.746, 1.254] (n=2) | 0.500 [0.246, 0.754] (n=2) |" in text
+    assert "| DeepSets | 0.900 [0.646, 1.154] (n=2) | 0.900 [0.646, 1.154] (n=2) |" in text
+    assert "| *input-blind guess* | 0.500 | 0.500 |" in text and "dashed line" in text
 
 
 def test_two_studies_report_as_one_table_with_pairs_across_them(study: Path, tmp_path: Path) -> None:

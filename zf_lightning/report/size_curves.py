@@ -1,7 +1,9 @@
 """Accuracy against test size (``test/acc_len<N>``), the picture of length generalization: one
-panel per data set, one line per row, the mean over seeds with a ±1 standard deviation band;
-plus the same numbers as a markdown table. Used for the set tasks (trained on small sets,
-tested on larger ones) and any sweep whose jobs report accuracy at several test sizes."""
+panel per data set, one line per row, the mean over seeds with its 95 % Student-t interval, and
+the accuracy of a guess that ignores the input (``test/guess_acc_len<N>``, where the jobs logged
+it) as the level a row must clear; plus the same numbers as a markdown table. Used for the set
+tasks (trained on small sets, tested on larger ones) and any sweep whose jobs report accuracy at
+several test sizes."""
 
 from __future__ import annotations
 
@@ -10,22 +12,35 @@ import re
 from pathlib import Path
 
 from zf_lightning.report.rows import Row
-from zf_lightning.report.stats import mean_std
+from zf_lightning.report.stats import t_interval
 
 _SIZE_KEY = re.compile(r"^test/acc_len(\d+)$")
+_GUESS_KEY = re.compile(r"^test/guess_acc_len(\d+)$")
+GUESS = "input-blind guess"  # the line and table row of ``test/guess_acc_len<N>``
 
 # panel (data set) -> line (row name) -> size -> accuracies (one per seed)
 SizeSeries = dict[str, dict[str, dict[int, list[float]]]]
+# panel (data set) -> size -> the accuracy of a guess that ignores the input
+Guesses = dict[str, dict[int, float]]
 
 
-def sizes_of(metrics: dict[str, float]) -> dict[int, float]:
-    """``{N: accuracy}`` from a job's ``test/acc_len<N>`` metrics."""
-    return {int(m.group(1)): v for k, v in metrics.items() if (m := _SIZE_KEY.match(k)) and math.isfinite(v)}
+def sizes_of(metrics: dict[str, float], key: re.Pattern[str] = _SIZE_KEY) -> dict[int, float]:
+    """``{N: value}`` from a job's ``test/acc_len<N>`` metrics (or another per-size ``key``)."""
+    return {int(m.group(1)): v for k, v in metrics.items() if (m := key.match(k)) and math.isfinite(v)}
 
 
-def add_job(series: SizeSeries, panel: str, line: str, metrics: dict[str, float]) -> None:
+def add_job(series: SizeSeries, panel: str, line: str, metrics: dict[str, float],
+            guesses: Guesses | None = None) -> None:
     for size, value in sizes_of(metrics).items():
         series.setdefault(panel, {}).setdefault(line, {}).setdefault(size, []).append(value)
+    if guesses is not None:
+        guesses.setdefault(panel, {}).update(sizes_of(metrics, _GUESS_KEY))
+
+
+def interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean and 95 % t-interval of the mean over seeds (the mean twice for a single seed)."""
+    mean, _, low, high = t_interval(values)
+    return (mean, mean, mean) if math.isnan(low) else (mean, low, high)
 
 
 def has_curves(series: SizeSeries) -> bool:
@@ -33,8 +48,9 @@ def has_curves(series: SizeSeries) -> bool:
     return any(len(points) > 1 for lines in series.values() for points in lines.values())
 
 
-def size_tables(series: SizeSeries) -> list[str]:
-    """Markdown: per panel, rows = lines, columns = test sizes, cells = mean ± std (n)."""
+def size_tables(series: SizeSeries, guesses: Guesses | None = None) -> list[str]:
+    """Markdown: per panel, rows = lines, columns = test sizes, cells = mean [95 % t-interval] (n);
+    a last row with the input-blind guess where the jobs logged it."""
     lines: list[str] = []
     for panel, rows in series.items():
         sizes = sorted({s for points in rows.values() for s in points})
@@ -46,15 +62,18 @@ def size_tables(series: SizeSeries) -> list[str]:
                 if s not in points:
                     cells.append("–")
                     continue
-                mean, std = mean_std(points[s])
-                spread = "" if math.isnan(std) else f" ± {std:.3f}"
+                mean, low, high = interval(points[s])
+                spread = "" if len(points[s]) < 2 else f" [{low:.3f}, {high:.3f}]"
                 cells.append(f"{mean:.3f}{spread} (n={len(points[s])})")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        guess = (guesses or {}).get(panel, {})
+        if guess:
+            lines.append(f"| *{GUESS}* | " + " | ".join(f"{guess[s]:.3f}" if s in guess else "–" for s in sizes) + " |")
         lines.append("")
     return lines
 
 
-def write_size_curves(path: Path, series: SizeSeries) -> None:
+def write_size_curves(path: Path, series: SizeSeries, guesses: Guesses | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,12 +84,14 @@ def write_size_curves(path: Path, series: SizeSeries) -> None:
     for ax, panel in zip(axes[0], panels, strict=True):
         for name, points in series[panel].items():
             sizes = sorted(points)
-            stats = [mean_std(points[s]) for s in sizes]
-            means = [m for m, _ in stats]
-            stats = [(m, 0.0 if math.isnan(sd) else sd) for m, sd in stats]  # no band for a single seed
-            line = ax.plot(sizes, means, marker="o", label=name)[0]
-            ax.fill_between(sizes, [m - s for m, s in stats], [m + s for m, s in stats], color=line.get_color(),
-                            alpha=0.2)
+            stats = [interval(points[s]) for s in sizes]
+            line = ax.plot(sizes, [m for m, _, _ in stats], marker="o", label=name)[0]
+            ax.fill_between(sizes, [max(lo, 0.0) for _, lo, _ in stats], [min(hi, 1.0) for _, _, hi in stats],
+                            color=line.get_color(), alpha=0.2)  # the interval, drawn within [0, 1]
+        guess = (guesses or {}).get(panel, {})
+        if guess:
+            sizes = sorted(guess)
+            ax.plot(sizes, [guess[s] for s in sizes], color="black", linestyle="--", linewidth=1, label=GUESS)
         ax.set_xscale("log")
         ax.set_xlabel("test size")
         ax.set_ylabel("test accuracy")
@@ -87,14 +108,19 @@ def add_size_curves(rows: list[Row], out_dir: Path, report: Path) -> bool:
     """Accuracy against test size (``size_curves.png`` and tables in the report) when the jobs
     report accuracy at several test sizes: one panel per data set, one line per row."""
     series: SizeSeries = {}
+    guesses: Guesses = {}
     for row in rows:
         for job in row.done:
-            add_job(series, job.overrides.get("data", "data"), row.name, job.metrics)
+            add_job(series, job.overrides.get("data", "data"), row.name, job.metrics, guesses)
     if not has_curves(series):
         return False
-    write_size_curves(out_dir / "size_curves.png", series)
+    write_size_curves(out_dir / "size_curves.png", series, guesses)
+    guess = (f" The *{GUESS}* row and the dashed line are what a guess that ignores the input scores "
+             "(the most frequent label at that size, `test/guess_acc_len<size>`)." if any(guesses.values())
+             else " The jobs logged no input-blind guess (`test/guess_acc_len<size>`), so none is drawn.")
     lines = ["## Test accuracy against test size", "",
-             "Mean ± standard deviation over seeds of `test/acc_len<size>`.", "", *size_tables(series),
+             "Mean over seeds of `test/acc_len<size>` with its 95 % Student-t interval (n - 1 degrees of "
+             "freedom; the band is drawn within [0, 1])." + guess, "", *size_tables(series, guesses),
              "![test accuracy against test size](size_curves.png)", ""]
     with report.open("a") as fh:
         fh.write("\n" + "\n".join(lines))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from functools import cache
 from pathlib import Path
@@ -90,6 +90,14 @@ class ClassificationTask(ABC):
         lookup tasks the most frequent stored label is a guess well above it, and counts alone
         decide Dyck with substituted negatives. None where a task does not derive it (set tasks,
         whose order carries nothing by design, and tasks with skewed labels)."""
+        return None
+
+    def guess_accuracy(self, size: int) -> float | None:
+        """The best expected accuracy of a guess that does not read the input: the probability of
+        the most frequent label among inputs of this size. The floor a set task's size curve is read
+        against (0.5 for parity, 0.1 for a sum modulo 10, close to 1 for the maximum of many
+        digits), where the order-blind ``chance_accuracy`` is 1 by design. None where a task does
+        not derive it."""
         return None
 
     def for_split(self, split: str) -> ClassificationTask:
@@ -363,19 +371,30 @@ class ClassificationDataModule(SequenceDataModule):
         return self._eval_sets
 
     def reference_metrics(self) -> dict[str, float]:
-        """``<split>/chance_acc`` (and ``test/chance_acc_len<size>``): the task's chance level on
-        the validation and test sets, so a capacity cell is read against the level a model reaches
-        without solving the task (0.32-0.75 on the lookup tasks, not 1 / classes). Empty where the
-        task does not derive it."""
+        """``<split>/chance_acc`` (and ``test/chance_acc_len<size>``): the task's order-blind chance
+        level on the validation and test sets, so a capacity cell is read against the level a model
+        reaches without solving the task (0.32-0.75 on the lookup tasks, not 1 / classes); and
+        ``<split>/guess_acc`` (``test/guess_acc_len<size>``): what a guess that ignores the input
+        scores, the floor of a set task's size curve. Each is left out where the task does not
+        derive it."""
         sizes = {split: [size for _, _, size in examples] for split, examples in self.eval_sets().items()}
-        chance: dict[int, float] = {}
-        for size in {*sizes["val"], *sizes["test"]}:
-            level = self.task.chance_accuracy(size)
-            if level is None:
-                return {}
-            chance[size] = level
-        out = {f"{split}/chance_acc": float(np.mean([chance[n] for n in drawn])) for split, drawn in sizes.items()}
-        return out | {f"test/chance_acc_len{size}": chance[size] for size in self.test_sizes}
+        return (self._levels("chance_acc", lambda split: self.task.chance_accuracy, sizes)
+                | self._levels("guess_acc", lambda split: self.task.for_split(split).guess_accuracy, sizes))
+
+    def _levels(self, name: str, level_of: Callable[[str], Callable[[int], float | None]],
+                sizes: dict[str, list[int]]) -> dict[str, float]:
+        """``<split>/<name>`` (the mean level over the split's examples) and ``test/<name>_len<size>``
+        from a task's per-size level (``level_of(split)``); empty where the task does not derive it."""
+        levels: dict[str, dict[int, float]] = {}
+        for split, drawn in sizes.items():
+            of_size = level_of(split)
+            for size in {*drawn, *(self.test_sizes if split == "test" else ())}:
+                level = of_size(size)
+                if level is None:
+                    return {}
+                levels.setdefault(split, {})[size] = level
+        out = {f"{split}/{name}": float(np.mean([levels[split][n] for n in drawn])) for split, drawn in sizes.items()}
+        return out | {f"test/{name}_len{size}": levels["test"][size] for size in self.test_sizes}
 
     def setup(self, stage: str | None = None) -> None:
         sets = self.eval_sets()

@@ -23,7 +23,7 @@ from zf_lightning.data.synthetic.base import (
     ClassificationTask,
     classification_collate,
 )
-from zf_lightning.data.synthetic.sets import check_modulus
+from zf_lightning.data.synthetic.sets import check_modulus, sum_distribution
 from zf_lightning.types import DataSpec, SequenceBatch
 
 SPLITS = ("train", "val", "test")
@@ -79,6 +79,12 @@ class MnistSum(ClassificationTask):
             while self.modulus is not None and total >= self.modulus:
                 total -= self.modulus
         return total
+
+    def guess_accuracy(self, size: int) -> float:
+        """The most frequent label's probability, from the digits' frequencies in this split's pool
+        (close to, not exactly, uniform)."""
+        digits = np.bincount(self.digits[self.pools[self.split]], minlength=10)
+        return float(sum_distribution(digits / digits.sum(), size, self.modulus).max())
 
 
 class MnistSumDataModule(ClassificationDataModule):

@@ -27,6 +27,22 @@ def check_modulus(modulus: int | None, regression: bool) -> None:
                          f"(got {modulus}: the sum modulo m is a class label)")
 
 
+def sum_distribution(element: np.ndarray, size: int, modulus: int | None = None) -> np.ndarray:
+    """The distribution of the sum of ``size`` independent elements drawn from ``element`` (the
+    probabilities of the values 0, 1, ...), over 0 .. (len - 1) size, or modulo ``modulus``."""
+    if modulus is not None:
+        folded = np.zeros(modulus)
+        np.add.at(folded, np.arange(element.size) % modulus, element)
+        out = np.eye(1, modulus).ravel()
+        for _ in range(size):
+            out = sum(p * np.roll(out, value) for value, p in enumerate(folded))
+        return out
+    out = np.ones(1)
+    for _ in range(size):
+        out = np.convolve(out, element)
+    return out
+
+
 class SetTask(ClassificationTask):
     """Elements are the tokens ``0 .. values-1``, drawn uniformly and independently (a multiset).
 
@@ -47,6 +63,14 @@ class SetTask(ClassificationTask):
 
     def elements(self, size: int, rng: np.random.Generator) -> np.ndarray:
         return rng.integers(0, self.values, size=size).astype(np.int64)
+
+    def guess_accuracy(self, size: int) -> float | None:
+        """The most frequent label's probability, from the labels' exact distribution at ``size``."""
+        return float(self.label_distribution(size).max())
+
+    def label_distribution(self, size: int) -> np.ndarray:
+        """The probability of each label (or plain value) over sets of ``size`` uniform elements."""
+        raise NotImplementedError(f"{type(self).__name__} does not derive its label distribution")
 
 
 class SetSum(SetTask):
@@ -91,6 +115,9 @@ class SetSum(SetTask):
                 total -= self.modulus
         return total
 
+    def label_distribution(self, size: int) -> np.ndarray:
+        return sum_distribution(np.full(self.values, 1.0 / self.values), size, self.modulus)
+
 
 class SetParity(SetTask):
     """Bits; the label is the parity of the number of ones. Class-balanced (two classes)."""
@@ -108,6 +135,9 @@ class SetParity(SetTask):
     def label(self, tokens: np.ndarray) -> int:
         ones = sum(1 for t in tokens if int(t) == 1)
         return ones % 2
+
+    def label_distribution(self, size: int) -> np.ndarray:
+        return sum_distribution(np.full(2, 0.5), size, modulus=2)
 
 
 class SetMax(SetTask):
@@ -129,6 +159,11 @@ class SetMax(SetTask):
             best = int(t) if int(t) > best else best
         return best
 
+    def label_distribution(self, size: int) -> np.ndarray:
+        """P(max = k) = P(max <= k) - P(max <= k - 1), with P(max <= k) = ((k + 1) / values)^size."""
+        at_most = (np.arange(1, self.values + 1) / self.values) ** size
+        return np.diff(at_most, prepend=0.0)
+
 
 class SetUniqueCount(SetTask):
     """The label is the number of distinct elements minus one (``values`` classes: 1 .. values)."""
@@ -147,3 +182,11 @@ class SetUniqueCount(SetTask):
             if int(t) not in seen:
                 seen.append(int(t))
         return len(seen) - 1
+
+    def label_distribution(self, size: int) -> np.ndarray:
+        """Distinct values after each draw: a new one with probability (values - distinct) / values."""
+        distinct = np.eye(1, self.values + 1).ravel()
+        new = (self.values - np.arange(self.values + 1)) / self.values
+        for _ in range(size):
+            distinct = distinct * (1 - new) + np.roll(distinct * new, 1)
+        return distinct[1:]
