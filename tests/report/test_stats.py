@@ -302,6 +302,10 @@ def test_study_notes_state_the_settings_all_jobs_share_and_keep_hand_written_not
     pilot = OmegaConf.merge(config, {"study": {"name": "demo_pilot"},
                                      "hydra": {"overrides": {"task": ["study=demo", "study.name=demo_pilot"]}}})
     assert "python train.py -m study=demo study.name=demo_pilot\n" in "\n".join(study_notes(pilot, sweep))
+    grid = OmegaConf.merge(pilot, {"study": {"baseline": None, "choose": ["lit.kl_weight.start"],
+                                             "choose_by": "val/acc"}})
+    rebuild = "report results/demo --choose lit.kl_weight.start --choose-by val/acc\n"
+    assert rebuild in "\n".join(study_notes(grid, sweep))
     (results / "STUDY.md").write_text(text + "\nJobs 0 and 1 were rerun.\n")
     again = write_study_notes(config, sweep, results).read_text()
     assert again.count(NOTES) == 1 and again.endswith("\nJobs 0 and 1 were rerun.\n")

@@ -4,6 +4,7 @@ the multirun when a job failed."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig
 
 from zf_lightning.report.build import write_report
+from zf_lightning.report.selection import DEFAULT_METRIC
 from zf_lightning.report.study_notes import write_study_notes
 from zf_lightning.runs.status import error_summary, failed_jobs, job_folders
 
@@ -22,23 +24,27 @@ class SweepStatus(HydraCallback):
     the report and exit nonzero when any job failed, naming the failed jobs.
 
     ``results_dir`` (studies): also write the report, jobs.csv, curves.csv and STUDY.md there,
-    the small files that are committed; ``baseline`` adds paired differences against that row."""
+    the small files that are committed; ``baseline`` adds paired differences against that row;
+    ``choose`` (a pilot's grid keys) the setting validation chooses, by the metric ``choose_by``."""
 
     def __init__(self, report: bool = True, fail_exit_code: bool = True, results_dir: str | None = None,
-                 baseline: str | None = None) -> None:
+                 baseline: str | None = None, choose: Sequence[str] = (), choose_by: str = DEFAULT_METRIC) -> None:
         self.report = report
         self.fail_exit_code = fail_exit_code
         self.results_dir = Path(results_dir) if results_dir else None
         self.baseline = baseline
+        self.choose = [str(k) for k in choose]
+        self.choose_by = choose_by
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if self.report:
             try:
-                write_report(sweep_dir, baseline=self.baseline)
+                write_report(sweep_dir, baseline=self.baseline, choose=self.choose, choose_by=self.choose_by)
                 log.info("sweep report: %s", sweep_dir / "report.md")
                 if self.results_dir is not None:
-                    write_report(sweep_dir, self.results_dir, baseline=self.baseline)
+                    write_report(sweep_dir, self.results_dir, baseline=self.baseline, choose=self.choose,
+                                 choose_by=self.choose_by)
                     write_study_notes(config, sweep_dir, self.results_dir)
                     log.info("study results: %s", self.results_dir)
             except Exception as err:  # a broken report must not hide the jobs' own outcome

@@ -16,7 +16,9 @@
   written alongside.
 
 With ``--baseline ROW`` the report adds each row's paired difference against that row
-(``zf_lightning.report.stats``); jobs that record why they stopped add how the runs ended
+(``zf_lightning.report.stats``); with ``--choose KEY`` (a pilot's grid) the setting of those keys
+that the validation metric ``--choose-by`` picks per family of the other keys, and whether it
+lies at the grid's edge (``zf_lightning.report.selection``); jobs that record why they stopped add how the runs ended
 and whether the rows' ordering is stable over the last part of the curves.
 Standard deviations are sample deviations (n - 1 in the denominator), empty for n = 1.
 ``--wandb ENTITY/PROJECT [--group G]`` reads the runs from W&B instead (needs network).
@@ -33,6 +35,7 @@ from omegaconf import OmegaConf
 from zf_lightning.report.build import build_report, write_report
 from zf_lightning.report.jobs import combined_chance, combined_jobs, read_wandb
 from zf_lightning.report.rows import HEADLINE
+from zf_lightning.report.selection import DEFAULT_METRIC, ChooseError
 from zf_lightning.report.study_notes import write_study_notes
 from zf_lightning.runs.status import INTERRUPTED, RUNNING
 
@@ -48,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from W&B instead (online)")
     parser.add_argument("--group", help="with --wandb: only this group (one sweep)")
     parser.add_argument("--baseline", help="a row name (e.g. 'Z-Forcing + kla'): paired differences against it")
+    parser.add_argument("--choose", action="append", default=[], metavar="KEY",
+                        help="an override key a pilot's grid sweeps (repeatable): report the setting validation "
+                             "chooses per family of the other keys")
+    parser.add_argument("--choose-by", default=DEFAULT_METRIC, metavar="METRIC",
+                        help=f"with --choose: the validation metric that chooses (default {DEFAULT_METRIC})")
     parser.add_argument("--study-notes", action="store_true",
                         help="also write STUDY.md into --out from the study's job folder (its multirun.yaml)")
     args = parser.parse_args(argv)
@@ -56,29 +64,33 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--study-notes writes STUDY.md from one study's job folder; give exactly that folder "
                      "(pooling several folders writes the report only; say how they were pooled in the "
                      "STUDY.md notes)")
-    if args.wandb:
-        out = args.out or Path(f"report-{args.wandb.replace('/', '_')}" + (f"-{args.group}" if args.group else ""))
-        jobs = read_wandb(args.wandb, args.group)
-        if not jobs:
-            parser.error(f"no runs in W&B project {args.wandb}" + (f" group {args.group}" if args.group else ""))
-        rows = build_report(jobs, out, f"W&B {args.wandb}" + (f" / {args.group}" if args.group else ""), args.metric,
-                            args.baseline)
-    elif len(args.sweep_dirs) == 1:
-        out = args.out or args.sweep_dirs[0]
-        rows = write_report(args.sweep_dirs[0], out, args.metric, args.baseline)
-        if args.study_notes:
-            multirun = args.sweep_dirs[0] / "multirun.yaml"
-            if not multirun.is_file():
-                parser.error(f"--study-notes needs {multirun} (the job folder a study ran into)")
-            write_study_notes(OmegaConf.load(multirun), args.sweep_dirs[0], out)
-    elif args.sweep_dirs:
-        if args.out is None:
-            parser.error("several folders are reported together into --out FOLDER")
-        out = args.out
-        rows = build_report(combined_jobs(args.sweep_dirs), out, " + ".join(map(str, args.sweep_dirs)), args.metric,
-                            args.baseline, combined_chance(args.sweep_dirs))
-    else:
-        parser.error("give a sweep folder or --wandb ENTITY/PROJECT")
+    try:
+        if args.wandb:
+            out = args.out or Path(f"report-{args.wandb.replace('/', '_')}" + (f"-{args.group}" if args.group else ""))
+            jobs = read_wandb(args.wandb, args.group)
+            if not jobs:
+                parser.error(f"no runs in W&B project {args.wandb}" + (f" group {args.group}" if args.group else ""))
+            title = f"W&B {args.wandb}" + (f" / {args.group}" if args.group else "")
+            rows = build_report(jobs, out, title, args.metric, args.baseline, choose=args.choose,
+                                choose_by=args.choose_by)
+        elif len(args.sweep_dirs) == 1:
+            out = args.out or args.sweep_dirs[0]
+            rows = write_report(args.sweep_dirs[0], out, args.metric, args.baseline, args.choose, args.choose_by)
+            if args.study_notes:
+                multirun = args.sweep_dirs[0] / "multirun.yaml"
+                if not multirun.is_file():
+                    parser.error(f"--study-notes needs {multirun} (the job folder a study ran into)")
+                write_study_notes(OmegaConf.load(multirun), args.sweep_dirs[0], out)
+        elif args.sweep_dirs:
+            if args.out is None:
+                parser.error("several folders are reported together into --out FOLDER")
+            out = args.out
+            rows = build_report(combined_jobs(args.sweep_dirs), out, " + ".join(map(str, args.sweep_dirs)), args.metric,
+                                args.baseline, combined_chance(args.sweep_dirs), args.choose, args.choose_by)
+        else:
+            parser.error("give a sweep folder or --wandb ENTITY/PROJECT")
+    except ChooseError as err:  # raised before anything is written
+        parser.error(str(err))
     statuses = Counter(job.status for row in rows for job in row.failed)
     unfinished = statuses[RUNNING] + statuses[INTERRUPTED]
     print(f"{out / 'report.md'}: {len(rows)} configurations, {statuses.total() - unfinished} failed jobs"

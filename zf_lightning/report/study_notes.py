@@ -123,7 +123,9 @@ def study_notes(config: DictConfig, sweep_dir: Path) -> list[str]:
         "Rerunning the same command continues the study: completed jobs are skipped, interrupted ones "
         "resume from their last checkpoint. The report is rebuilt from this folder's files alone with",
         "", "```bash",
-        f"python -m zf_lightning.report {config.study.results_dir}" + (f" --baseline '{baseline}'" if baseline else ""),
+        f"python -m zf_lightning.report {config.study.results_dir}" + (f" --baseline '{baseline}'" if baseline else "")
+        + "".join(f" --choose {shlex.quote(str(k))}" for k in config.study.get("choose") or ())
+        + (f" --choose-by {config.study.choose_by}" if config.study.get("choose") else ""),
         "```", "",
         "## What ran", "",
         f"- jobs: {len(statuses)}; stopped by: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())),

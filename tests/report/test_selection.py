@@ -1,0 +1,75 @@
+"""The grid point validation chooses (``zf_lightning.report.selection``): read at each job's best
+checkpoint, per family of the other keys, with the runner-up, the paired difference and the edge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from zf_lightning.report.cli import main
+from zf_lightning.report.jobs import Job
+from zf_lightning.report.selection import candidates, selection_section, value_at_best
+
+WEIGHTS = ("0", "0.01", "0.1", "1")
+
+
+def grid_job(num: int, variant: str, weight: str, seed: int, peak: float, last: float) -> Job:
+    """A job whose val/acc peaks at its best checkpoint (update 1,000, logged at step 999) and ends lower."""
+    curve = [(499, peak - 0.2), (999, peak), (1499, last)]
+    return Job(str(num), {"variant": variant, "weight": weight, "seed": str(seed)}, "completed",
+               metrics={"val/acc": last}, curves={"val/acc": curve}, info={"best_step": "1000"})
+
+
+@pytest.fixture
+def grid() -> list[Job]:
+    """Family a peaks at weight 0.1 (inside the grid), family b at weight 1 (its edge); the last
+    validations would choose otherwise (weight 0 ends best in both)."""
+    peaks = {"a": {"0": 0.60, "0.01": 0.70, "0.1": 0.80, "1": 0.50},
+             "b": {"0": 0.60, "0.01": 0.62, "0.1": 0.64, "1": 0.9}}
+    jobs, num = [], 0
+    for variant, by_weight in peaks.items():
+        for weight in WEIGHTS:
+            for seed, wobble in ((1, 0.01), (2, -0.01)):
+                last = 0.95 if weight == "0" else 0.3
+                jobs.append(grid_job(num, variant, weight, seed, by_weight[weight] + wobble, last))
+                num += 1
+    return jobs
+
+
+def test_each_job_is_read_at_its_best_checkpoint(grid: list[Job]) -> None:
+    assert value_at_best(grid[4], "val/acc") == pytest.approx(0.81)  # not the last validation's 0.3
+    no_checkpoint = Job("x", {}, "completed", metrics={"val/acc": 0.4}, curves={"val/acc": [(9, 0.9)]})
+    assert value_at_best(no_checkpoint, "val/acc") == pytest.approx(0.4)  # no checkpoint kept: its final value
+
+
+def test_the_choice_per_family_with_runner_up_and_edge(grid: list[Job]) -> None:
+    families = candidates(grid, ["weight"], ["variant", "weight"], "val/acc")
+    assert [dict(f)["variant"] for f in families] == ["a", "b"]
+    text = "\n".join(selection_section(grid, ["weight"], ["variant", "weight"], "val/acc"))
+    # a: 0.1 (0.80) over 0.01 (0.70), every seed by 0.10 exactly: the interval is a point above zero
+    assert "| variant=a | weight=0.1 | 0.800 ± 0.014 (n=2) | weight=0.01 | +0.1 [0.1, 0.1], n=2: better | no |" in text
+    # b: the best is the highest weight tried, so the grid should be widened before trusting it
+    assert "| variant=b | weight=1 |" in text and "weight=1 is the highest tried" in text
+    assert text.index("| weight=0.1 |") < text.index("| weight=0.01 |") < text.index("| weight=0 |")  # best first
+
+
+def test_a_lower_is_better_metric_chooses_the_smallest(grid: list[Job]) -> None:
+    for job in grid:
+        job.curves["val/neg_elbo"] = [(s, -v) for s, v in job.curves["val/acc"]]
+    text = "\n".join(selection_section(grid, ["weight"], ["variant", "weight"], "val/neg_elbo"))
+    assert "| variant=a | weight=0.1 |" in text and "lower is better" in text
+
+
+def test_a_key_the_jobs_do_not_vary_is_one_clear_error_before_anything_is_written(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.report.test_report import make_job
+
+    sweep = tmp_path / "sweep"
+    for num, seed in enumerate((1, 2)):
+        make_job(sweep, num, ["ablation=aux", f"seed={seed}"], {"test/elbo": -1.0})
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(sweep), "--out", str(out), "--choose", "schedule.aux_end"])
+    assert exit_info.value.code == 2 and "--choose schedule.aux_end: not a key the jobs vary" in capsys.readouterr().err
+    assert not out.exists()
