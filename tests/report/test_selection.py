@@ -48,7 +48,8 @@ def test_the_choice_per_family_with_runner_up_and_edge(grid: list[Job]) -> None:
     assert [dict(f)["variant"] for f in families] == ["a", "b"]
     text = "\n".join(selection_section(grid, ["weight"], ["variant", "weight"], "val/acc"))
     # a: 0.1 (0.80) over 0.01 (0.70), every seed by 0.10 exactly: the interval is a point above zero
-    assert "| variant=a | weight=0.1 | 0.800 ± 0.014 (n=2) | weight=0.01 | +0.1 [0.1, 0.1], n=2: better | no |" in text
+    row_a = "| variant=a | weight=0.1 | 0.800 ± 0.014 (n=2) | weight=0.01 | +0.1 [0.1, 0.1], n=2: better | no | – |"
+    assert row_a in text
     # b: the best is the highest weight tried, so the grid should be widened before trusting it
     assert "| variant=b | weight=1 |" in text and "weight=1 is the highest tried" in text
     assert text.index("| weight=0.1 |") < text.index("| weight=0.01 |") < text.index("| weight=0 |")  # best first
@@ -73,3 +74,13 @@ def test_a_key_the_jobs_do_not_vary_is_one_clear_error_before_anything_is_writte
         main([str(sweep), "--out", str(out), "--choose", "schedule.aux_end"])
     assert exit_info.value.code == 2 and "--choose schedule.aux_end: not a key the jobs vary" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_when_no_weight_beats_none_the_best_nonzero_weight_is_named(grid: list[Job]) -> None:
+    """A study row that needs the term on takes the best nonzero weight, compared with none."""
+    for job in grid:
+        if job.overrides["variant"] == "a" and job.overrides["weight"] == "0":
+            job.curves["val/acc"] = [(s, v + 0.3) for s, v in job.curves["val/acc"]]  # 0.9: best of family a
+    text = "\n".join(selection_section(grid, ["weight"], ["variant", "weight"], "val/acc"))
+    assert "| variant=a | weight=0 |" in text and "weight=0 (the term off) is the lowest tried" in text
+    assert "| weight=0.1: 0.800 ± 0.014 (n=2); chosen − it +0.1 [0.1, 0.1], n=2: better |" in text

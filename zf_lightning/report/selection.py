@@ -94,9 +94,23 @@ def edges(chosen: Candidate, points: Sequence[Candidate]) -> list[str]:
         tried = {_number(p.setting[i][1]) for p in points}
         if None in tried or len(tried) < 3 or (x := _number(value)) is None:
             continue
-        if x in (min(tried), max(tried)):  # type: ignore[type-var]
+        if x == 0 and x == min(tried):  # type: ignore[type-var]
+            found.append(f"{key}=0 (the term off) is the lowest tried: no weight beat none")
+        elif x in (min(tried), max(tried)):  # type: ignore[type-var]
             found.append(f"{key}={value} is the {'lowest' if x == min(tried) else 'highest'} tried")  # type: ignore[type-var]
     return found
+
+
+def is_off(point: Candidate) -> bool:
+    """Whether some numeric chosen key is 0 (a weight that turns its term off)."""
+    return any(_number(value) == 0 for _, value in point.setting)
+
+
+def versus(better: bool, chosen: Candidate, other: Candidate) -> str:
+    """``chosen - other`` paired by seed: mean [95 % t-interval], n: verdict."""
+    diff = paired_difference(other.by_seed, chosen.by_seed, better)
+    interval = "" if math.isnan(diff.low) else f" [{diff.low:.4g}, {diff.high:.4g}]"
+    return f"{diff.mean:+.4g}{interval}, n={diff.n}: {diff.verdict}"
 
 
 def selection_section(jobs: Sequence[Job], choose: Sequence[str], varying: Sequence[str],
@@ -117,24 +131,21 @@ def selection_section(jobs: Sequence[Job], choose: Sequence[str], varying: Seque
         name = ", ".join(f"{k}={v}" for k, v in family) or "all jobs"
         ranked = sorted((p for p in points if math.isfinite(p.mean)), key=lambda p: p.mean, reverse=better)
         if not ranked:
-            summary.append([name, "–", "no finite value", "–", "–", "–"])
+            summary.append([name, "–", "no finite value", "–", "–", "–", "–"])
             continue
         best = ranked[0]
-        if len(ranked) > 1:
-            runner = ranked[1]
-            diff = paired_difference(runner.by_seed, best.by_seed, better)
-            interval = "" if math.isnan(diff.low) else f" [{diff.low:.4g}, {diff.high:.4g}]"
-            versus = f"{diff.mean:+.4g}{interval}, n={diff.n}: {diff.verdict}"
-            runner_label = runner.label
-        else:
-            versus, runner_label = "–", "–"
-        at_edge = "; ".join(edges(best, points)) or "no"
-        summary.append([name, best.label, best.summary(), runner_label, versus, at_edge])
+        runner = ranked[1] if len(ranked) > 1 else None
+        # where no weight beat none, the best weight that keeps the term on, for a row that needs one
+        on = next((p for p in ranked if not is_off(p)), None) if is_off(best) else None
+        summary.append([name, best.label, best.summary(), runner.label if runner else "–",
+                        versus(better, best, runner) if runner else "–", "; ".join(edges(best, points)) or "no",
+                        f"{on.label}: {on.summary()}; chosen − it {versus(better, best, on)}" if on else "–"])
         details += [f"**{name}**", "",
                     *md_table(["setting", f"{metric} at the best checkpoint (mean ± sd, n)"],
                               [[p.label, p.summary()] for p in ranked]), ""]
     return [*lines, *md_table(["family", "chosen", f"{metric} (mean ± sd, n)", "runner-up",
-                               "chosen − runner-up (paired, 95 % t-interval)", "at an edge of the grid"], summary),
+                               "chosen − runner-up (paired, 95 % t-interval)", "at an edge of the grid",
+                               "best with the term on (where the chosen turns it off)"], summary),
             "", "### Every grid point, best first", "", *details]
 
 
