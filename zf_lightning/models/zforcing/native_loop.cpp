@@ -1,13 +1,12 @@
 // The step loops of PlainRecurrence (recurrence.py) in C++: the same buffers, the same products
-// (ATen's addmm_/mm_out, so the same BLAS calls), the same ATen kernels for sigmoid, exp
-// and addcmul (which may fuse its multiply-add, depending on the CPU), and what is left, the
-// products, clamps and the clipped leaky ReLU, as plain loops that round as ATen's kernels do
+// (ATen's addmm_/mm_out, so the same BLAS calls), the same ATen kernels for sigmoid and exp,
+// and what is left, the elementwise products and sums, clamps and the clipped leaky ReLU, as
+// plain loops that round as ATen's kernels do
 // (built with -ffp-contract=off: no multiply-add is fused where ATen's is not).
 // What it removes is the fixed cost of each Python-level operation: a step here is a few
 // ATen calls and some loops over contiguous slices, with no Python or per-op autograd in between.
 #include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
-#include <ATen/ops/addcmul.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/exp.h>
@@ -115,7 +114,15 @@ void forward_loop_impl(const Tensor& y, const Tensor& hs, const Tensor& q_raw, c
       for (int64_t i = 0; i < B * 2 * Z; ++i) dst[i] = std::min(std::max(src[i], -c), c);
     }
     half_logvar_exp_into<T>(q_t.data_ptr<T>(), B, Z, half_logvar_exp);
-    at::addcmul_out(z_t, q_t.narrow(1, 0, Z), half_logvar_exp, noise.select(0, t));
+    {
+      const T* qp = q_t.data_ptr<T>();
+      const T* eps = noise.select(0, t).data_ptr<T>();
+      const T* e = half_logvar_exp.data_ptr<T>();
+      T* zp = z_t.data_ptr<T>();
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t i = 0; i < Z; ++i) zp[b * Z + i] = e[b * Z + i] * eps[b * Z + i] + qp[b * 2 * Z + i];
+      }
+    }
     // the gates: y_t[:, :4H] += z_t (W_iz A)^T, then the LSTM update
     gates.addmm_(z_t, w_z_t);
     at::sigmoid_out(acts_k, gates);
@@ -125,10 +132,13 @@ void forward_loop_impl(const Tensor& y, const Tensor& hs, const Tensor& q_raw, c
     const T* c_prev = cs.select(0, c_in).data_ptr<T>();
     Tensor c_new_t = cs.select(0, c_out);
     T* c_new = c_new_t.data_ptr<T>();
-    for (int64_t b = 0; b < B; ++b) {
-      for (int64_t i = 0; i < H; ++i) c_new[b * H + i] = a[b * G + H + i] * c_prev[b * H + i];
+    for (int64_t b = 0; b < B; ++b) {  // f c_{t-1} + i g
+      const T *ig = a + b * G, *fg = ig + H, *gg = ig + 2 * H;
+      for (int64_t i = 0; i < H; ++i) {
+        const T fc = fg[i] * c_prev[b * H + i], in = ig[i] * gg[i];
+        c_new[b * H + i] = fc + in;
+      }
     }
-    c_new_t.addcmul_(acts_k.narrow(1, 0, H), g_act);
     tanh_into<T>(c_new, H, tanh_c, H, B, H);
     const T* tc = tanh_c.data_ptr<T>();
     T* hp = hs.select(0, t + 1).data_ptr<T>();
@@ -208,7 +218,7 @@ void backward_loop_impl(const Tensor& d_y, const Tensor& d_h_all, const Tensor& 
         dcf[b * H + i] = o * (one - c * c);
       }
     }
-    dc_t.addcmul_(dh_t, dc_factor);
+    for (int64_t i = 0; i < B * H; ++i) dc[i] = dc[i] + dh[i] * dcf[i];
     for (int64_t b = 0; b < B; ++b) {
       const T* ig = a + b * G;
       T* d = dg + b * W;
@@ -231,7 +241,13 @@ void backward_loop_impl(const Tensor& d_y, const Tensor& d_h_all, const Tensor& 
       const T* raw = q_raw.select(0, t).data_ptr<T>();
       for (int64_t i = 0; i < B * 2 * Z; ++i) scale[i] = scale[i] * T(raw[i] >= -c && raw[i] <= c);
     }
-    d_out.view({B, 2, Z}).addcmul_(scale_t, dz_t.unsqueeze(1));
+    {
+      T* dq = d_out.data_ptr<T>();
+      const T* dz = dz_t.data_ptr<T>();
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t j = 0; j < 2 * Z; ++j) dq[b * 2 * Z + j] = dq[b * 2 * Z + j] + scale[b * 2 * Z + j] * dz[b * Z + j % Z];
+      }
+    }
     // the posterior's first layer: d_post = (d q_raw_t W_2) act'(y_t[:, 4H:]) (clipped_leaky_relu_grad)
     Tensor d_post = dy.narrow(1, G, M);
     at::mm_out(d_post, d_out, w_post);

@@ -65,7 +65,8 @@ def sample_into(q_raw: Tensor, noise: Tensor, clamp: float | None, q: Tensor, z:
     if clamp is not None:
         torch.clamp(q_raw, -clamp, clamp, out=q)
     mean, logvar = q.chunk(2, -1)
-    torch.addcmul(mean, torch.exp(0.5 * logvar), noise, out=z)
+    # a multiply and an add, each rounded (the C++ loop's plain loop; addcmul may fuse them)
+    torch.mul(torch.exp(0.5 * logvar), noise, out=z).add_(mean)
 
 
 def tanh_into(x: Tensor, out: Tensor) -> Tensor:
@@ -86,7 +87,7 @@ def lstm_into(gates: Tensor, c: Tensor, acts: Tensor, c_new: Tensor, tanh_c: Ten
     tanh_into(gates[..., 2 * hidden : 3 * hidden], acts[..., 2 * hidden : 3 * hidden])
     i, f, g, o = acts.chunk(4, -1)
     torch.mul(f, c, out=c_new)
-    c_new.addcmul_(i, g)
+    c_new.add_(i * g)
     tanh_into(c_new, tanh_c)
     torch.mul(o, tanh_c, out=h)
 
@@ -107,7 +108,7 @@ def lstm_backward_into(dh: Tensor, dc: Tensor, gate_factors: Tensor, dc_factor: 
     """One step of the LSTM update's backward pass from its ``lstm_factors``: the gates' gradient
     into ``d_gates`` [B, 4H]; ``dc`` (that of c_t on entry) becomes that of c_{t-1}."""
     batch, hidden = dh.shape
-    dc.addcmul_(dh, dc_factor)
+    dc.add_(dh * dc_factor)
     torch.mul(gate_factors[:, : 3 * hidden].view(batch, 3, hidden), dc[:, None],
               out=d_gates[:, : 3 * hidden].view(batch, 3, hidden))
     torch.mul(gate_factors[:, 3 * hidden :], dh, out=d_gates[:, 3 * hidden :])
@@ -349,7 +350,7 @@ def _backward_steps(
     ):
         ops.cell_backward(dh, dc, gate_f, dc_f, f, d_gates)
         dz.addmm_(d_gates, w_z)
-        d_out.addcmul_(scale, dz[:, None])
+        d_out.add_(scale * dz[:, None])
         torch.mm(d_out.view(B, 2 * Z), w_post, out=d_post).mul_(act_f)
         if t > 0:  # h_0 is the constant zero state: its gradient is not needed
             dh_prev.addmm_(dy, w_h)
