@@ -78,10 +78,10 @@ def regions(model: ZForcing, batch, noise: Tensor) -> dict[str, tuple[Callable[[
     cell, second = model.cell, model.posterior.second
     with torch.no_grad():
         bias = cell.bias + cell.weight_iz @ model.z_map.bias
-        gates_x = torch.addmm(bias, emb.transpose(0, 1).reshape(T * B, -1), cell.weight_ix.t()).view(T, B, -1)
-    loop_in = [leaf(gates_x), leaf(from_b.transpose(0, 1)), noise.transpose(0, 1).contiguous(),
-               leaf(model._weight_from_h()), leaf(second.weight), leaf(second.bias),
-               leaf(cell.weight_iz @ model.z_map.weight)]
+        gates_x = torch.addmm(bias[:, None], cell.weight_ix, emb.transpose(0, 1).reshape(T * B, -1).t())
+        pre = torch.cat([gates_x.view(-1, T, B), from_b.permute(2, 1, 0)], 0)
+    loop_in = [leaf(pre), noise.permute(1, 2, 0).contiguous(), leaf(model._weight_from_h()), leaf(second.weight),
+               leaf(second.bias), leaf(cell.weight_iz @ model.z_map.weight)]
     act = model.posterior.act
 
     def loop_fwd() -> Tensor:
@@ -108,10 +108,11 @@ def regions(model: ZForcing, batch, noise: Tensor) -> dict[str, tuple[Callable[[
         bwdp, post_from_b = from_b.split([from_b.shape[-1] - first.out_features, first.out_features], dim=-1)
         w_iz = cell.weight_iz
         bias = cell.bias + w_iz @ model.z_map.bias
-        gx = torch.addmm(bias, emb.transpose(0, 1).reshape(T * B, -1), cell.weight_ix.t()).view(T, B, -1)
-        n = noise.transpose(0, 1).contiguous()
+        gx = torch.addmm(bias[:, None], cell.weight_ix, emb.transpose(0, 1).reshape(T * B, -1).t())
+        pre = torch.cat([gx.view(-1, T, B), post_from_b.permute(2, 1, 0)], 0)
+        n = noise.permute(1, 2, 0).contiguous()
         w = [model._weight_from_h(), w_iz @ model.z_map.weight]
-        return [gx, post_from_b.transpose(0, 1), bwdp, *w, n]
+        return [pre, bwdp, *w, n]
 
     pre_grads = None
 

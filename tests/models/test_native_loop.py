@@ -155,17 +155,16 @@ def test_native_recurrence_passes_gradcheck(ops: object, clamp: float | None) ->
     def rand(*shape: int, scale: float = 1.0) -> Tensor:
         return (scale * torch.randn(*shape, generator=g, dtype=torch.float64)).requires_grad_()
 
-    gates_x, post_pre = rand(T, B, 4 * H, scale=4.0), rand(T, B, M, scale=4.0)
-    w_h, w_post, b_post, w_z = rand(4 * H + M, H, scale=0.7), rand(2 * Z, M), rand(2 * Z), rand(4 * H, Z, scale=0.7)
-    noise = torch.randn(T, B, Z, generator=g, dtype=torch.float64)
-    inputs = (gates_x, post_pre, w_h, w_post, b_post, w_z)
+    pre, w_h = rand(4 * H + M, T, B, scale=4.0), rand(4 * H + M, H, scale=0.7)
+    w_post, b_post, w_z = rand(2 * Z, M), rand(2 * Z), rand(4 * H, Z, scale=0.7)
+    noise = torch.randn(T, Z, B, generator=g, dtype=torch.float64)
 
     def run(*args: Tensor) -> tuple[Tensor, ...]:
-        return plain_recurrence(*args[:2], noise, *args[2:], step_ops(False), 1.0 / 3.0, 3.0, clamp, ops)
+        return plain_recurrence(*args[:1], noise, *args[1:], step_ops(False), 1.0 / 3.0, 3.0, clamp, ops)
 
-    assert torch.autograd.gradcheck(run, inputs)
-    python = plain_recurrence(*inputs[:2], noise, *inputs[2:], step_ops(False), 1.0 / 3.0, 3.0, clamp)
-    for a, b in zip(run(*inputs), python, strict=True):
+    assert torch.autograd.gradcheck(run, (pre, w_h, w_post, b_post, w_z))
+    python = plain_recurrence(pre, noise, w_h, w_post, b_post, w_z, step_ops(False), 1.0 / 3.0, 3.0, clamp)
+    for a, b in zip(run(pre, w_h, w_post, b_post, w_z), python, strict=True):
         assert torch.equal(a, b)
 
 

@@ -52,44 +52,44 @@ def test_clipped_leaky_relu_backward_matches_autograd_also_at_the_kinks() -> Non
 @pytest.mark.parametrize("clamp", [None, 1.5])
 def test_sample_posterior_backward_matches_autograd(clamp: float | None) -> None:
     g = torch.Generator().manual_seed(0)
-    raw = 2 * torch.randn(5, 6, generator=g, dtype=torch.float64)  # [B, 2Z], some beyond the clamp
+    raw = 2 * torch.randn(6, 5, generator=g, dtype=torch.float64)  # [2Z, B], some beyond the clamp
     raw[0, 0] = 1.5  # exactly at the clamp: torch passes the gradient there
-    noise = torch.randn(5, 3, generator=g, dtype=torch.float64)
-    grad_q = torch.randn(5, 6, generator=g, dtype=torch.float64)
-    grad_z = torch.randn(5, 3, generator=g, dtype=torch.float64)
-    want, _ = _vjp(lambda r, n: sample_posterior(r, n, clamp), [raw, noise], [grad_q, grad_z])
-    q, z = sample_posterior(raw, noise, clamp)
+    noise = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    grad_q = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    grad_z = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    want, _ = _vjp(lambda r, n: sample_posterior(r, n, clamp, 0), [raw, noise], [grad_q, grad_z])
+    q, z = sample_posterior(raw, noise, clamp, 0)
     q_into = raw.clone() if clamp is None else torch.empty_like(raw)
     z_into = torch.empty_like(z)
     sample_into(q_into if clamp is None else raw, noise, clamp, q_into, z_into)
     torch.testing.assert_close((q_into, z_into), (q, z))
-    # the factors for all steps at once ([T, B, .], here one step), then one step's gradient
+    # the factors for all steps at once ([T, ., B], here one step), then one step's gradient
     scale, rest = posterior_factors(q[None], raw[None], noise[None], clamp, grad_q[None])
-    got = rest[0].view(5, 2, 3).addcmul_(scale[0].view(5, 2, 3), grad_z[:, None]).view(5, 6)
+    got = rest[0].view(2, 3, 5).addcmul_(scale[0].view(2, 3, 5), grad_z).view(6, 5)
     torch.testing.assert_close(got, want)
     scale, rest = posterior_factors(q[None], raw[None], noise[None], clamp, None)  # no gradient of q itself
-    torch.testing.assert_close(rest[0].view(5, 2, 3).addcmul_(scale[0].view(5, 2, 3), grad_z[:, None]).view(5, 6),
-                               _vjp(lambda r, n: sample_posterior(r, n, clamp), [raw, noise], [None, grad_z])[0])
+    torch.testing.assert_close(rest[0].view(2, 3, 5).addcmul_(scale[0].view(2, 3, 5), grad_z).view(6, 5),
+                               _vjp(lambda r, n: sample_posterior(r, n, clamp, 0), [raw, noise], [None, grad_z])[0])
     if clamp is not None:
         assert (raw.abs() > clamp).any()  # the clamp is exercised
 
 
 def test_lstm_update_backward_matches_autograd() -> None:
     g = torch.Generator().manual_seed(1)
-    gates = torch.randn(4, 12, generator=g, dtype=torch.float64)  # [B, 4H]
-    c = torch.randn(4, 3, generator=g, dtype=torch.float64)
-    grad_h = torch.randn(4, 3, generator=g, dtype=torch.float64)
-    grad_c = torch.randn(4, 3, generator=g, dtype=torch.float64)
-    # against autograd through the update the other models use
-    want_gates, want_c = _vjp(lambda x, c0: lstm_pointwise(x, c0), [gates, c], [grad_h, grad_c])
+    gates = torch.randn(12, 4, generator=g, dtype=torch.float64)
+    c = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    grad_h = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    grad_c = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    # against autograd through the batch-major update the other models use
+    want_gates, want_c = _vjp(lambda x, c0: lstm_pointwise(x, c0, 0), [gates, c], [grad_h, grad_c])
     acts, c_new, tanh_c, h = torch.empty_like(gates), torch.empty_like(c), torch.empty_like(c), torch.empty_like(c)
     lstm_into(gates, c, acts, c_new, tanh_c, h)
-    torch.testing.assert_close((h, c_new), lstm_pointwise(gates, c))
+    torch.testing.assert_close((h, c_new), lstm_pointwise(gates, c, 0))
     torch.testing.assert_close(tanh_c, torch.tanh(c_new))
-    # the factors for all steps at once ([T, B, .], here one step), then one step's backward
+    # the factors for all steps at once ([T, ., B], here one step), then one step's backward
     gate_factors, dc_factor = lstm_factors(acts[None], c[None], tanh_c[None])
     got_gates, got_c = torch.empty_like(gates), grad_c.clone()
-    lstm_backward_into(grad_h, got_c, gate_factors[0], dc_factor[0], acts[:, 3:6], got_gates)
+    lstm_backward_into(grad_h, got_c, gate_factors[0], dc_factor[0], acts[3:6], got_gates)
     torch.testing.assert_close(got_gates, want_gates)
     torch.testing.assert_close(got_c, want_c)
 
@@ -103,19 +103,19 @@ def test_whole_recurrence_passes_gradcheck(clamp: float | None) -> None:
     def rand(*shape: int, scale: float = 1.0) -> torch.Tensor:
         return (scale * torch.randn(*shape, generator=g, dtype=torch.float64)).requires_grad_()
 
-    gates_x, post_pre = rand(T, B, 4 * H, scale=4.0), rand(T, B, M, scale=4.0)
-    w_h, w_post, b_post, w_z = rand(4 * H + M, H, scale=0.7), rand(2 * Z, M), rand(2 * Z), rand(4 * H, Z, scale=0.7)
-    noise = torch.randn(T, B, Z, generator=g, dtype=torch.float64)
+    pre, w_h = rand(4 * H + M, T, B, scale=4.0), rand(4 * H + M, H, scale=0.7)
+    w_post, b_post, w_z = rand(2 * Z, M), rand(2 * Z), rand(4 * H, Z, scale=0.7)
+    noise = torch.randn(T, Z, B, generator=g, dtype=torch.float64)
     ops = step_ops(False)
 
     def run(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return plain_recurrence(*args[:2], noise, *args[2:], ops, 1.0 / 3.0, 3.0, clamp)
+        return plain_recurrence(*args[:1], noise, *args[1:], ops, 1.0 / 3.0, 3.0, clamp)
 
-    assert torch.autograd.gradcheck(run, (gates_x, post_pre, w_h, w_post, b_post, w_z))
-    first_posterior_pre = post_pre[0]  # h_0 = 0: the posterior's pre-activation at t = 0
+    assert torch.autograd.gradcheck(run, (pre, w_h, w_post, b_post, w_z))
+    first_posterior_pre = pre[4 * H :, 0]  # h_0 = 0: the posterior's pre-activation at t = 0
     assert ((first_posterior_pre > 3) | (first_posterior_pre < -9)).any()  # the clip region is exercised
     if clamp is not None:  # the clamp is active somewhere, so its mask is tested
-        _, _, q = run(gates_x, post_pre, w_h, w_post, b_post, w_z)
+        _, _, q = run(pre, w_h, w_post, b_post, w_z)
         assert (q.abs() == clamp).any()
 
 
@@ -125,16 +125,15 @@ def test_outputs_without_a_gradient_count_as_zero() -> None:
     H, M, Z, T, B = 3, 4, 2, 3, 2
     shapes = ((4 * H + M, H), (2 * Z, M), (2 * Z,), (4 * H, Z))  # w_h, w_post, b_post, w_z
     weights = [torch.randn(*shape, generator=g).requires_grad_() for shape in shapes]
-    gates_x = torch.randn(T, B, 4 * H, generator=g, requires_grad=True)
-    post_pre = torch.randn(T, B, M, generator=g, requires_grad=True)
-    noise = torch.randn(T, B, Z, generator=g)
+    pre = torch.randn(4 * H + M, T, B, generator=g, requires_grad=True)
+    noise = torch.randn(T, Z, B, generator=g)
 
     def grads(zero_weight_for_z_and_q: bool) -> tuple[torch.Tensor, ...]:
-        hs, z, q = plain_recurrence(gates_x, post_pre, noise, *weights, step_ops(False), 1.0 / 3.0, 3.0, 8.0)
+        hs, z, q = plain_recurrence(pre, noise, *weights, step_ops(False), 1.0 / 3.0, 3.0, 8.0)
         loss = hs.sin().sum()
         if zero_weight_for_z_and_q:
             loss = loss + 0.0 * (z.sum() + q.sum())
-        return torch.autograd.grad(loss, [gates_x, post_pre, *weights])
+        return torch.autograd.grad(loss, [pre, *weights])
 
     for got, want in zip(grads(False), grads(True), strict=True):
         torch.testing.assert_close(got, want)

@@ -245,21 +245,21 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
     def _loop_plain(self, emb: Tensor, post_from_b: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The recurrence with the linear z map folded into the gates (``plain_recurrence``).
 
-        Before the loop, for all steps at once and time-first ([T, B, features]):
-        W_ix emb_t + bias + W_iz a (a: the z map's bias); the posterior's part from b_t comes in
-        with its bias. The loop adds [W_hh; W_qh] h_{t-1}, forms z_t and adds (W_iz A) z_t to the
-        gates. Returns h_0..h_T [B, T+1, H], z and q batch-major.
+        Before the loop, for all steps at once and feature-major ([features, T, B]):
+        [W_ix emb_t + bias + W_iz a ; W_qb b_t + c] (a, c: the z-map and posterior biases).
+        The loop adds [W_hh; W_qh] h_{t-1}, forms z_t and adds (W_iz A) z_t to the gates.
+        Returns h_0..h_T [B, T+1, H], z and q batch-major.
         """
         B, T, _ = emb.shape
         cell, second = self.cell, self.posterior.second
         w_iz = cell.weight_iz
         bias = cell.bias + w_iz @ self.z_map.bias
-        gates_x = torch.addmm(bias, emb.transpose(0, 1).reshape(T * B, -1), cell.weight_ix.t())
+        gates_x = torch.addmm(bias[:, None], cell.weight_ix, emb.transpose(0, 1).reshape(T * B, -1).t())
+        pre = torch.cat([gates_x.view(-1, T, B), post_from_b.permute(2, 1, 0)], 0)  # [4H + M, T, B]
         act = self.posterior.act
         hs, z, q = plain_recurrence(
-            gates_x.view(T, B, -1),
-            post_from_b.transpose(0, 1),
-            noise.transpose(0, 1).contiguous(),  # [T, B, Z]
+            pre,
+            noise.permute(1, 2, 0).contiguous(),  # [T, Z, B]
             self._weight_from_h(),
             second.weight,
             second.bias,
@@ -268,11 +268,11 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
             act.slope,
             act.bound,
             self.posterior.clamp,
-            self._native(emb),
+            self._native(pre),
         )
 
         def batch_major(x: Tensor) -> Tensor:
-            return x.transpose(0, 1).contiguous()  # [T, B, .] -> [B, T, .]
+            return x.permute(2, 0, 1).contiguous()  # [T, ., B] -> [B, T, .]
 
         return batch_major(hs), batch_major(z), batch_major(q)
 

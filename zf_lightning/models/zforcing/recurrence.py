@@ -11,11 +11,10 @@ the gate weights):
     z_t        = mean_t + exp(logvar_t / 2) * eps_t
     h_t, c_t   = LSTM(y_t[:4H] + W_z z_t, c_{t-1})
 
-Each step's tensors are batch-major ([B, features]) and stored time first ([T, B, features]):
-a step's slice is contiguous, each in-loop product is x @ W^T (as fast as W @ x at these sizes),
-and the buffers are [T*B, features] matrices, so each weight gradient is one product over all
-steps on views of them, with no copy (e.g. dW_h = dY^T @ H_prev, [T*B, 4H+M] and [T*B, H]), and
-the gradients of the loop's inputs are views of dY. At small sizes a step's time is mostly
+Each step's tensors are feature-major ([features, B]) and stored time first ([T, features, B],
+so a step's slice is contiguous): each in-loop product is W @ x with the long side of W first
+(faster than x @ W^T for a small batch on a CPU) and each weight gradient is one product over
+all steps, e.g. dW_h = dY [4H+M, T*B] @ H_prev[H, T*B]^T. At small sizes a step's time is mostly
 the fixed cost of each operation, so the loop does few: it writes into buffers allocated before
 it, and the backward pass forms every pointwise derivative for all steps before its loop. These
 pieces are the small functions below, collected in ``StepOps`` so that ``compile_step`` can hand
@@ -60,17 +59,16 @@ def act_into(pre: Tensor, slope: float, bound: float, out: Tensor) -> Tensor:
 
 
 def sample_into(q_raw: Tensor, noise: Tensor, clamp: float | None, q: Tensor, z: Tensor) -> None:
-    """Batch-major ``sample_posterior`` ([B, 2Z] -> [B, Z]) into the step's slots of q and z
+    """Feature-major ``sample_posterior`` ([2Z, B] -> [Z, B]) into the step's slots of q and z
     (``q`` is ``q_raw`` itself when there is no clamp)."""
     if clamp is not None:
         torch.clamp(q_raw, -clamp, clamp, out=q)
-    mean, logvar = q.chunk(2, -1)
-    # a multiply and an add, each rounded (the C++ loop's plain loop; addcmul may fuse them)
-    torch.mul(torch.exp(0.5 * logvar), noise, out=z).add_(mean)
+    mean, logvar = q.chunk(2, 0)
+    torch.addcmul(mean, torch.exp(0.5 * logvar), noise, out=z)
 
 
 def tanh_into(x: Tensor, out: Tensor) -> Tensor:
-    """tanh(x) as 2 sigmoid(2x) - 1 into ``out`` (may be ``x``): within 2e-7 of
+    """tanh(x) as 2 sigmoid(2x) - 1 into ``out`` (contiguous; may be ``x``): within 2e-7 of
     ``torch.tanh``, whose CPU kernel in this torch build is several times slower than sigmoid's
     (about 2 ns an element against 0.3). The C++ loops form it by the same operations."""
     torch.mul(x, 2, out=out)
@@ -79,52 +77,51 @@ def tanh_into(x: Tensor, out: Tensor) -> Tensor:
 
 
 def lstm_into(gates: Tensor, c: Tensor, acts: Tensor, c_new: Tensor, tanh_c: Tensor, h: Tensor) -> None:
-    """Batch-major LSTM update from pre-activations [B, 4H] (gates i, f, g, o) into the step's
+    """Feature-major LSTM update from pre-activations [4H, B] (gates i, f, g, o) into the step's
     slots: the gate activations (sigmoid, sigmoid, tanh, sigmoid), c_t, tanh(c_t) and h_t
     (each tanh by ``tanh_into``)."""
-    hidden = c.shape[-1]
+    hidden = c.shape[0]
     torch.sigmoid(gates, out=acts)
-    tanh_into(gates[..., 2 * hidden : 3 * hidden], acts[..., 2 * hidden : 3 * hidden])
-    i, f, g, o = acts.chunk(4, -1)
+    tanh_into(gates[2 * hidden : 3 * hidden], acts[2 * hidden : 3 * hidden])
+    i, f, g, o = acts.chunk(4, 0)
     torch.mul(f, c, out=c_new)
-    c_new.add_(i * g)
+    c_new.addcmul_(i, g)
     tanh_into(c_new, tanh_c)
     torch.mul(o, tanh_c, out=h)
 
 
 def lstm_factors(acts: Tensor, c_prev: Tensor, tanh_c: Tensor) -> tuple[Tensor, Tensor]:
-    """What the LSTM update's backward pass multiplies by, for all steps at once ([T, B, .]).
+    """What the LSTM update's backward pass multiplies by, for all steps at once ([T, ., B]).
 
     Returns the factors that turn dc_t (gates i, f, g) and dh_t (gate o) into the gates'
-    pre-activation gradients [T, B, 4H], and o_t (1 - tanh(c_t)^2), which carries dh_t into dc_t.
+    pre-activation gradients [T, 4H, B], and o_t (1 - tanh(c_t)^2), which carries dh_t into dc_t.
     """
-    i, f, g, o = acts.chunk(4, -1)
-    gates = torch.cat([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g), tanh_c * o * (1 - o)], -1)
+    i, f, g, o = acts.chunk(4, 1)
+    gates = torch.cat([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g), tanh_c * o * (1 - o)], 1)
     return gates, o * (1 - tanh_c * tanh_c)
 
 
 def lstm_backward_into(dh: Tensor, dc: Tensor, gate_factors: Tensor, dc_factor: Tensor, f: Tensor,
                        d_gates: Tensor) -> None:
     """One step of the LSTM update's backward pass from its ``lstm_factors``: the gates' gradient
-    into ``d_gates`` [B, 4H]; ``dc`` (that of c_t on entry) becomes that of c_{t-1}."""
-    batch, hidden = dh.shape
-    dc.add_(dh * dc_factor)
-    torch.mul(gate_factors[:, : 3 * hidden].view(batch, 3, hidden), dc[:, None],
-              out=d_gates[:, : 3 * hidden].view(batch, 3, hidden))
-    torch.mul(gate_factors[:, 3 * hidden :], dh, out=d_gates[:, 3 * hidden :])
+    into ``d_gates`` [4H, B]; ``dc`` (that of c_t on entry) becomes that of c_{t-1}."""
+    hidden = dh.shape[0]
+    dc.addcmul_(dh, dc_factor)
+    torch.mul(gate_factors[: 3 * hidden].view(3, hidden, -1), dc, out=d_gates[: 3 * hidden].view(3, hidden, -1))
+    torch.mul(gate_factors[3 * hidden :], dh, out=d_gates[3 * hidden :])
     dc.mul_(f)
 
 
 def posterior_factors(
     q: Tensor, q_raw: Tensor, noise: Tensor, clamp: float | None, d_q: Tensor | None
 ) -> tuple[Tensor, Tensor]:
-    """The sampling step's backward pass for all steps at once ([T, B, .]).
+    """The sampling step's backward pass for all steps at once ([T, ., B]).
 
     d q_raw_t = s_t * [dz_t; dz_t] + r_t: returns s (the clamp's mask times [1; noise exp(logvar / 2) / 2])
     and r (the masked gradient of q itself, zero without one), the buffer each step adds to.
     """
-    mean, logvar = q.chunk(2, -1)
-    scale = torch.cat([torch.ones_like(mean), noise * torch.exp(0.5 * logvar) * 0.5], -1)
+    mean, logvar = q.chunk(2, 1)
+    scale = torch.cat([torch.ones_like(mean), noise * torch.exp(0.5 * logvar) * 0.5], 1)
     if clamp is not None:
         scale = scale * ((q_raw >= -clamp) & (q_raw <= clamp))
     return scale, posterior_rest(q_raw, clamp, d_q)
@@ -191,14 +188,13 @@ def step_ops(compile_step: bool | str = False) -> StepOps:
 class PlainRecurrence(torch.autograd.Function):
     """The loop in the module docstring over T steps; see ``plain_recurrence`` for the arguments.
 
-    Every per-step quantity lives in a buffer [T, B, features] allocated before the loop, so
+    Every per-step quantity lives in a buffer [T, features, B] allocated before the loop, so
     each step reads and writes contiguous slices in place (no per-step allocation or copy):
     y = pre + W_h h_{t-1} (+ W_z z_t on the gate rows) accumulates in one buffer, whose posterior
-    columns the backward pass reads. Kept for the backward pass besides the outputs: y, the
+    rows the backward pass reads. Kept for the backward pass besides the outputs: y, the
     posterior's activations and unclamped outputs, the gate activations, c_t and tanh(c_t).
     The backward pass forms every pointwise derivative for all steps at once before its loop,
-    which is then three products and a few multiply-adds per step; the gradients of the two
-    inputs are the two column blocks of dY.
+    which is then three products and a few multiply-adds per step.
     Under mixed precision it runs in fp32 (``fp32_forward``): the state h_t, c_t never rounds to bf16.
     """
 
@@ -206,8 +202,7 @@ class PlainRecurrence(torch.autograd.Function):
     @fp32_forward
     def forward(  # type: ignore[override]
         ctx: Any,
-        gates_x: Tensor,
-        post_pre: Tensor,
+        pre: Tensor,
         noise: Tensor,
         w_h: Tensor,
         w_post: Tensor,
@@ -220,28 +215,27 @@ class PlainRecurrence(torch.autograd.Function):
         keep: bool,
         native: NativeLoops | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        T, B, M = post_pre.shape
+        width, T, B = pre.shape
         H, Z = w_h.shape[1], w_z.shape[1]
-        new = gates_x.new_empty
-        y = torch.cat([gates_x, post_pre], -1)  # [T, B, 4H + M], the buffer the loop adds to
-        hs, z = new(T + 1, B, H), new(T, B, Z)
-        q_raw = b_post.expand(T, B, 2 * Z).contiguous()
-        q = q_raw if clamp is None else new(T, B, 2 * Z)
+        M = width - 4 * H
+        new = pre.new_empty
+        y = pre.transpose(0, 1).clone(memory_format=torch.contiguous_format)  # [T, 4H + M, B], a copy to update
+        hs, z = new(T + 1, H, B), new(T, Z, B)
+        q_raw = b_post[None, :, None].expand(T, 2 * Z, B).contiguous()
+        q = q_raw if clamp is None else new(T, 2 * Z, B)
         # without a backward pass to come (evaluation), the backward-only buffers hold one step
         # (c_t: two, used in turn)
         kept = T if keep else 1
-        post_act, acts, tanh_cs = new(kept, B, M), new(kept, B, 4 * H), new(kept, B, H)
-        cs = new(T + 1 if keep else 2, B, H)
+        post_act, acts, tanh_cs = new(kept, M, B), new(kept, 4 * H, B), new(kept, H, B)
+        cs = new(T + 1 if keep else 2, H, B)
         hs[0].zero_()
         cs[0].zero_()
-        # the transposed weights, copied once: x @ W^T reads them row-major
-        w_h_t, w_post_t, w_z_t = w_h.t().contiguous(), w_post.t().contiguous(), w_z.t().contiguous()
         if native is not None:
-            native.forward_loop(y, hs, q_raw, q, z, noise, post_act, acts, cs, tanh_cs, w_h_t, w_post_t, w_z_t,
-                                slope, bound, clamp, keep)
+            native.forward_loop(y, hs, q_raw, q, z, noise, post_act, acts, cs, tanh_cs, w_h, w_post, w_z, slope,
+                                bound, clamp, keep)
         else:
-            _forward_steps(y, hs, q_raw, q, z, noise, post_act, acts, cs, tanh_cs, w_h_t, w_post_t, w_z_t, ops,
-                           slope, bound, clamp, keep)
+            _forward_steps(y, hs, q_raw, q, z, noise, post_act, acts, cs, tanh_cs, w_h, w_post, w_z, ops, slope,
+                           bound, clamp, keep)
         ctx.save_for_backward(noise, w_h, w_post, w_z, hs, z, q, y, post_act, acts, cs, tanh_cs, q_raw)
         ctx.consts = (ops, slope, bound, clamp, native)
         ctx.set_materialize_grads(False)  # an output nothing used gets None, not a zero tensor
@@ -253,32 +247,31 @@ class PlainRecurrence(torch.autograd.Function):
     def backward(ctx: Any, d_hs: Tensor | None, d_z: Tensor | None, d_q: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         noise, w_h, w_post, w_z, hs, z, q, y, post_act, acts, cs, tanh_cs, q_raw = ctx.saved_tensors
         ops, slope, bound, clamp, native = ctx.consts
-        T, B, H = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
-        Z, M = z.shape[2], post_act.shape[2]
-        # gradients of h_t and z_t, in the outputs' layout [T, B, .]: the incoming ones, to which
+        T, H, B = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
+        Z, M = z.shape[1], post_act.shape[1]
+        # the transposed weights, copied once: W^T @ g reads them row-major (twice as fast as W.t() @ g)
+        w_h_t, w_post_t, w_z_t = w_h.t().contiguous(), w_post.t().contiguous(), w_z.t().contiguous()
+        # gradients of h_t and z_t, in the outputs' layout [T, ., B]: the incoming ones, to which
         # each step adds in place what flows back through the recurrence
         d_h_all = hs.new_zeros(hs.shape) if d_hs is None else torch.empty_like(hs).copy_(d_hs)
         d_z_all = z.new_zeros(z.shape) if d_z is None else torch.empty_like(z).copy_(d_z)
-        d_y = hs.new_empty(T, B, 4 * H + M)  # gradient of y_t, i.e. of pre_t
+        d_y = hs.new_empty(T, 4 * H + M, B)  # gradient of y_t, i.e. of pre_t
         d_q = None if d_q is None else d_q.contiguous()
         if native is not None:  # forms the pointwise derivatives step by step, in its loop
             d_q_raw = posterior_rest(q_raw, clamp, d_q)
-            native.backward_loop(d_y, d_h_all, d_z_all, d_q_raw, y, acts, cs, tanh_cs, q, q_raw, noise, w_h,
-                                 w_post, w_z, slope, bound, clamp)
+            native.backward_loop(d_y, d_h_all, d_z_all, d_q_raw, y, acts, cs, tanh_cs, q, q_raw, noise, w_h_t,
+                                 w_post_t, w_z_t, slope, bound, clamp)
         else:
             gate_factors, dc_factor = ops.cell_factors(acts, cs[:T], tanh_cs)
-            act_grad = ops.act_grad(y[..., 4 * H :], slope, bound)
+            act_grad = ops.act_grad(y[:, 4 * H :], slope, bound)
             sample_scale, d_q_raw = ops.sample_factors(q, q_raw, noise, clamp, d_q)
             _backward_steps(d_y, d_h_all, d_z_all, d_q_raw, sample_scale, gate_factors, dc_factor, acts, act_grad,
-                            w_h, w_post, w_z, ops)
-        # each weight gradient one product over all steps, on [T*B, .] views of the buffers
-        d_rows = d_y.view(T * B, 4 * H + M)
-        d_w_h = d_rows.t() @ hs[:T].view(T * B, H)
-        d_w_post = d_q_raw.view(T * B, 2 * Z).t() @ post_act.view(T * B, M)
-        d_w_z = d_rows[:, : 4 * H].t() @ z.view(T * B, Z)
-        d_gates_x, d_post_pre = d_y.split([4 * H, M], -1)
-        return (d_gates_x, d_post_pre, None, d_w_h, d_w_post, d_q_raw.sum((0, 1)), d_w_z,
-                None, None, None, None, None, None)
+                            w_h_t, w_post_t, w_z_t, ops)
+        d_pre = d_y.transpose(0, 1).contiguous()  # [4H + M, T, B], the layout of pre
+        d_w_h = d_pre.view(-1, T * B) @ hs[:T].transpose(0, 1).reshape(H, T * B).t()
+        d_w_post = d_q_raw.transpose(0, 1).reshape(2 * Z, T * B) @ post_act.transpose(0, 1).reshape(M, T * B).t()
+        d_w_z = d_pre[: 4 * H].view(4 * H, T * B) @ z.transpose(0, 1).reshape(Z, T * B).t()
+        return d_pre, None, d_w_h, d_w_post, d_q_raw.sum((0, 2)), d_w_z, None, None, None, None, None, None
 
 
 def _forward_steps(
@@ -292,9 +285,9 @@ def _forward_steps(
     acts: Tensor,
     cs: Tensor,
     tanh_cs: Tensor,
-    w_h_t: Tensor,
-    w_post_t: Tensor,
-    w_z_t: Tensor,
+    w_h: Tensor,
+    w_post: Tensor,
+    w_z: Tensor,
     ops: StepOps,
     slope: float,
     bound: float,
@@ -303,19 +296,19 @@ def _forward_steps(
 ) -> None:
     """The forward pass's loop over steps, in Python: fills the buffers ``PlainRecurrence.forward``
     allocated (``keep``: the backward-only ones hold every step, else one)."""
-    H = hs.shape[2]
+    T, H = y.shape[0], hs.shape[1]
     # every step's slice of every buffer, taken once (slicing inside the loop costs as much as an op)
     steps = zip(
-        y.unbind(0), y[..., : 4 * H].unbind(0), y[..., 4 * H :].unbind(0), hs[:-1].unbind(0), hs[1:].unbind(0),
+        y.unbind(0), y[:, : 4 * H].unbind(0), y[:, 4 * H :].unbind(0), hs[:T].unbind(0), hs[1:].unbind(0),
         q_raw.unbind(0), q.unbind(0), z.unbind(0), noise.unbind(0), strict=True,
     )
     for t, (y_t, gates, post_pre, h, h_new, q_raw_t, q_t, z_t, noise_t) in enumerate(steps):
         k = t if keep else 0
         c_in, c_out = (t, t + 1) if keep else (t % 2, (t + 1) % 2)
-        y_t.addmm_(h, w_h_t)
-        q_raw_t.addmm_(ops.act_into(post_pre, slope, bound, post_act[k]), w_post_t)
+        y_t.addmm_(w_h, h)
+        q_raw_t.addmm_(w_post, ops.act_into(post_pre, slope, bound, post_act[k]))
         ops.sample_into(q_raw_t, noise_t, clamp, q_t, z_t)
-        gates.addmm_(z_t, w_z_t)
+        gates.addmm_(w_z, z_t)
         ops.cell(gates, cs[c_in], acts[k], cs[c_out], tanh_cs[k], h_new)
 
 
@@ -329,36 +322,35 @@ def _backward_steps(
     dc_factor: Tensor,
     acts: Tensor,
     act_grad: Tensor,
-    w_h: Tensor,
-    w_post: Tensor,
-    w_z: Tensor,
+    w_h_t: Tensor,
+    w_post_t: Tensor,
+    w_z_t: Tensor,
     ops: StepOps,
 ) -> None:
     """The backward pass's loop over steps (T-1..0), in Python: fills ``d_y`` and adds into
     ``d_h_all``, ``d_z_all`` and ``d_q_raw`` what flows back through the recurrence."""
-    T, B, H = d_h_all.shape[0] - 1, d_h_all.shape[1], d_h_all.shape[2]
-    Z = d_z_all.shape[2]
-    dc = d_y.new_zeros(B, H)
+    T, H, B = d_h_all.shape[0] - 1, d_h_all.shape[1], d_h_all.shape[2]
+    Z = d_z_all.shape[1]
+    dc = d_y.new_zeros(H, B)
     steps = zip(
-        d_y.unbind(0), d_y[..., : 4 * H].unbind(0), d_y[..., 4 * H :].unbind(0), d_h_all[:T].unbind(0),
-        d_h_all[1:].unbind(0), d_z_all.unbind(0), d_q_raw.view(T, B, 2, Z).unbind(0),
-        sample_scale.view(T, B, 2, Z).unbind(0), gate_factors.unbind(0), dc_factor.unbind(0),
-        acts[..., H : 2 * H].unbind(0), act_grad.unbind(0), strict=True,
+        d_y.unbind(0), d_y[:, : 4 * H].unbind(0), d_y[:, 4 * H :].unbind(0), d_h_all[:T].unbind(0),
+        d_h_all[1:].unbind(0), d_z_all.unbind(0), d_q_raw.view(T, 2, Z, B).unbind(0),
+        sample_scale.view(T, 2, Z, B).unbind(0), gate_factors.unbind(0), dc_factor.unbind(0),
+        acts[:, H : 2 * H].unbind(0), act_grad.unbind(0), strict=True,
     )
     for t, (dy, d_gates, d_post, dh_prev, dh, dz, d_out, scale, gate_f, dc_f, f, act_f) in reversed(
         list(enumerate(steps))
     ):
         ops.cell_backward(dh, dc, gate_f, dc_f, f, d_gates)
-        dz.addmm_(d_gates, w_z)
-        d_out.add_(scale * dz[:, None])
-        torch.mm(d_out.view(B, 2 * Z), w_post, out=d_post).mul_(act_f)
+        dz.addmm_(w_z_t, d_gates)
+        d_out.addcmul_(scale, dz)
+        torch.mm(w_post_t, d_out.view(2 * Z, B), out=d_post).mul_(act_f)
         if t > 0:  # h_0 is the constant zero state: its gradient is not needed
-            dh_prev.addmm_(dy, w_h)
+            dh_prev.addmm_(w_h_t, dy)
 
 
 def plain_recurrence(
-    gates_x: Tensor,
-    post_pre: Tensor,
+    pre: Tensor,
     noise: Tensor,
     w_h: Tensor,
     w_post: Tensor,
@@ -370,19 +362,18 @@ def plain_recurrence(
     clamp: float | None,
     native: NativeLoops | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Run the plain recurrence; returns h_0..h_T [T+1, B, H], z [T, B, Z] and q [T, B, 2Z].
+    """Run the plain recurrence; returns h_0..h_T [T+1, H, B], z [T, Z, B] and q [T, 2Z, B].
 
-    ``gates_x``: [T, B, 4H], the gate pre-activations from the input (all biases included);
-    ``post_pre``: [T, B, M], the posterior's first-layer pre-activations from b_t (bias included);
-    ``noise``: [T, B, Z]; ``w_h``: [4H + M, H] = [W_hh; W_qh]; ``w_post``, ``b_post``: the
-    posterior's second layer; ``w_z``: [4H, Z], the z map folded into the gate weights; ``slope``,
-    ``bound``: the posterior's nonlinearity; ``clamp``: its output clamp (None: none); ``native``:
-    the C++ step loops (``zf_lightning.models.zforcing.native``), which compute the same on CPU
-    tensors, or None for the Python loops.
+    ``pre``: [4H + M, T, B], the gate pre-activations from the input (all biases included) over
+    the posterior's first-layer pre-activations from b_t (bias included); ``noise``: [T, Z, B];
+    ``w_h``: [4H + M, H] = [W_hh; W_qh]; ``w_post``, ``b_post``: the posterior's second layer;
+    ``w_z``: [4H, Z], the z map folded into the gate weights; ``slope``, ``bound``: the
+    posterior's nonlinearity; ``clamp``: its output clamp (None: none); ``native``: the C++ step
+    loops (``zf_lightning.models.zforcing.native``), which compute the same on CPU tensors, or
+    None for the Python loops.
     """
-    inputs = (gates_x, post_pre, w_h, w_post, b_post, w_z)
-    keep = torch.is_grad_enabled() and any(x.requires_grad for x in inputs)
+    keep = torch.is_grad_enabled() and any(x.requires_grad for x in (pre, w_h, w_post, b_post, w_z))
     # the reparameterisation noise is sampled, never learned: no gradient flows to it
     return PlainRecurrence.apply(
-        gates_x, post_pre, noise.detach(), w_h, w_post, b_post, w_z, ops, slope, bound, clamp, keep, native
+        pre, noise.detach(), w_h, w_post, b_post, w_z, ops, slope, bound, clamp, keep, native
     )
