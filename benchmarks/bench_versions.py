@@ -9,7 +9,8 @@ weights, batch and noise, so the JSON also says whether the two trees' losses an
 bit for bit the same.
 
     python benchmarks/bench_versions.py --baseline c1ebed4 --repeats 40 --json
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_versions.py --baseline c1ebed4 --sizes timit --repeats 8 --warmup 1 --json
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_versions.py --baseline c1ebed4 --sizes timit --repeats 8 \
+        --warmup 1 --json
 """
 
 from __future__ import annotations
