@@ -1,4 +1,4 @@
-"""The FSDD training step of this tree against an earlier commit's, and the floor, in one process.
+"""The training step of this tree against an earlier commit's, and the floor, in one process.
 
 Timings of two trees taken in two processes on a shared machine differ by whatever the load did
 between them; this times both steps round-robin in one process (with ``bench_step.py``'s floor),
@@ -9,6 +9,8 @@ weights, batch and noise, so the JSON also says whether the two trees' losses an
 bit for bit the same.
 
     python benchmarks/bench_versions.py --baseline c1ebed4 --repeats 40 --json
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_versions.py --baseline c1ebed4 --sizes timit --repeats 8 \
+        --warmup 1 --json
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_step import (  # noqa: E402
     FSDD,
+    TIMIT,
     FusedFloor,
     load_average,
     make_batch,
@@ -73,9 +76,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--adam", action="store_true",
                         help="also time this tree and the floor with Adam(foreach=True) and Adam(fused=True)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--sizes", choices=["fsdd", "timit"], default="fsdd",
+                        help="bench_step.py's sizes: the FSDD studies' (one thread) or the paper's TIMIT ones")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the sizes' own)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    sizes = FSDD
+    sizes = {"fsdd": FSDD, "timit": TIMIT}[args.sizes]
+    threads = args.threads or sizes.threads
+    torch.set_num_threads(threads)
     batch = make_batch(sizes, torch.device("cpu"))
     noise = torch.randn(sizes.batch, sizes.steps, sizes.z_dim, generator=torch.Generator().manual_seed(1))
     with tempfile.TemporaryDirectory() as tmp:
@@ -133,9 +140,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         times = round_robin(steps, args.repeats, args.warmup, torch.device("cpu"))
     medians = {name: statistics.median(t) for name, t in times.items()}
     out: dict[str, object] = {
-        "meta": {"baseline": args.baseline, "repeats": args.repeats, "threads": 1, "torch": torch.__version__,
+        "meta": {"baseline": args.baseline, "repeats": args.repeats, "threads": threads, "torch": torch.__version__,
                  "load_average_before": load_before, "load_average_after": load_average(),
-                 "command": " ".join(sys.argv), "sizes": "fsdd"},
+                 "command": " ".join(sys.argv), "sizes": args.sizes},
         "median_ms": {name: 1e3 * t for name, t in medians.items()},
         "same_loss": same_loss,
         "same_grads": same_grads,

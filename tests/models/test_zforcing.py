@@ -66,6 +66,13 @@ def test_reverse_padded_reverses_within_length_and_is_an_involution() -> None:
     assert out[0, :, 0].tolist() == [4, 3, 2, 1, 0]
     assert out[1, :, 0].tolist() == [7, 6, 5, 8, 9]
     torch.testing.assert_close(reverse_padded(out, lengths), x)
+    # the gradient is the reversed incoming one, as autograd's through the elementwise gather
+    x = torch.randn(2, 5, 3, requires_grad=True)
+    grad = torch.randn(2, 5, 3)
+    index = torch.tensor([[4, 3, 2, 1, 0], [2, 1, 0, 3, 4]])[..., None].expand(2, 5, 3)
+    (want,) = torch.autograd.grad(torch.gather(x, 1, index), x, grad)
+    (got,) = torch.autograd.grad(reverse_padded(x, lengths), x, grad)
+    assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("kind", ["real", "tokens"])

@@ -63,11 +63,36 @@ def reverse_padded(x: Tensor, lengths: Tensor) -> Tensor:
 
     Applying it twice is the identity, so it also maps a reversed RNN's outputs back.
     """
-    steps = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
+    B, T = x.shape[:2]
+    steps = torch.arange(T, device=x.device).unsqueeze(0)
     lengths = lengths.to(x.device).unsqueeze(1)
     index = torch.where(steps < lengths, lengths - 1 - steps, steps)
-    index = index.view(*index.shape, *([1] * (x.dim() - 2))).expand_as(x)
-    return torch.gather(x, 1, index)
+    rows = (index + torch.arange(0, B * T, T, device=x.device).unsqueeze(1)).view(-1)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _ReverseRows.apply(x, rows)
+    return _reverse_rows(x, rows)
+
+
+def _reverse_rows(x: Tensor, rows: Tensor) -> Tensor:
+    """Rows of ``x`` [B, T, ...] taken in the order ``rows`` (over the B*T steps) as whole rows
+    (``index_select``: one copy per step, where an elementwise ``gather`` reads an index per value)."""
+    return x.reshape(x.shape[0] * x.shape[1], -1).index_select(0, rows).view(x.shape)
+
+
+class _ReverseRows(torch.autograd.Function):
+    """``reverse_padded`` as one node: the reversal is its own inverse, so the backward pass reverses
+    the gradient the same way (autograd's for ``gather`` is a zero fill and a ``scatter_add``)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, rows: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(rows)
+        return _reverse_rows(x, rows)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        (rows,) = ctx.saved_tensors
+        return _reverse_rows(grad, rows), None
 
 
 def mask_terms(terms: StepTerms, mask: Tensor) -> StepTerms:

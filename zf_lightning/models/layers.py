@@ -67,6 +67,31 @@ def clipped_leaky_relu_fused(x: Tensor, slope: float, bound: float) -> Tensor:
     return _ClippedLeakyReLU.apply(x, slope, bound)
 
 
+def sigmoid_tanh(x: Tensor) -> Tensor:
+    """tanh(x) as 2 sigmoid(2x) - 1 (within 2e-7 of ``torch.tanh`` in float32), one autograd node
+    whose backward is ATen's tanh backward kernel: this torch build's CPU tanh is several times
+    slower than its sigmoid (about 2 ns an element against 0.3). Plain ``torch.tanh`` under autocast."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.tanh(x)
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return torch.sigmoid(x * 2).mul_(2).sub_(1)
+    return _SigmoidTanh.apply(x)
+
+
+class _SigmoidTanh(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        out = torch.sigmoid(x * 2).mul_(2).sub_(1)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        (out,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad, out)  # grad (1 - out^2), the derivative of either form
+
+
 class _Clamp(torch.autograd.Function):
     """clamp(x, -bound, bound); x passed the clamp unchanged exactly where the output equals it
     (NaN compares unequal, as it fails autograd's window test), so the gradient is

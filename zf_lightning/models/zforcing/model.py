@@ -35,7 +35,7 @@ from zf_lightning.models.common import (
 from zf_lightning.models.distributions import gaussian_nll, reparameterize
 from zf_lightning.models.heads import HeadFactory, label_nll, natural_head
 from zf_lightning.models.latent import LatentPath, latent_noise, latent_terms
-from zf_lightning.models.layers import ClippedLeakyReLU, GaussianMLP, ZLSTMCell, lstm_pointwise
+from zf_lightning.models.layers import ClippedLeakyReLU, GaussianMLP, ZLSTMCell, lstm_pointwise, sigmoid_tanh
 from zf_lightning.models.zforcing.cell import LoopLinear
 from zf_lightning.models.zforcing.native import NativeLoops, native_loops
 from zf_lightning.models.zforcing.recurrence import plain_recurrence, step_ops
@@ -179,9 +179,9 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
     def _aux_loss(self, mean: Tensor, logvar: Tensor, b: Tensor) -> Tensor:
         target = b.detach()
         if self.aux_loss == "l2":
-            cost = (target - torch.tanh(mean)).pow(2).sum(-1)
+            cost = (target - sigmoid_tanh(mean)).pow(2).sum(-1)
         else:
-            cost = gaussian_nll(target, torch.tanh(mean), logvar)
+            cost = gaussian_nll(target, sigmoid_tanh(mean), logvar)
         return cost / target.shape[-1] if self.aux_reduction == "mean" else cost
 
     # ------------------------------------------------------------------ forward

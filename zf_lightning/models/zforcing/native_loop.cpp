@@ -1,5 +1,5 @@
 // The step loops of PlainRecurrence (recurrence.py) in C++: the same buffers, the same products
-// (ATen's addmm_/mm_out, so the same BLAS calls), the same ATen kernels for sigmoid, tanh, exp
+// (ATen's addmm_/mm_out, so the same BLAS calls), the same ATen kernels for sigmoid, exp
 // and addcmul (which may fuse its multiply-add, depending on the CPU), and what is left, the
 // products, clamps and the clipped leaky ReLU, as plain loops that round as ATen's kernels do
 // (built with -ffp-contract=off: no multiply-add is fused where ATen's is not).
@@ -12,9 +12,7 @@
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/exp.h>
 #include <ATen/ops/mm.h>
-#include <ATen/ops/mul.h>
 #include <ATen/ops/sigmoid.h>
-#include <ATen/ops/tanh.h>
 #include <c10/util/Optional.h>
 #include <torch/library.h>
 
@@ -38,6 +36,29 @@ void act_into(const T* x, T* out, int64_t n, T slope, T bound) {
     T v = x[i] > T(0) ? x[i] : x[i] * slope;
     out[i] = std::min(std::max(v, -bound), bound);
   }
+}
+
+// tanh(x) as 2 sigmoid(2x) - 1 into out (contiguous, n = out.numel()), as recurrence.tanh_into forms
+// it: the doubling, ATen's sigmoid in place, then 2 s - 1 (and, with o, h = o tanh(x) in the same pass)
+template <typename T>
+void tanh_into(const T* x, Tensor& out, const T* o = nullptr, T* h = nullptr) {
+  const int64_t n = out.numel();
+  T* p = out.data_ptr<T>();
+  for (int64_t i = 0; i < n; ++i) p[i] = x[i] * T(2);
+  at::sigmoid_(out);
+  for (int64_t i = 0; i < n; ++i) p[i] = p[i] * T(2) - T(1);
+  if (o != nullptr) {
+    for (int64_t i = 0; i < n; ++i) h[i] = o[i] * p[i];
+  }
+}
+
+// exp(logvar / 2) from n contiguous log-variances into e, as torch.exp(0.5 * logvar) forms it: the
+// product into e, then ATen's exp in place
+template <typename T>
+void half_logvar_exp_into(const T* logvar, int64_t n, Tensor& e) {
+  T* ep = e.data_ptr<T>();
+  for (int64_t i = 0; i < n; ++i) ep[i] = logvar[i] * T(0.5);
+  e.exp_();
 }
 
 template <typename T>
@@ -68,14 +89,13 @@ void forward_loop_impl(const Tensor& y, const Tensor& hs, const Tensor& q_raw, c
       T* dst = q_t.data_ptr<T>();
       for (int64_t i = 0; i < 2 * ZB; ++i) dst[i] = std::min(std::max(src[i], -c), c);
     }
-    at::mul_out(half_logvar_exp, q_t.narrow(0, Z, Z), 0.5);
-    half_logvar_exp.exp_();
+    half_logvar_exp_into<T>(q_t.data_ptr<T>() + ZB, ZB, half_logvar_exp);
     at::addcmul_out(z_t, q_t.narrow(0, 0, Z), half_logvar_exp, noise.select(0, t));
-    // the gates: y_t[:4H] += W_z z_t, then the LSTM update
+    // the gates: y_t[:4H] += W_z z_t, then the LSTM update (each tanh as tanh_into: 2 sigmoid(2x) - 1)
     gates.addmm_(w_z, z_t);
     at::sigmoid_out(acts_k, gates);
     Tensor g_act = acts_k.narrow(0, 2 * H, H);
-    at::tanh_out(g_act, gates.narrow(0, 2 * H, H));
+    tanh_into<T>(gates.data_ptr<T>() + 2 * HB, g_act);
     const T* a = acts_k.data_ptr<T>();
     const T *fg = a + HB, *og = a + 3 * HB;
     const T* c_prev = cs.select(0, c_in).data_ptr<T>();
@@ -83,10 +103,7 @@ void forward_loop_impl(const Tensor& y, const Tensor& hs, const Tensor& q_raw, c
     T* c_new = c_new_t.data_ptr<T>();
     for (int64_t i = 0; i < HB; ++i) c_new[i] = fg[i] * c_prev[i];
     c_new_t.addcmul_(acts_k.narrow(0, 0, H), g_act);
-    at::tanh_out(tanh_c, c_new_t);
-    const T* tc = tanh_c.data_ptr<T>();
-    T* hp = h_new.data_ptr<T>();
-    for (int64_t i = 0; i < HB; ++i) hp[i] = og[i] * tc[i];
+    tanh_into<T>(c_new, tanh_c, og, h_new.data_ptr<T>());
   }
 }
 
@@ -104,6 +121,25 @@ void forward_loop(const Tensor& y, const Tensor& hs, const Tensor& q_raw, const 
     forward_loop_impl<scalar_t>(y, hs, q_raw, q, z, noise, post_act, acts, cs, tanh_cs, w_h, w_post, w_z, slope,
                                 bound, clamp, keep);
   });
+}
+
+// The gates' gradients of the LSTM update's backward pass (lstm_factors, lstm_backward_into):
+// g i (1 - i) dc, c_prev f (1 - f) dc, i (1 - g^2) dc, tanh(c) o (1 - o) dh, then dc *= f. The
+// buffers are distinct: restrict lets the loop vectorize (with this many pointers the compiler
+// does not version it for overlaps).
+template <typename T>
+void gate_grads(int64_t n, const T* __restrict__ ig, const T* __restrict__ fg, const T* __restrict__ gg,
+                const T* __restrict__ og, const T* __restrict__ cp, const T* __restrict__ tc,
+                const T* __restrict__ dh, T* __restrict__ dc, T* __restrict__ di, T* __restrict__ df,
+                T* __restrict__ dg, T* __restrict__ dout) {
+  const T one(1);
+  for (int64_t i = 0; i < n; ++i) {
+    di[i] = gg[i] * ig[i] * (one - ig[i]) * dc[i];
+    df[i] = cp[i] * fg[i] * (one - fg[i]) * dc[i];
+    dg[i] = ig[i] * (one - gg[i] * gg[i]) * dc[i];
+    dout[i] = tc[i] * og[i] * (one - og[i]) * dh[i];
+    dc[i] = dc[i] * fg[i];
+  }
 }
 
 // The backward pass's loop (recurrence.py's _backward_steps), with the pointwise derivatives that
@@ -141,19 +177,11 @@ void backward_loop_impl(const Tensor& d_y, const Tensor& d_h_all, const Tensor& 
     // gradients g i (1 - i) dc, c_prev f (1 - f) dc, i (1 - g^2) dc, tanh(c) o (1 - o) dh; dc *= f
     for (int64_t i = 0; i < HB; ++i) dcf[i] = og[i] * (one - tc[i] * tc[i]);
     dc_t.addcmul_(dh_t, dc_factor);
-    for (int64_t i = 0; i < HB; ++i) {
-      dg[i] = gg[i] * ig[i] * (one - ig[i]) * dc[i];
-      dg[HB + i] = c_prev[i] * fg[i] * (one - fg[i]) * dc[i];
-      dg[2 * HB + i] = ig[i] * (one - gg[i] * gg[i]) * dc[i];
-      dg[3 * HB + i] = tc[i] * og[i] * (one - og[i]) * dh[i];
-      dc[i] = dc[i] * fg[i];
-    }
+    gate_grads<T>(HB, ig, fg, gg, og, c_prev, tc, dh, dc, dg, dg + HB, dg + 2 * HB, dg + 3 * HB);
     // dz_t += W_z^T d_gates; d q_raw_t += scale [dz_t; dz_t] with scale = [1; noise exp(logvar / 2) / 2],
     // zero where the clamp held q_raw (posterior_factors)
     dz_t.addmm_(w_z_t, d_gates);
-    Tensor q_t = q.select(0, t);
-    at::mul_out(half_logvar_exp, q_t.narrow(0, Z, Z), 0.5);
-    half_logvar_exp.exp_();
+    half_logvar_exp_into<T>(q.select(0, t).data_ptr<T>() + ZB, ZB, half_logvar_exp);
     const T* eps = noise.select(0, t).data_ptr<T>();
     for (int64_t i = 0; i < ZB; ++i) {
       scale[i] = one;
