@@ -309,3 +309,17 @@ def test_study_notes_state_the_settings_all_jobs_share_and_keep_hand_written_not
     (results / "STUDY.md").write_text(text + "\nJobs 0 and 1 were rerun.\n")
     again = write_study_notes(config, sweep, results).read_text()
     assert again.count(NOTES) == 1 and again.endswith("\nJobs 0 and 1 were rerun.\n")
+
+
+def test_with_a_baseline_the_size_curves_pair_every_row_with_it_at_each_size(tmp_path: Path) -> None:
+    sweep = tmp_path / "sets"
+    accuracy = {"sets/lstm": {10: 1.0, 100: 0.5}, "sets/deepsets": {10: 0.9, 100: 0.9}}
+    for num, (variant, seed, wobble) in enumerate((v, s, w) for v in accuracy for s, w in ((1, 0.02), (2, -0.02))):
+        metrics = {f"test/acc_len{n}": acc + wobble for n, acc in accuracy[variant].items()} | {"test/acc": 0.7}
+        make_job(sweep, num, [f"+variant={variant}", "data=set_parity", f"seed={seed}"], metrics,
+                 config={"table_row": "LSTM" if variant == "sets/lstm" else "DeepSets"})
+    write_report(sweep, baseline="LSTM")
+    text = (sweep / "report.md").read_text()
+    # each seed's DeepSets minus LSTM: -0.1 at size 10 and +0.4 at 100, the same on both seeds
+    assert "### At each test size, against LSTM" in text
+    assert "| (DeepSets) − (LSTM) | -0.100 [-0.100, -0.100]: worse | +0.400 [+0.400, +0.400]: better |" in text

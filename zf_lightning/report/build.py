@@ -44,7 +44,7 @@ def build_report(jobs: list[Job], out_dir: Path, title: str, headline: str = HEA
     if chance:
         write_chance(out_dir / CHANCE_CSV, chance)
     add_capacity_heatmaps(jobs, out_dir, out_dir / "report.md", computed_chance=chance)  # width x data.length
-    add_size_curves(rows, out_dir, out_dir / "report.md")  # jobs tested at several sizes
+    add_size_curves(rows, out_dir, out_dir / "report.md", baseline)  # jobs tested at several sizes
     add_selection(jobs, choose, keys, out_dir / "report.md", choose_by)  # a pilot's grid
     return rows
 

@@ -11,8 +11,10 @@ import math
 import re
 from pathlib import Path
 
+from zf_lightning.report.jobs import Job
 from zf_lightning.report.rows import Row
-from zf_lightning.report.stats import t_interval
+from zf_lightning.report.stats import paired_difference, t_interval
+from zf_lightning.report.tables import budget_verdict
 
 _SIZE_KEY = re.compile(r"^test/acc_len(\d+)$")
 _GUESS_KEY = re.compile(r"^test/guess_acc_len(\d+)$")
@@ -104,9 +106,46 @@ def write_size_curves(path: Path, series: SizeSeries, guesses: Guesses | None = 
     plt.close(fig)
 
 
-def add_size_curves(rows: list[Row], out_dir: Path, report: Path) -> bool:
+def paired_size_tables(rows: list[Row], baseline: str) -> list[str]:
+    """Markdown: per panel, each row's accuracy minus the baseline row's at each test size, paired
+    by seed: mean [95 % t-interval] and the verdict (better or worse only when the interval
+    excludes zero)."""
+    # panel -> row name -> size -> seed -> accuracy; and the jobs behind each (panel, row name)
+    by_seed: dict[str, dict[str, dict[int, dict[str, float]]]] = {}
+    jobs: dict[tuple[str, str], list[Job]] = {}
+    for row in rows:
+        for job in row.done:
+            data = job.overrides.get("data", "data")
+            panel = by_seed.setdefault(data, {}).setdefault(row.name, {})
+            jobs.setdefault((data, row.name), []).append(job)
+            for size, value in sizes_of(job.metrics).items():
+                panel.setdefault(size, {})[job.seed] = value
+    lines: list[str] = []
+    for panel, lines_of in by_seed.items():
+        base = lines_of.get(baseline)
+        if base is None:
+            continue
+        sizes = sorted(base)
+        header = "| difference (row − baseline) | " + " | ".join(f"size {s}" for s in sizes) + " |"
+        lines += [f"**{panel}**", "", header, "|---|" + "---|" * len(sizes)]
+        for name, points in lines_of.items():
+            if name == baseline:
+                continue
+            cells = []
+            for size in sizes:
+                diff = paired_difference(base[size], points.get(size, {}), higher_is_better=True)
+                interval = "" if math.isnan(diff.low) else f" [{diff.low:+.3f}, {diff.high:+.3f}]"
+                verdict = budget_verdict(diff.verdict, (*jobs[panel, name], *jobs[panel, baseline]))
+                cells.append(f"{diff.mean:+.3f}{interval}: {verdict}" if diff.n else "–")
+            lines.append(f"| ({name}) − ({baseline}) | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def add_size_curves(rows: list[Row], out_dir: Path, report: Path, baseline: str | None = None) -> bool:
     """Accuracy against test size (``size_curves.png`` and tables in the report) when the jobs
-    report accuracy at several test sizes: one panel per data set, one line per row."""
+    report accuracy at several test sizes: one panel per data set, one line per row; with a
+    ``baseline`` row, each row's paired difference to it at each size."""
     series: SizeSeries = {}
     guesses: Guesses = {}
     for row in rows:
@@ -122,6 +161,11 @@ def add_size_curves(rows: list[Row], out_dir: Path, report: Path) -> bool:
              "Mean over seeds of `test/acc_len<size>` with its 95 % Student-t interval (n - 1 degrees of "
              "freedom; the band is drawn within [0, 1])." + guess, "", *size_tables(series, guesses),
              "![test accuracy against test size](size_curves.png)", ""]
+    paired = paired_size_tables(rows, baseline) if baseline else []
+    if paired:
+        lines += [f"### At each test size, against {baseline}", "",
+                  f"Per seed, the row's `test/acc_len<size>` minus that of {baseline} on the same data; mean and "
+                  "95 % Student-t interval of the paired differences (n - 1 degrees of freedom).", "", *paired]
     with report.open("a") as fh:
         fh.write("\n" + "\n".join(lines))
     return True

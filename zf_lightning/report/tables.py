@@ -10,6 +10,7 @@ import itertools
 import math
 import statistics
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -195,12 +196,18 @@ def paired_table(rows: list[Row], baseline: str, metric: str) -> list[str]:
         se = "–" if math.isnan(diff.se) else f"{diff.se:.2f}"
         label = f"({name}) − ({baseline})" + "".join(f" · {k}={v}" for k, v in zip(context, values, strict=True))
         mean = "–" if math.isnan(diff.mean) else f"{diff.mean:+.2f}"
-        verdict = diff.verdict
-        if any(capped_while_improving(j) for j in (*row.done, *base.done)) and not verdict.startswith(CANNOT_TELL):
-            verdict = f"{CANNOT_TELL} ({CAPPED_WHILE_IMPROVING}; {verdict} at this budget)"
+        verdict = budget_verdict(diff.verdict, (*row.done, *base.done))
         body.append([label, str(diff.n), mean, se, interval, verdict, read_at(row, base)])
     return md_table(["difference (row − baseline)", "paired seeds", f"mean difference in {metric}", "standard error",
                       "95 % t-interval", "verdict", "read at"], body)
+
+
+def budget_verdict(verdict: str, jobs: Iterable[Job]) -> str:
+    """A paired verdict as the runs allow it: one that rests on a run its cap stopped while its
+    bound still rose says it cannot tell, and what it shows at this budget."""
+    if any(capped_while_improving(j) for j in jobs) and not verdict.startswith(CANNOT_TELL):
+        return f"{CANNOT_TELL} ({CAPPED_WHILE_IMPROVING}; {verdict} at this budget)"
+    return verdict
 
 
 def read_at(*rows: Row) -> str:
