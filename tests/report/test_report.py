@@ -19,7 +19,7 @@ from zf_lightning.report.callback import SweepStatus
 from zf_lightning.report.cli import main
 from zf_lightning.report.jobs import Job, read_sweep, read_wandb
 from zf_lightning.report.plots import mean_band
-from zf_lightning.report.rows import group_rows, varying_keys
+from zf_lightning.report.rows import display_names, group_rows, varying_keys
 from zf_lightning.report.tables import fmt, matched_steps, matched_updates_table, paired_table, read_at
 from zf_lightning.runs.status import failed_jobs, job_folders
 
@@ -368,3 +368,25 @@ def test_jobs_still_running_or_interrupted_are_not_called_failed(tmp_path: Path)
     assert "2 jobs, 1 completed, 1 not finished (running or interrupted), 0 failed." in text
     assert "## Jobs not finished" in text and "- `1` (seed=2): running, 1 validations so far" in text
     assert "## Failed jobs" not in text
+
+
+def test_a_running_job_is_counted_as_not_finished_in_the_headline_table(tmp_path: Path) -> None:
+    cells = [("lstm", "a", "completed", "LSTM"), ("lstm", "b", "completed", "LSTM"),
+             ("sire", "a", "completed", "SIRE"), ("sire", "b", "running", "SIRE"), ("deep", "a", "failed", "DeepSets")]
+    jobs = [Job(name=str(i), overrides={"variant": v, "data": d, "seed": "1"}, status=status,
+                metrics={"test/elbo": -1.0} if status == "completed" else {}, table_row=row)
+            for i, (v, d, status, row) in enumerate(cells)]
+    rows = group_rows(jobs, ["variant", "data"])
+    assert [len(r.failed) for r in rows] == [0, 0, 0, 0, 1] and [len(r.unfinished) for r in rows] == [0, 0, 0, 1, 0]
+    build_report(jobs, tmp_path, "study")
+    text = (tmp_path / "report.md").read_text()
+    assert "| SIRE | -1 (n=1) | – (n=0, 1 not finished) |" in text
+    assert "| DeepSets | – (n=0, 1 failed) |  |" in text
+
+
+def test_rows_sharing_a_name_are_told_apart_by_the_overrides_that_differ() -> None:
+    jobs = [Job(name=str(i), overrides={"variant": v, "data": d, "seed": "1"}, status="completed", table_row=row)
+            for i, (v, d, row) in enumerate([("lstm", "a", "LSTM"), ("lstm", "b", "LSTM"), ("deep", "a", "DeepSets"),
+                                             ("plain", "a", None), ("plain", "b", None)])]
+    assert display_names(group_rows(jobs, ["variant", "data"])) == [
+        "LSTM · data=a", "LSTM · data=b", "DeepSets", "variant=plain, data=a", "variant=plain, data=b"]

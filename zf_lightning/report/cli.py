@@ -27,7 +27,6 @@ Standard deviations are sample deviations (n - 1 in the denominator), empty for 
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -37,7 +36,6 @@ from zf_lightning.report.jobs import combined_chance, combined_jobs, read_wandb
 from zf_lightning.report.rows import HEADLINE
 from zf_lightning.report.selection import DEFAULT_METRIC, ChooseError
 from zf_lightning.report.study_notes import write_study_notes
-from zf_lightning.runs.status import INTERRUPTED, RUNNING
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,9 +89,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("give a sweep folder or --wandb ENTITY/PROJECT")
     except ChooseError as err:  # raised before anything is written
         parser.error(str(err))
-    statuses = Counter(job.status for row in rows for job in row.failed)
-    unfinished = statuses[RUNNING] + statuses[INTERRUPTED]
-    print(f"{out / 'report.md'}: {len(rows)} configurations, {statuses.total() - unfinished} failed jobs"
+    failed = sum(len(row.failed) for row in rows)
+    unfinished = sum(len(row.unfinished) for row in rows)
+    print(f"{out / 'report.md'}: {len(rows)} configurations, {failed} failed jobs"
           + (f", {unfinished} not finished" if unfinished else ""))
     return 0
 

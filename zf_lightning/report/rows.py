@@ -13,6 +13,7 @@ import yaml
 from zf_lightning.conf import CONF_DIR
 from zf_lightning.report.jobs import SEED_KEYS, Job
 from zf_lightning.report.stats import mean_std
+from zf_lightning.runs.status import INTERRUPTED, RUNNING
 
 HEADLINE = "test/elbo"
 # overrides that never make a configuration: Hydra's own and the paths (where a job ran, not what)
@@ -40,8 +41,13 @@ class Row:
         return [j for j in self.jobs if j.ok]
 
     @property
+    def unfinished(self) -> list[Job]:
+        """Running, or cut off: rerunning the study's command continues them, so they are not failures."""
+        return [j for j in self.jobs if j.status in (RUNNING, INTERRUPTED)]
+
+    @property
     def failed(self) -> list[Job]:
-        return [j for j in self.jobs if not j.ok]
+        return [j for j in self.jobs if not j.ok and j.status not in (RUNNING, INTERRUPTED)]
 
     @property
     def name(self) -> str:
@@ -81,9 +87,20 @@ def group_rows(jobs: list[Job], keys: list[str]) -> list[Row]:
 
 
 def display_names(rows: list[Row]) -> list[str]:
-    """Row names for legends: the Table 1 name where it tells the rows apart, else the overrides."""
+    """Row names for legends: the Table 1 name, followed, where several rows share it (the same row on
+    several data sets), by the overrides that tell those rows apart; the overrides alone without a name."""
     names = [r.name for r in rows]
-    return [n if names.count(n) == 1 else r.label for n, r in zip(names, rows, strict=True)]
+    out = []
+    for name, row in zip(names, rows, strict=True):
+        twins = [r for n, r in zip(names, rows, strict=True) if n == name]
+        if len(twins) == 1:
+            out.append(name)
+        elif name == row.label:
+            out.append(row.label)
+        else:
+            differ = [(k, v) for k, v in row.key if v != "" and len({dict(t.key).get(k) for t in twins}) > 1]
+            out.append(f"{name} · " + ", ".join(f"{k}={v}" for k, v in differ) if differ else row.label)
+    return out
 
 
 def metric_names(jobs: list[Job]) -> list[str]:

@@ -57,7 +57,9 @@ def headline_table(rows: list[Row], keys: list[str], metric: str) -> list[str]:
                     entries.append("")
                     continue
                 mean, std, n = row.stats(metric)
-                entries.append(f"{fmt(mean, std)} (n={n}" + (f", {len(row.failed)} failed)" if row.failed else ")"))
+                counts = ((row.failed, "failed"), (row.unfinished, "not finished"))
+                extra = [f"{len(jobs)} {what}" for jobs, what in counts if jobs]
+                entries.append(f"{fmt(mean, std)} (n={n}" + "".join(f", {e}" for e in extra) + ")")
             body.append([label, *entries])
         return md_table(["configuration", *[f"{metric} · {d}" for d in datasets]], body)
     body = []
