@@ -23,20 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zf_lightning.report.jobs import Job, read_sweep
+from zf_lightning.report.jobs import best_checkpoint, read_sweep
 from zf_lightning.report.rows import display_names, group_rows, varying_keys
 from zf_lightning.runs.evaluate import evaluate
 from zf_lightning.runs.pipeline import compose_config
 
 PARTS = ("elbo", "elbo_quiet", "elbo_other", "quiet_fraction", "nll_quiet", "nll_other")
-
-
-def checkpoint_of(job: Job, sweep_dir: Path) -> Path:
-    """The checkpoint of a job's best validation bound, the one its test metrics come from."""
-    best = sorted((sweep_dir / job.name / "checkpoints").glob("best-*.ckpt"))
-    if len(best) != 1:
-        raise FileNotFoundError(f"{sweep_dir / job.name}: expected one best-*.ckpt, found {len(best)}")
-    return best[0]
 
 
 def evaluate_job(checkpoint: Path, split: str, threshold: float) -> dict[str, float]:
@@ -97,7 +89,7 @@ def main() -> None:
     jobs = [job for job in read_sweep(args.sweep_dir) if job.ok]
     if not jobs:
         parser.error(f"{args.sweep_dir} holds no completed jobs")
-    checkpoints = {job.name: checkpoint_of(job, args.sweep_dir) for job in jobs}  # every one found before any work
+    checkpoints = {job.name: best_checkpoint(job, args.sweep_dir) for job in jobs}  # every one found before any work
     rows = group_rows(jobs, varying_keys(jobs))
     row_of = {job.name: name for row, name in zip(rows, display_names(rows), strict=True) for job in row.jobs}
     lines = []

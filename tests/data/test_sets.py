@@ -256,6 +256,17 @@ def test_label_distribution_equals_enumerating_every_set(name: str, size: int) -
     assert task.guess_accuracy(size) == pytest.approx(max(counts.values()) / total)
 
 
+@pytest.mark.parametrize("task", [SetSum(values=7, regression=True), SetMax(values=9, regression=True)],
+                         ids=["sum", "max"])
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_regression_guess_error_is_the_least_error_of_any_constant(task: SetSum | SetMax, size: int) -> None:
+    """Against every ordered set of ``size`` elements and every whole-number constant guess."""
+    labels = np.array([task.label(np.array(t)) for t in np.ndindex(*(task.values,) * size)])
+    best = min(np.abs(labels - c).mean() for c in range(labels.max() + 1))
+    assert task.guess_mae(size) == pytest.approx(best)
+    assert SetSum(values=7, modulus=5).guess_mae(size) is None
+
+
 def test_input_blind_guess_is_logged_beside_the_size_curves() -> None:
     """Parity and sums modulo 10 guess at 1 / classes at every size; the maximum of many digits
     is nearly always 9, so its accuracy at large sizes means little; the sum's mode thins out."""
@@ -267,6 +278,10 @@ def test_input_blind_guess_is_logged_beside_the_size_curves() -> None:
                                        num_test=20).reference_metrics()
     assert metrics == {"val/guess_acc": 0.5, "test/guess_acc": 0.5, "test/guess_acc_len8": 0.5,
                        "test/guess_acc_len16": 0.5}
+    regression = ClassificationDataModule(SetSum(regression=True), length=4, min_length=1, test_lengths=[4, 100],
+                                          num_val=20, num_test=20).reference_metrics()
+    assert regression["test/guess_mae_len4"] == pytest.approx(SetSum(regression=True).guess_mae(4))
+    assert regression["test/guess_mae_len100"] == pytest.approx(22.93, abs=0.01)  # ~ sd 28.7 * sqrt(2 / pi)
 
 
 def test_mnist_sum_guess_follows_its_split_pool(mnist_sum: MnistSumDataModule) -> None:

@@ -173,6 +173,50 @@ def test_a_regression_run_writes_accuracy_error_and_spread_per_test_size(data: s
     assert {"test/acc_len10", "test/acc_len100", "test/mae", "test/perm_spread"} <= set(metrics)
     assert 0.0 <= metrics["test/perm_flip_rate"] <= 1.0 and metrics["test/mae"] > 0
     assert np.isfinite(metrics["test/nll"]) and "test/pred_nll" not in metrics
+    per_size = [metrics[f"test/mae_len{n}"] for n in (10, 25, 50, 100)]
+    assert metrics["test/mae"] == pytest.approx(np.mean(per_size), rel=1e-5)  # 20 sets at each test size
+    assert {f"test/guess_mae_len{n}" for n in (10, 25, 50, 100)} <= set(metrics)
+
+
+@pytest.mark.slow
+def test_size_errors_script_recovers_the_error_per_size_of_a_run_that_logged_only_the_pooled_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A finished job re-evaluated from its best checkpoint gives back its stored test/mae, split by
+    size; a job whose stored number it cannot reproduce stops the script before it writes."""
+    import importlib.util
+    import json
+
+    import yaml
+
+    path = Path(__file__).parents[2] / "scripts" / "size_errors.py"
+    spec = importlib.util.spec_from_file_location("size_errors", path)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    job = tmp_path / "sweep" / "0"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["data=set_sum_regression", "seed=1"]))
+    cfg = compose_config("train", ["data=set_sum_regression", "model=rnn", f"paths.output_dir={job}", "seed=1",
+                                   "trainer.max_steps=3", "trainer.val_check_interval=3", "logger=csv",
+                                   "data.num_val=20", "data.num_test=20", "samples.num=0"])
+    metrics = train(cfg)
+    out = tmp_path / "results"
+    monkeypatch.setattr("sys.argv", ["size_errors.py", str(tmp_path / "sweep"), "--out", str(out)])
+    script.main()
+    line = (out / "size_errors.csv").read_text().splitlines()
+    header, values = line[0].split(","), [float(v) if i > 2 else v for i, v in enumerate(line[1].split(","))]
+    row = dict(zip(header, values, strict=True))
+    per_size = [row[f"test/mae_len{n}"] for n in (10, 25, 50, 100)]
+    assert np.mean(per_size) == pytest.approx(metrics["test/mae"], rel=1e-4)
+    assert row["test/guess_mae_len100"] == pytest.approx(SetSum(regression=True).guess_mae(100), rel=1e-4)
+    assert "**set_sum_regression**" in (out / "size_errors.md").read_text() and (out / "size_errors.png").exists()
+    stored = json.loads((job / "metrics.json").read_text())
+    (job / "metrics.json").write_text(json.dumps(stored | {"test/mae": stored["test/mae"] + 1.0}))
+    elsewhere = tmp_path / "elsewhere"
+    monkeypatch.setattr("sys.argv", ["size_errors.py", str(tmp_path / "sweep"), "--out", str(elsewhere)])
+    with pytest.raises(SystemExit):
+        script.main()
+    assert "job 0: its re-evaluated test/mae" in capsys.readouterr().err and not elsewhere.exists()
 
 
 @pytest.mark.parametrize("spec", [DataSpec("real", 6, "label", 6, classes=3, sets=True),  # mnist_sum's shape

@@ -321,5 +321,25 @@ def test_with_a_baseline_the_size_curves_pair_every_row_with_it_at_each_size(tmp
     write_report(sweep, baseline="LSTM")
     text = (sweep / "report.md").read_text()
     # each seed's DeepSets minus LSTM: -0.1 at size 10 and +0.4 at 100, the same on both seeds
-    assert "### At each test size, against LSTM" in text
+    assert "### Test accuracy at each test size, against LSTM" in text
     assert "| (DeepSets) − (LSTM) | -0.100 [-0.100, -0.100]: worse | +0.400 [+0.400, +0.400]: better |" in text
+    assert "mean absolute error" not in text and not (sweep / "size_errors.png").exists()  # no regression jobs
+
+
+def test_regression_jobs_get_their_error_against_test_size_where_lower_is_better(tmp_path: Path) -> None:
+    sweep = tmp_path / "sums"
+    error = {"sets/lstm": {10: 1.0, 100: 150.0}, "sets/deepsets": {10: 0.5, 100: 0.5}}
+    for num, (variant, seed, wobble) in enumerate((v, s, w) for v in error for s, w in ((1, 0.1), (2, -0.1))):
+        metrics = ({f"test/mae_len{n}": mae + wobble for n, mae in error[variant].items()}
+                   | {f"test/acc_len{n}": 0.5 for n in (10, 100)}
+                   | {"test/guess_mae_len10": 7.3, "test/guess_mae_len100": 22.9})
+        make_job(sweep, num, [f"+variant={variant}", "data=set_sum_regression", f"seed={seed}"], metrics,
+                 config={"table_row": "LSTM" if variant == "sets/lstm" else "DeepSets"})
+    write_report(sweep, baseline="LSTM")
+    text = (sweep / "report.md").read_text()
+    assert "## Test mean absolute error against test size" in text
+    assert "| LSTM | 1.000 [-0.271, 2.271] (n=2) | 150.000 [148.729, 151.271] (n=2) |" in text
+    assert "| *input-blind guess* | 7.300 | 22.900 |" in text
+    # DeepSets minus LSTM: -0.5 at size 10 and -149.5 at 100, lower is better
+    assert "| (DeepSets) − (LSTM) | -0.500 [-0.500, -0.500]: better | -149.500 [-149.500, -149.500]: better |" in text
+    assert (sweep / "size_errors.png").stat().st_size > 10_000

@@ -17,8 +17,9 @@ size (``acc_len<size>``) when the batches carry sizes. On set data (``DataSpec.s
 epoch also reports ``perm_flip_rate``: how often a random order of a set's elements changes the
 predicted label (seeded, on the first ``flip_sequences`` sequences of every test batch).
 Regression on the label (``DataSpec.regression``, e.g. a set's sum with a Gaussian head): the
-same from ``predict_value``, with ``acc`` = the prediction rounds to the label, ``mae``, and on
-sets ``perm_spread``, the prediction's standard deviation over the orders tried.
+same from ``predict_value``, with ``acc`` = the prediction rounds to the label, ``mae`` (also per
+test size, ``mae_len<size>``), and on sets ``perm_spread``, the prediction's standard deviation
+over the orders tried.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ _VALUE_SUMS = ("correct", "abs_err")  # regression: the rounded prediction equal
 # standard deviation over the orders, summed over the labelled steps
 _FLIP_SUMS = ("flips", "flip_trials", "spread")
 _FLIP_SEED = 20_200_612  # permutations are seeded per test batch, independent of the training seed
-_SIZE_SERIES = ("sizes", "size_correct", "size_steps")  # per sequence, for accuracy per test size
+# per sequence, for accuracy (and a regression's absolute error) per test size
+_SIZE_SERIES = ("sizes", "size_correct", "size_steps", "size_abs_err")
 _SPLITS = ("train", "val", "test")
 # Validation and test score the bound itself (KL weight 1, no aux/bwd), independent of the
 # update count, so val/test loss = negative ELBO and evaluation needs no training state.
@@ -241,15 +243,18 @@ class SequenceLitModule(L.LightningModule):
         hits = (predicted.round() == target).float() * scored
         metrics = self._totals(split)
         metrics["correct"].update(hits.sum())
-        metrics["abs_err"].update(torch.where(scored > 0, (predicted - target).abs(), 0.0).sum())
-        self._accumulate_sizes(split, batch, hits, scored)
+        abs_err = torch.where(scored > 0, (predicted - target).abs(), 0.0)
+        metrics["abs_err"].update(abs_err.sum())
+        self._accumulate_sizes(split, batch, hits, scored, abs_err)
 
-    def _accumulate_sizes(self, split: str, batch: SequenceBatch, hits: Tensor, scored: Tensor) -> None:
+    def _accumulate_sizes(self, split: str, batch: SequenceBatch, hits: Tensor, scored: Tensor,
+                          abs_err: Tensor | None = None) -> None:
         if batch.sizes is not None and split in ("val", "test"):
             series = self.size_series[f"{split}_sizes"]
             series["sizes"].update(batch.sizes.float())
             series["size_correct"].update(hits.sum(1))
             series["size_steps"].update(scored.sum(1))
+            series["size_abs_err"].update((abs_err if abs_err is not None else torch.zeros_like(hits)).sum(1))
 
     def training_step(self, batch: SequenceBatch, batch_idx: int) -> Tensor | None:
         weights = self.weights()
@@ -367,15 +372,18 @@ class SequenceLitModule(L.LightningModule):
         return {f"{split}/{k}": float(v) for k, v in out.items()}
 
     def _accuracy_per_size(self, split: str) -> dict[str, Tensor]:
-        """``acc_len<size>`` for every task size seen in this epoch's batches."""
+        """``acc_len<size>`` (and for regression ``mae_len<size>``) for every task size seen in this
+        epoch's batches: a sum regressed at size 100 is rarely exact, so its error says how far off."""
         key = f"{split}_sizes"
         if key not in self.size_series or not self.size_series[key]["sizes"].update_called:
             return {}
-        sizes, correct, steps = (torch.atleast_1d(self.size_series[key][k].compute()) for k in _SIZE_SERIES)
+        sizes, correct, steps, abs_err = (torch.atleast_1d(self.size_series[key][k].compute()) for k in _SIZE_SERIES)
         out = {}
         for size in sorted(set(sizes.long().tolist())):
             pick = sizes.long() == size
             out[f"acc_len{size}"] = correct[pick].sum() / steps[pick].sum()
+            if self.spec.regression:
+                out[f"mae_len{size}"] = abs_err[pick].sum() / steps[pick].sum()
         return out
 
     def _log_epoch(self, split: str) -> None:

@@ -148,6 +148,14 @@ def read_job(job_dir: Path, sweep_dir: Path) -> Job:
                info=info)
 
 
+def best_checkpoint(job: Job, sweep_dir: Path) -> Path:
+    """The checkpoint of a job's best validation score, the one its test metrics come from."""
+    best = sorted((sweep_dir / job.name / "checkpoints").glob("best-*.ckpt"))
+    if len(best) != 1:
+        raise FileNotFoundError(f"{sweep_dir / job.name}: expected one best-*.ckpt, found {len(best)}")
+    return best[0]
+
+
 def read_sweep(sweep_dir: Path) -> list[Job]:
     return [read_job(job, sweep_dir) for job in job_folders(sweep_dir)]
 

@@ -100,6 +100,12 @@ class ClassificationTask(ABC):
         not derive it."""
         return None
 
+    def guess_mae(self, size: int) -> float | None:
+        """Regression's ``guess_accuracy``: the mean absolute error of the best guess that does not
+        read the input, the median label among inputs of this size. None for class labels and where
+        a task does not derive it."""
+        return None
+
     def for_split(self, split: str) -> ClassificationTask:
         """The task as the ``train``, ``val`` or ``test`` split draws it: the same task by default;
         a task over a finite pool of elements (the MNIST digits of ``mnist_sum``) returns a view
@@ -375,11 +381,12 @@ class ClassificationDataModule(SequenceDataModule):
         level on the validation and test sets, so a capacity cell is read against the level a model
         reaches without solving the task (0.32-0.75 on the lookup tasks, not 1 / classes); and
         ``<split>/guess_acc`` (``test/guess_acc_len<size>``): what a guess that ignores the input
-        scores, the floor of a set task's size curve. Each is left out where the task does not
-        derive it."""
+        scores, the floor of a set task's size curve, and for regression its error
+        (``test/guess_mae_len<size>``). Each is left out where the task does not derive it."""
         sizes = {split: [size for _, _, size in examples] for split, examples in self.eval_sets().items()}
         return (self._levels("chance_acc", lambda split: self.task.chance_accuracy, sizes)
-                | self._levels("guess_acc", lambda split: self.task.for_split(split).guess_accuracy, sizes))
+                | self._levels("guess_acc", lambda split: self.task.for_split(split).guess_accuracy, sizes)
+                | self._levels("guess_mae", lambda split: self.task.for_split(split).guess_mae, sizes))
 
     def _levels(self, name: str, level_of: Callable[[str], Callable[[int], float | None]],
                 sizes: dict[str, list[int]]) -> dict[str, float]:

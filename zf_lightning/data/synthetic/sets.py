@@ -68,6 +68,15 @@ class SetTask(ClassificationTask):
         """The most frequent label's probability, from the labels' exact distribution at ``size``."""
         return float(self.label_distribution(size).max())
 
+    def guess_mae(self, size: int) -> float | None:
+        """For a label regressed as a value (the label is its index in the distribution): the mean
+        absolute distance to the distribution's median, the constant with the least expected error."""
+        if not self.regression:
+            return None
+        probs = self.label_distribution(size)
+        median = int(np.searchsorted(np.cumsum(probs), 0.5))
+        return float(probs @ np.abs(np.arange(probs.size) - median))
+
     def label_distribution(self, size: int) -> np.ndarray:
         """The probability of each label (or plain value) over sets of ``size`` uniform elements."""
         raise NotImplementedError(f"{type(self).__name__} does not derive its label distribution")
