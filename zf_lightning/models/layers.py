@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zf_lightning.models.products import linear
+
 # device types whose autocast (trainer.precision=bf16-mixed / 16-mixed) the custom functions handle
 AUTOCAST_DEVICES = ("cpu", "cuda")
 
@@ -157,7 +159,9 @@ class GaussianMLP(nn.Module):
 
     def from_hidden_preactivation(self, pre: Tensor) -> tuple[Tensor, Tensor]:
         """Finish the MLP from the first layer's output (before the nonlinearity)."""
-        out = self.second(clipped_leaky_relu_fused(pre, self.act.slope, self.act.bound))
+        out = linear(
+            clipped_leaky_relu_fused(pre, self.act.slope, self.act.bound), self.second.weight, self.second.bias
+        )
         if self.clamp is not None:
             out = clamp_fused(out, self.clamp)
         mean, logvar = out.chunk(2, dim=-1)

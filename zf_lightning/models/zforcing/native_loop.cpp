@@ -1,5 +1,5 @@
 // The step loops of PlainRecurrence (recurrence.py) in C++: the same buffers, the same products
-// (ATen's addmm_/mm_out, so the same BLAS calls), the same ATen kernels for sigmoid, exp
+// (``matmul_into`` below, which recurrence.py calls too), the same ATen kernels for sigmoid, exp
 // and addcmul (which may fuse its multiply-add, depending on the CPU), and what is left, the
 // products, clamps and the clipped leaky ReLU, as plain loops that round as ATen's kernels do
 // (built with -ffp-contract=off: no multiply-add is fused where ATen's is not).
@@ -12,9 +12,12 @@
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/exp.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/ones.h>
 #include <ATen/ops/sigmoid.h>
 #include <c10/util/Optional.h>
 #include <torch/library.h>
+
+#include <dlfcn.h>
 
 #include <algorithm>
 #include <vector>
@@ -22,6 +25,51 @@
 namespace {
 
 using at::Tensor;
+
+// ATen's at::native::mkldnn_matmul (result = beta result + alpha a @ b through oneDNN): exported by
+// libtorch_cpu but declared in no installed header, so it is looked up at run time and the products
+// fall back to ATen's (MKL's) where it is missing or refuses float32.
+using OnednnMatmul = void (*)(const Tensor&, const Tensor&, const Tensor&, float, float);
+
+OnednnMatmul find_onednn_matmul() {
+  void* lib = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
+  if (lib == nullptr) return nullptr;
+  auto fn = reinterpret_cast<OnednnMatmul>(dlsym(lib, "_ZN2at6native13mkldnn_matmulERKNS_6TensorES3_S3_ff"));
+  dlclose(lib);
+  if (fn == nullptr) return nullptr;
+  try {  // it checks the CPU and the dtype: a refusal throws
+    Tensor a = at::ones({2, 2}), out = at::empty({2, 2});
+    fn(a, a, out, 0.0f, 1.0f);
+    const float* o = out.data_ptr<float>();
+    if (o[0] != 2.0f || o[1] != 2.0f || o[2] != 2.0f || o[3] != 2.0f) return nullptr;
+  } catch (const std::exception&) {
+    return nullptr;
+  }
+  return fn;
+}
+
+OnednnMatmul onednn_matmul() {
+  static const OnednnMatmul fn = find_onednn_matmul();
+  return fn;
+}
+
+// out = a @ b (beta 0) or out += a @ b (beta 1), by oneDNN for float32 products of at least 2^20
+// multiply-adds, else by ATen. On this kind of CPU (AVX-512) oneDNN runs float32 products at about
+// twice MKL's rate, which ATen calls for float32 (MKL takes its AVX2 kernels on AMD CPUs), but each
+// oneDNN call costs about 10 us more, which smaller products do not repay. The rule depends on the
+// shapes alone, so a product rounds the same wherever it is formed (the Python loops call this too).
+void matmul_into(const Tensor& a, const Tensor& b, const Tensor& out, double beta) {
+  TORCH_CHECK(beta == 0.0 || beta == 1.0, "matmul_into: beta must be 0 or 1");
+  const bool large = a.size(0) * a.size(1) * b.size(1) >= (int64_t(1) << 20);
+  const bool f32 = a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat;
+  if (large && f32 && a.device().is_cpu() && onednn_matmul() != nullptr) {
+    onednn_matmul()(a, b, out, static_cast<float>(beta), 1.0f);
+  } else if (beta == 0.0) {
+    at::mm_out(const_cast<Tensor&>(out), a, b);
+  } else {
+    const_cast<Tensor&>(out).addmm_(a, b);
+  }
+}
 
 void check_buffer(const Tensor& x, const char* name, const Tensor& like) {
   TORCH_CHECK(x.is_contiguous(), "native loop: ", name, " must be contiguous");
@@ -79,10 +127,10 @@ void forward_loop_impl(const Tensor& y, const Tensor& hs, const Tensor& q_raw, c
     Tensor q_raw_t = q_raw.select(0, t), q_t = q.select(0, t), z_t = z.select(0, t);
     Tensor post_act_k = post_act.select(0, k), acts_k = acts.select(0, k), tanh_c = tanh_cs.select(0, k);
     // y_t += [W_hh; W_qh] h_{t-1}
-    y_t.addmm_(w_h, h);
+    matmul_into(w_h, h, y_t, 1.0);
     // the posterior: q_raw_t += W_2 act(y_t[4H:]); q_t = clamp(q_raw_t); z_t = mean + exp(logvar / 2) noise
     act_into<T>(post_pre.data_ptr<T>(), post_act_k.data_ptr<T>(), MB, slope_, bound_);
-    q_raw_t.addmm_(w_post, post_act_k);
+    matmul_into(w_post, post_act_k, q_raw_t, 1.0);
     if (clamp.has_value()) {
       const T c = static_cast<T>(*clamp);
       const T* src = q_raw_t.data_ptr<T>();
@@ -92,7 +140,7 @@ void forward_loop_impl(const Tensor& y, const Tensor& hs, const Tensor& q_raw, c
     half_logvar_exp_into<T>(q_t.data_ptr<T>() + ZB, ZB, half_logvar_exp);
     at::addcmul_out(z_t, q_t.narrow(0, 0, Z), half_logvar_exp, noise.select(0, t));
     // the gates: y_t[:4H] += W_z z_t, then the LSTM update (each tanh as tanh_into: 2 sigmoid(2x) - 1)
-    gates.addmm_(w_z, z_t);
+    matmul_into(w_z, z_t, gates, 1.0);
     at::sigmoid_out(acts_k, gates);
     Tensor g_act = acts_k.narrow(0, 2 * H, H);
     tanh_into<T>(gates.data_ptr<T>() + 2 * HB, g_act);
@@ -180,7 +228,7 @@ void backward_loop_impl(const Tensor& d_y, const Tensor& d_h_all, const Tensor& 
     gate_grads<T>(HB, ig, fg, gg, og, c_prev, tc, dh, dc, dg, dg + HB, dg + 2 * HB, dg + 3 * HB);
     // dz_t += W_z^T d_gates; d q_raw_t += scale [dz_t; dz_t] with scale = [1; noise exp(logvar / 2) / 2],
     // zero where the clamp held q_raw (posterior_factors)
-    dz_t.addmm_(w_z_t, d_gates);
+    matmul_into(w_z_t, d_gates, dz_t, 1.0);
     half_logvar_exp_into<T>(q.select(0, t).data_ptr<T>() + ZB, ZB, half_logvar_exp);
     const T* eps = noise.select(0, t).data_ptr<T>();
     for (int64_t i = 0; i < ZB; ++i) {
@@ -194,7 +242,7 @@ void backward_loop_impl(const Tensor& d_y, const Tensor& d_h_all, const Tensor& 
     }
     d_out.view({2, Z, B}).addcmul_(scale_t, dz_t);
     // the posterior's first layer: d_post = (W_2^T d q_raw_t) act'(y_t[4H:]) (clipped_leaky_relu_grad)
-    at::mm_out(d_post, w_post_t, d_out);
+    matmul_into(w_post_t, d_out, d_post, 0.0);
     T* dp = d_post.data_ptr<T>();
     const T* pre = y.select(0, t).data_ptr<T>() + 4 * HB;
     for (int64_t i = 0; i < MB; ++i) {
@@ -203,7 +251,7 @@ void backward_loop_impl(const Tensor& d_y, const Tensor& d_h_all, const Tensor& 
       dp[i] = dp[i] * grad;
     }
     if (t > 0) {  // h_0 is the constant zero state: its gradient is not needed
-      d_h_all.select(0, t).addmm_(w_h_t, dy);
+      matmul_into(w_h_t, dy, d_h_all.select(0, t), 1.0);
     }
   }
 }
@@ -316,4 +364,5 @@ TORCH_LIBRARY(zf_native, m) {
   m.def("backward_loop", &backward_loop);
   m.def("gaussian_terms", &gaussian_terms);
   m.def("gaussian_backward", &gaussian_backward);
+  m.def("matmul_into", &matmul_into);
 }

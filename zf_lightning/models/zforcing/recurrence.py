@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from zf_lightning.models.layers import clipped_leaky_relu, fp32_backward, fp32_forward, lstm_pointwise
+from zf_lightning.models.products import matmul_into, mm
 from zf_lightning.models.zforcing.native import NativeLoops
 
 
@@ -301,9 +302,9 @@ class PlainRecurrence(torch.autograd.Function):
                 ops,
             )
         d_pre = d_y.transpose(0, 1).contiguous()  # [4H + M, T, B], the layout of pre
-        d_w_h = d_pre.view(-1, T * B) @ hs[:T].transpose(0, 1).reshape(H, T * B).t()
-        d_w_post = d_q_raw.transpose(0, 1).reshape(2 * Z, T * B) @ post_act.transpose(0, 1).reshape(M, T * B).t()
-        d_w_z = d_pre[: 4 * H].view(4 * H, T * B) @ z.transpose(0, 1).reshape(Z, T * B).t()
+        d_w_h = mm(d_pre.view(-1, T * B), hs[:T].transpose(0, 1).reshape(H, T * B).t())
+        d_w_post = mm(d_q_raw.transpose(0, 1).reshape(2 * Z, T * B), post_act.transpose(0, 1).reshape(M, T * B).t())
+        d_w_z = mm(d_pre[: 4 * H].view(4 * H, T * B), z.transpose(0, 1).reshape(Z, T * B).t())
         return d_pre, None, d_w_h, d_w_post, d_q_raw.sum((0, 2)), d_w_z, None, None, None, None, None, None
 
 
@@ -346,10 +347,10 @@ def _forward_steps(
     for t, (y_t, gates, post_pre, h, h_new, q_raw_t, q_t, z_t, noise_t) in enumerate(steps):
         k = t if keep else 0
         c_in, c_out = (t, t + 1) if keep else (t % 2, (t + 1) % 2)
-        y_t.addmm_(w_h, h)
-        q_raw_t.addmm_(w_post, ops.act_into(post_pre, slope, bound, post_act[k]))
+        matmul_into(w_h, h, y_t, accumulate=True)
+        matmul_into(w_post, ops.act_into(post_pre, slope, bound, post_act[k]), q_raw_t, accumulate=True)
         ops.sample_into(q_raw_t, noise_t, clamp, q_t, z_t)
-        gates.addmm_(w_z, z_t)
+        matmul_into(w_z, z_t, gates, accumulate=True)
         ops.cell(gates, cs[c_in], acts[k], cs[c_out], tanh_cs[k], h_new)
 
 
@@ -392,11 +393,11 @@ def _backward_steps(
         list(enumerate(steps))
     ):
         ops.cell_backward(dh, dc, gate_f, dc_f, f, d_gates)
-        dz.addmm_(w_z_t, d_gates)
+        matmul_into(w_z_t, d_gates, dz, accumulate=True)
         d_out.addcmul_(scale, dz)
-        torch.mm(w_post_t, d_out.view(2 * Z, B), out=d_post).mul_(act_f)
+        matmul_into(w_post_t, d_out.view(2 * Z, B), d_post).mul_(act_f)
         if t > 0:  # h_0 is the constant zero state: its gradient is not needed
-            dh_prev.addmm_(w_h_t, dy)
+            matmul_into(w_h_t, dy, dh_prev, accumulate=True)
 
 
 def plain_recurrence(
