@@ -78,9 +78,7 @@ TIMIT = Sizes(
 )
 # the committed FSDD studies (study/common/fsdd.yaml): zf_lightning/conf/model/zforcing.yaml's CPU sizes, batch 32,
 # ~30 frames of 200 samples at 8 kHz, one thread per run
-FSDD = Sizes(
-    "fsdd", emb_dim=64, rnn_dim=128, z_dim=32, mlp_dim=64, batch=32, steps=30, dim=200, kind="real", threads=1
-)
+FSDD = Sizes("fsdd", emb_dim=64, rnn_dim=128, z_dim=32, mlp_dim=64, batch=32, steps=30, dim=200, kind="real", threads=1)
 
 
 def mnist_sizes() -> Sizes:
@@ -223,9 +221,7 @@ def bench_size(sizes: Sizes, args: argparse.Namespace, device: torch.device) -> 
         build_s = time.perf_counter() - start  # building, or loading the cached build
         native_model = make_model(sizes, native_loop=True).to(device)
         native_model.load_state_dict(base.state_dict())
-        steps["native"] = train_step_fn(
-            native_model, lambda: zforcing_loss(native_model(batch, noise), batch.mask)
-        )
+        steps["native"] = train_step_fn(native_model, lambda: zforcing_loss(native_model(batch, noise), batch.mask))
     steps["floor"] = train_step_fn(floor, lambda: floor(batch))
     compile_s = None
     if args.compile_step:
