@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_step as bs  # noqa: E402
 
-PRODUCTS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm"}
+PRODUCTS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "zf_native::matmul_into"}
 COPIES = {"aten::copy_", "aten::cat", "aten::clone", "aten::index_select", "aten::gather", "aten::scatter_add_"}
 
 

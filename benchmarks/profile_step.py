@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_fixed_cost import TINY  # noqa: E402
 from benchmarks.bench_step import FSDD, FusedFloor, load_average, make_batch, make_model, zforcing_loss  # noqa: E402
+from zf_lightning.models.products import linear, linear_feature_major  # noqa: E402
 from zf_lightning.models.zforcing.model import ZForcing  # noqa: E402
 from zf_lightning.models.zforcing.recurrence import plain_recurrence  # noqa: E402
 
@@ -74,11 +75,11 @@ def regions(model: ZForcing, batch, noise: Tensor) -> dict[str, tuple[Callable[[
     emb = model.embedding(batch.inputs).detach()
     B, T, _ = emb.shape
     with torch.no_grad():
-        from_b = torch.nn.functional.linear(model.backward_states(batch), first.weight[:, model.rnn_dim :], first.bias)
+        from_b = linear(model.backward_states(batch), first.weight[:, model.rnn_dim :], first.bias)
     cell, second = model.cell, model.posterior.second
     with torch.no_grad():
         bias = cell.bias + cell.weight_iz @ model.z_map.bias
-        gates_x = torch.addmm(bias[:, None], cell.weight_ix, emb.transpose(0, 1).reshape(T * B, -1).t())
+        gates_x = linear_feature_major(emb.transpose(0, 1).reshape(T * B, -1), cell.weight_ix, bias)
         pre = torch.cat([gates_x.view(-1, T, B), from_b.permute(2, 1, 0)], 0)
     loop_in = [
         leaf(pre),
@@ -111,11 +112,11 @@ def regions(model: ZForcing, batch, noise: Tensor) -> dict[str, tuple[Callable[[
         b = model.backward_states(batch)
         weights = [model.backward_head.proj.weight, first.weight[:, model.rnn_dim :]]
         biases = [model.backward_head.proj.bias, first.bias]
-        from_b = torch.nn.functional.linear(b, torch.cat(weights), torch.cat(biases))
+        from_b = linear(b, torch.cat(weights), torch.cat(biases))
         bwdp, post_from_b = from_b.split([from_b.shape[-1] - first.out_features, first.out_features], dim=-1)
         w_iz = cell.weight_iz
         bias = cell.bias + w_iz @ model.z_map.bias
-        gx = torch.addmm(bias[:, None], cell.weight_ix, emb.transpose(0, 1).reshape(T * B, -1).t())
+        gx = linear_feature_major(emb.transpose(0, 1).reshape(T * B, -1), cell.weight_ix, bias)
         pre = torch.cat([gx.view(-1, T, B), post_from_b.permute(2, 1, 0)], 0)
         n = noise.permute(1, 2, 0).contiguous()
         w = [model._weight_from_h(), w_iz @ model.z_map.weight]
