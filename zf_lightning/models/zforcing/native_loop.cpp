@@ -357,6 +357,147 @@ void gaussian_backward(const Tensor& grad, const Tensor& x, const Tensor& mean, 
   });
 }
 
+// The latent terms of one posterior path (latent.py's _LatentDensities), per step [N, R] over the
+// latent dimensions D, zero where mask[n, r] is not positive: KL(q || p), log p(z) and log q(z) for
+// diagonal Gaussians q = N(mq, e^lvq), p = N(mp, e^lvp), in one pass over the five inputs (each
+// [N, R, D], unit stride along D), where the plain expressions take some thirty ATen passes and
+// autograd nodes. e^-lvp and e^-lvq are ATen's exp (kept for the backward pass), e^(lvq - lvp) is
+// their ratio.
+template <typename T>
+void latent_forward_impl(const Tensor& z, const Tensor& mq, const Tensor& lvq, const Tensor& mp, const Tensor& lvp,
+                         const Tensor& mask, const Tensor& inv_q, const Tensor& inv_p, const Tensor& kl,
+                         const Tensor& log_p, const Tensor& log_q, double log_2pi) {
+  const int64_t N = z.size(0), R = z.size(1), D = z.size(2);
+  const T c = static_cast<T>(log_2pi), half(0.5), one(1);
+  T* iq = inv_q.data_ptr<T>();
+  T* ip = inv_p.data_ptr<T>();
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t r = 0; r < R; ++r) {
+      const T* a = lvq.data_ptr<T>() + n * lvq.stride(0) + r * lvq.stride(1);
+      const T* b = lvp.data_ptr<T>() + n * lvp.stride(0) + r * lvp.stride(1);
+      T* eq = iq + (n * R + r) * D;
+      T* ep = ip + (n * R + r) * D;
+      for (int64_t i = 0; i < D; ++i) {
+        eq[i] = -a[i];
+        ep[i] = -b[i];
+      }
+    }
+  }
+  inv_q.exp_();
+  inv_p.exp_();
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t o = n * kl.stride(0) + r * kl.stride(1);
+      if (!(mask.data_ptr<T>()[n * mask.stride(0) + r * mask.stride(1)] > T(0))) {
+        kl.data_ptr<T>()[o] = log_p.data_ptr<T>()[o] = log_q.data_ptr<T>()[o] = T(0);
+        continue;
+      }
+      const T* zr = z.data_ptr<T>() + n * z.stride(0) + r * z.stride(1);
+      const T* mqr = mq.data_ptr<T>() + n * mq.stride(0) + r * mq.stride(1);
+      const T* lqr = lvq.data_ptr<T>() + n * lvq.stride(0) + r * lvq.stride(1);
+      const T* mpr = mp.data_ptr<T>() + n * mp.stride(0) + r * mp.stride(1);
+      const T* lpr = lvp.data_ptr<T>() + n * lvp.stride(0) + r * lvp.stride(1);
+      const T* eq = iq + (n * R + r) * D;
+      const T* ep = ip + (n * R + r) * D;
+      T sk(0), sp(0), sq(0);
+      for (int64_t i = 0; i < D; ++i) {
+        const T dm = mqr[i] - mpr[i], dp = zr[i] - mpr[i], dq = zr[i] - mqr[i];
+        sk += lpr[i] - lqr[i] + ep[i] / eq[i] + dm * dm * ep[i] - one;
+        sp += c + lpr[i] + dp * dp * ep[i];
+        sq += c + lqr[i] + dq * dq * eq[i];
+      }
+      kl.data_ptr<T>()[o] = half * sk;
+      log_p.data_ptr<T>()[o] = -half * sp;
+      log_q.data_ptr<T>()[o] = -half * sq;
+    }
+  }
+}
+
+// Their gradients from gk, gp, gq [N, R] (the incoming gradients of KL, log p(z), log q(z); an
+// undefined one counts as zero), zero where the mask is not: into d_mq, d_lvq, d_mp, d_lvp and d_z
+// ([N, R, D] contiguous; d_z may be undefined when neither log-density has a gradient).
+template <typename T>
+void latent_backward_impl(const Tensor& gk, const Tensor& gp, const Tensor& gq, const Tensor& z, const Tensor& mq,
+                          const Tensor& mp, const Tensor& mask, const Tensor& inv_q, const Tensor& inv_p,
+                          const Tensor& d_mq, const Tensor& d_lvq, const Tensor& d_mp, const Tensor& d_lvp,
+                          const Tensor& d_z) {
+  const int64_t N = z.size(0), R = z.size(1), D = z.size(2);
+  const T half(0.5), one(1), zero(0);
+  const bool has_k = gk.defined(), has_p = gp.defined(), has_q = gq.defined(), has_z = d_z.defined();
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t row = (n * R + r) * D;
+      T* dmq = d_mq.data_ptr<T>() + row;
+      T* dlq = d_lvq.data_ptr<T>() + row;
+      T* dmp = d_mp.data_ptr<T>() + row;
+      T* dlp = d_lvp.data_ptr<T>() + row;
+      T* dz = has_z ? d_z.data_ptr<T>() + row : nullptr;
+      if (!(mask.data_ptr<T>()[n * mask.stride(0) + r * mask.stride(1)] > T(0))) {  // padding: no gradient
+        std::fill(dmq, dmq + D, zero);
+        std::fill(dlq, dlq + D, zero);
+        std::fill(dmp, dmp + D, zero);
+        std::fill(dlp, dlp + D, zero);
+        if (has_z) std::fill(dz, dz + D, zero);
+        continue;
+      }
+      const T k = has_k ? gk.data_ptr<T>()[n * gk.stride(0) + r * gk.stride(1)] : zero;
+      const T p = has_p ? gp.data_ptr<T>()[n * gp.stride(0) + r * gp.stride(1)] : zero;
+      const T q = has_q ? gq.data_ptr<T>()[n * gq.stride(0) + r * gq.stride(1)] : zero;
+      const T* zr = z.data_ptr<T>() + n * z.stride(0) + r * z.stride(1);
+      const T* mqr = mq.data_ptr<T>() + n * mq.stride(0) + r * mq.stride(1);
+      const T* mpr = mp.data_ptr<T>() + n * mp.stride(0) + r * mp.stride(1);
+      const T* eq = inv_q.data_ptr<T>() + row;
+      const T* ep = inv_p.data_ptr<T>() + row;
+      for (int64_t i = 0; i < D; ++i) {
+        const T dm = mqr[i] - mpr[i], dp = zr[i] - mpr[i], dq = zr[i] - mqr[i];
+        const T ratio = ep[i] / eq[i], pull_p = dp * ep[i], pull_q = dq * eq[i];
+        dmq[i] = k * dm * ep[i] + q * pull_q;
+        dmp[i] = p * pull_p - k * dm * ep[i];
+        dlp[i] = half * k * (one - ratio - dm * dm * ep[i]) - half * p * (one - dp * pull_p);
+        dlq[i] = half * k * (ratio - one) - half * q * (one - dq * pull_q);
+        if (has_z) dz[i] = -(p * pull_p + q * pull_q);
+      }
+    }
+  }
+}
+
+void latent_forward(const Tensor& z, const Tensor& mq, const Tensor& lvq, const Tensor& mp, const Tensor& lvp,
+                    const Tensor& mask, const Tensor& inv_q, const Tensor& inv_p, const Tensor& kl, const Tensor& log_p,
+                    const Tensor& log_q, double log_2pi) {
+  for (auto [t, name] : std::vector<std::pair<const Tensor*, const char*>>{
+           {&z, "z"}, {&mq, "mean_q"}, {&lvq, "logvar_q"}, {&mp, "mean_p"}, {&lvp, "logvar_p"}}) {
+    check_rows(*t, name, z);
+  }
+  check_buffer(inv_q, "inv_q", z);
+  check_buffer(inv_p, "inv_p", z);
+  for (const Tensor* t : {&mask, &kl, &log_p, &log_q}) {
+    TORCH_CHECK(t->dim() == 2 && t->size(0) == z.size(0) && t->size(1) == z.size(1) &&
+                    t->scalar_type() == z.scalar_type() && t->device().is_cpu(),
+                "latent terms: the mask and the terms must be [N, R] like z");
+  }
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "zf_native_latent_forward", [&] {
+    latent_forward_impl<scalar_t>(z, mq, lvq, mp, lvp, mask, inv_q, inv_p, kl, log_p, log_q, log_2pi);
+  });
+}
+
+void latent_backward(const c10::optional<Tensor>& gk, const c10::optional<Tensor>& gp,
+                     const c10::optional<Tensor>& gq, const Tensor& z, const Tensor& mq, const Tensor& mp,
+                     const Tensor& mask, const Tensor& inv_q, const Tensor& inv_p, const Tensor& d_mq,
+                     const Tensor& d_lvq, const Tensor& d_mp, const Tensor& d_lvp, const c10::optional<Tensor>& d_z) {
+  for (const Tensor* t : {&d_mq, &d_lvq, &d_mp, &d_lvp, &inv_q, &inv_p}) check_buffer(*t, "latent gradient", z);
+  for (const c10::optional<Tensor>* g : {&gk, &gp, &gq}) {
+    TORCH_CHECK(!g->has_value() || ((*g)->dim() == 2 && (*g)->size(0) == z.size(0) && (*g)->size(1) == z.size(1) &&
+                                    (*g)->scalar_type() == z.scalar_type()),
+                "latent terms: the incoming gradients must be [N, R] like z");
+  }
+  if (d_z.has_value()) check_buffer(*d_z, "d_z", z);
+  const Tensor none;
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "zf_native_latent_backward", [&] {
+    latent_backward_impl<scalar_t>(gk.value_or(none), gp.value_or(none), gq.value_or(none), z, mq, mp, mask, inv_q,
+                                   inv_p, d_mq, d_lvq, d_mp, d_lvp, d_z.value_or(none));
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY(zf_native, m) {
@@ -365,4 +506,6 @@ TORCH_LIBRARY(zf_native, m) {
   m.def("gaussian_terms", &gaussian_terms);
   m.def("gaussian_backward", &gaussian_backward);
   m.def("matmul_into", &matmul_into);
+  m.def("latent_forward", &latent_forward);
+  m.def("latent_backward", &latent_backward);
 }
