@@ -1,6 +1,7 @@
-"""The C++ latent terms (``latent._LatentDensities``: KL, log p(z), log q(z) and their masks in one
-node) against the plain expressions, and their hand-written backward against autograd (``gradcheck``
-in float64)."""
+"""The C++ post-loop terms against the plain expressions, and their hand-written backward against
+autograd (``gradcheck`` in float64): the latent terms (``latent._LatentDensities``: KL, log p(z),
+log q(z) and their masks in one node) and the auxiliary cost (``distributions._TanhGaussianNLL``:
+clamp, tanh and Gaussian NLL in one node)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ import torch
 
 from tests.models.test_native_loop import needs_build
 from zf_lightning.models.common import mask_terms
-from zf_lightning.models.distributions import gaussian_kl, gaussian_nll
+from zf_lightning.models.distributions import (
+    _tanh_gaussian_nll_plain,
+    _TanhGaussianNLL,
+    gaussian_kl,
+    gaussian_nll,
+    tanh_gaussian_nll,
+)
 from zf_lightning.models.latent import LatentPath, _LatentDensities, latent_terms
 from zf_lightning.models.zforcing import native
 from zf_lightning.types import StepTerms
@@ -84,3 +91,30 @@ def test_latent_terms_without_log_density_gradients_leave_z_alone(ops: object) -
     d_z, d_q = torch.autograd.grad(kl.sum(), (z, q), allow_unused=True)
     assert d_z is None  # the KL reads mean and variance only; z's gradient comes from log p(z), log q(z)
     assert d_q is not None
+
+
+@pytest.mark.parametrize("clamp", [None, 1.5])
+def test_tanh_gaussian_nll_passes_gradcheck(ops: object, clamp: float | None) -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 5, 4, generator=g, dtype=torch.float64)
+    params = (2 * torch.randn(3, 5, 9, generator=g, dtype=torch.float64))[..., 1:].requires_grad_()  # strided rows
+
+    def run(params: torch.Tensor) -> torch.Tensor:
+        return _TanhGaussianNLL.apply(x, params, clamp, ops)
+
+    assert torch.autograd.gradcheck(run, (params,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tanh_gaussian_nll_equals_the_plain_expressions(ops: object, dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 6, 16, generator=g, dtype=dtype)
+    params = (4 * torch.randn(4, 6, 32, generator=g, dtype=dtype)).requires_grad_()  # some beyond the clamp
+    grad = torch.randn(4, 6, generator=g, dtype=dtype)
+    fused, plain = tanh_gaussian_nll(x, params, 3.0), _tanh_gaussian_nll_plain(x, params, 3.0)
+    assert "TanhGaussianNLL" in type(fused.grad_fn).__name__
+    torch.testing.assert_close(fused, plain)
+    (d_fused,) = torch.autograd.grad(fused, params, grad)
+    (d_plain,) = torch.autograd.grad(plain, params, grad)
+    torch.testing.assert_close(d_fused, d_plain)
+    assert (d_fused[params.abs() > 3.0] == 0).all()

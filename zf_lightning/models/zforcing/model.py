@@ -32,7 +32,7 @@ from zf_lightning.models.common import (
     check_head,
     reverse_padded,
 )
-from zf_lightning.models.distributions import gaussian_nll, reparameterize
+from zf_lightning.models.distributions import gaussian_nll, reparameterize, tanh_gaussian_nll
 from zf_lightning.models.heads import HeadFactory, label_nll, natural_head
 from zf_lightning.models.latent import LatentPath, latent_noise, latent_terms
 from zf_lightning.models.layers import ClippedLeakyReLU, GaussianMLP, ZLSTMCell, lstm_pointwise, sigmoid_tanh
@@ -176,6 +176,14 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
     def aux_cost(self, h_prev: Tensor, z: Tensor, b: Tensor) -> Tensor:
         """-log p(b_t | z_t[, h_{t-1}]) with the target detached: no gradient reaches the backward LSTM."""
         return self._aux_loss(*self.aux_head(self.aux_features(h_prev, z)), b)
+
+    def _aux_cost_from_preactivation(self, pre: Tensor, b: Tensor) -> Tensor:
+        """The auxiliary cost from the aux head's first-layer pre-activation: the Gaussian one as one
+        fused node over the head's output (clamp, tanh and density: ``tanh_gaussian_nll``)."""
+        if self.aux_loss != "gaussian":
+            return self._aux_loss(*self.aux_head.from_hidden_preactivation(pre), b)
+        cost = tanh_gaussian_nll(b.detach(), self.aux_head.unclamped_output(pre), self.aux_head.clamp)
+        return cost / b.shape[-1] if self.aux_reduction == "mean" else cost
 
     def _aux_loss(self, mean: Tensor, logvar: Tensor, b: Tensor) -> Tensor:
         target = b.detach()
@@ -335,7 +343,7 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
             path,
             label_nll(self.output_head, out_params, batch.targets, self.spec),
             batch.mask,
-            aux=self._aux_loss(*self.aux_head.from_hidden_preactivation(aux_pre), b),
+            aux=self._aux_cost_from_preactivation(aux_pre, b),
             bwd=self.backward_head.nll(bwd_params, batch.inputs),
         )
 

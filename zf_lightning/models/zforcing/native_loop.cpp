@@ -498,6 +498,106 @@ void latent_backward(const c10::optional<Tensor>& gk, const c10::optional<Tensor
   });
 }
 
+// -log N(x; tanh(mean), e^lv) summed over D, with [mean; lv] = clamp(params) (distributions'
+// _TanhGaussianNLL: Z-Forcing's auxiliary cost on its head's output), per row [N, R]: params
+// [N, R, 2D] and x [N, R, D], unit stride along the last dimension. The clamp, tanh, the density and
+// the sum in two passes around ATen's sigmoid and exp (tanh as 2 sigmoid(2m) - 1, as sigmoid_tanh
+// forms it), where the plain expressions take a dozen passes and autograd nodes. Kept for the
+// backward pass: tanh(mean) in th and e^-lv in inv ([N, R, D] contiguous).
+template <typename T>
+void tanh_gaussian_forward_impl(const Tensor& params, const Tensor& x, c10::optional<double> clamp, const Tensor& th,
+                                const Tensor& inv, const Tensor& out, double log_2pi) {
+  const int64_t N = x.size(0), R = x.size(1), D = x.size(2);
+  const bool clamped = clamp.has_value();
+  const T c = clamped ? static_cast<T>(*clamp) : T(0), l2p = static_cast<T>(log_2pi), two(2), one(1), half(0.5);
+  auto clip = [&](T v) { return clamped ? std::min(std::max(v, -c), c) : v; };
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t r = 0; r < R; ++r) {
+      const T* p = params.data_ptr<T>() + n * params.stride(0) + r * params.stride(1);
+      T* t = th.data_ptr<T>() + (n * R + r) * D;
+      T* e = inv.data_ptr<T>() + (n * R + r) * D;
+      for (int64_t i = 0; i < D; ++i) {
+        t[i] = clip(p[i]) * two;
+        e[i] = -clip(p[D + i]);
+      }
+    }
+  }
+  th.sigmoid_();
+  inv.exp_();
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t r = 0; r < R; ++r) {
+      const T* p = params.data_ptr<T>() + n * params.stride(0) + r * params.stride(1);
+      const T* xr = x.data_ptr<T>() + n * x.stride(0) + r * x.stride(1);
+      T* t = th.data_ptr<T>() + (n * R + r) * D;
+      const T* e = inv.data_ptr<T>() + (n * R + r) * D;
+      T sum(0);
+      for (int64_t i = 0; i < D; ++i) {
+        t[i] = t[i] * two - one;
+        const T diff = xr[i] - t[i];
+        sum += (clip(p[D + i]) + l2p) + diff * diff * e[i];
+      }
+      out.data_ptr<T>()[n * out.stride(0) + r * out.stride(1)] = half * sum;
+    }
+  }
+}
+
+// The gradient of params from g [N, R]: d mean = -g e^-lv (x - tanh(mean)) (1 - tanh(mean)^2),
+// d lv = g/2 (1 - (x - tanh(mean))^2 e^-lv), each zero where the clamp held the parameter (its clamped
+// value differs from it, NaN included), into d_params [N, R, 2D] contiguous.
+template <typename T>
+void tanh_gaussian_backward_impl(const Tensor& grad, const Tensor& params, const Tensor& x,
+                                 c10::optional<double> clamp, const Tensor& th, const Tensor& inv,
+                                 const Tensor& d_params) {
+  const int64_t N = x.size(0), R = x.size(1), D = x.size(2);
+  const bool clamped = clamp.has_value();
+  const T c = clamped ? static_cast<T>(*clamp) : T(0), one(1), half(0.5), zero(0);
+  auto free = [&](T v) { return !clamped || std::min(std::max(v, -c), c) == v; };
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t r = 0; r < R; ++r) {
+      const T g = grad.data_ptr<T>()[n * grad.stride(0) + r * grad.stride(1)];
+      const T* p = params.data_ptr<T>() + n * params.stride(0) + r * params.stride(1);
+      const T* xr = x.data_ptr<T>() + n * x.stride(0) + r * x.stride(1);
+      const T* t = th.data_ptr<T>() + (n * R + r) * D;
+      const T* e = inv.data_ptr<T>() + (n * R + r) * D;
+      T* dm = d_params.data_ptr<T>() + (n * R + r) * 2 * D;
+      T* dl = dm + D;
+      for (int64_t i = 0; i < D; ++i) {
+        const T diff = xr[i] - t[i];
+        dm[i] = free(p[i]) ? -g * e[i] * diff * (one - t[i] * t[i]) : zero;
+        dl[i] = free(p[D + i]) ? half * g * (one - diff * diff * e[i]) : zero;
+      }
+    }
+  }
+}
+
+void tanh_gaussian_forward(const Tensor& params, const Tensor& x, c10::optional<double> clamp, const Tensor& th,
+                           const Tensor& inv, const Tensor& out, double log_2pi) {
+  TORCH_CHECK(params.dim() == 3 && params.stride(2) == 1 && params.size(0) == x.size(0) &&
+                  params.size(1) == x.size(1) && params.size(2) == 2 * x.size(2) &&
+                  params.scalar_type() == x.scalar_type() && params.device().is_cpu(),
+              "tanh Gaussian: params must be [N, R, 2D] like x, with unit stride along the last dimension");
+  check_rows(x, "x", x);
+  check_buffer(th, "th", x);
+  check_buffer(inv, "inv", x);
+  TORCH_CHECK(out.dim() == 2 && out.size(0) == x.size(0) && out.size(1) == x.size(1) &&
+                  out.scalar_type() == x.scalar_type(),
+              "tanh Gaussian: out must be [N, R] like x");
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "zf_native_tanh_gaussian_forward", [&] {
+    tanh_gaussian_forward_impl<scalar_t>(params, x, clamp, th, inv, out, log_2pi);
+  });
+}
+
+void tanh_gaussian_backward(const Tensor& grad, const Tensor& params, const Tensor& x, c10::optional<double> clamp,
+                            const Tensor& th, const Tensor& inv, const Tensor& d_params) {
+  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == x.size(0) && grad.size(1) == x.size(1) &&
+                  grad.scalar_type() == x.scalar_type(),
+              "tanh Gaussian: grad must be [N, R] like x");
+  check_buffer(d_params, "d_params", x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "zf_native_tanh_gaussian_backward", [&] {
+    tanh_gaussian_backward_impl<scalar_t>(grad, params, x, clamp, th, inv, d_params);
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY(zf_native, m) {
@@ -508,4 +608,6 @@ TORCH_LIBRARY(zf_native, m) {
   m.def("matmul_into", &matmul_into);
   m.def("latent_forward", &latent_forward);
   m.def("latent_backward", &latent_backward);
+  m.def("tanh_gaussian_forward", &tanh_gaussian_forward);
+  m.def("tanh_gaussian_backward", &tanh_gaussian_backward);
 }
