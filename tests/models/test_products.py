@@ -62,19 +62,40 @@ def test_linear_equals_f_linear_at_the_studies_sizes(feature_major: bool) -> Non
 
 
 @pytest.mark.parametrize("accumulate", [False, True])
-@pytest.mark.parametrize("m, k, n", [(576, 128, 32), (128, 576, 32), (512, 32, 32), (64, 64, 32)])
-def test_matmul_into_is_atens_product_or_within_float32_rounding_of_it(
-    accumulate: bool, m: int, k: int, n: int
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize(
+    "m, k, n",
+    [
+        (576, 128, 32),
+        (128, 576, 32),
+        (512, 32, 32),
+        (32, 512, 32),
+        (64, 64, 32),
+        (7, 5, 3),
+        (13, 64, 20),
+        (64, 64, 45),
+        (960, 128, 464),
+    ],
+)
+def test_matmul_into_is_the_product_within_float32_rounding(
+    accumulate: bool, transposed: bool, m: int, k: int, n: int
 ) -> None:
+    """Every branch (the AVX-512 kernel for small row-major products, oneDNN, ATen), at the recurrence's
+    per-step sizes and at odd ones (N not a multiple of 16, M not of 6)."""
     g = torch.Generator().manual_seed(2)
-    a, b = torch.randn(k, m, generator=g).t(), torch.randn(k, n, generator=g)  # a transposed view, as in the backward
+    a = torch.randn(k, m, generator=g).t() if transposed else torch.randn(m, k, generator=g)
+    b = torch.randn(k, n, generator=g)
     start = torch.randn(m, n, generator=g)
     out = products.matmul_into(a, b, start.clone(), accumulate=accumulate)
-    aten = start.clone().addmm_(a, b) if accumulate else a @ b
-    if m * k * n < 2**20:  # ATen's own product
-        assert torch.equal(out, aten)
-    else:
-        torch.testing.assert_close(out, aten, rtol=1e-5, atol=1e-4)
+    exact = (start.double() if accumulate else 0) + a.double() @ b.double()
+    torch.testing.assert_close(out.double(), exact, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("m, k, n", [(512, 32, 32), (64, 64, 32)])
+def test_small_products_of_a_transposed_matrix_are_atens(m: int, k: int, n: int) -> None:
+    g = torch.Generator().manual_seed(3)
+    a, b, start = torch.randn(k, m, generator=g).t(), torch.randn(k, n, generator=g), torch.randn(m, n, generator=g)
+    assert torch.equal(products.matmul_into(a, b, start.clone(), accumulate=True), start.clone().addmm_(a, b))
 
 
 def test_without_the_extension_linear_is_f_linear(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -83,4 +104,5 @@ def test_without_the_extension_linear_is_f_linear(monkeypatch: pytest.MonkeyPatc
     out = products.linear(x, weight, bias)
     assert torch.equal(out, F.linear(x, weight, bias))
     assert "Linear" not in type(out.grad_fn).__name__
-    assert torch.equal(products.linear_feature_major(x[0], weight, bias), F.linear(x[0], weight, bias).t())
+    plain = torch.addmm(bias[:, None], weight, x[0].t())  # W x^T + b, as ATen forms it
+    assert torch.equal(products.linear_feature_major(x[0], weight, bias), plain)

@@ -58,8 +58,7 @@ def linear_feature_major(x: Tensor, weight: Tensor, bias: Tensor | None = None) 
     """``F.linear(x, weight, bias).t()`` for rows ``x`` [N, in], formed as W x^T + b: the output
     [out, N] contiguous, the layout the recurrence's buffers take, without a transposing copy."""
     if not _applies(x, weight):
-        out = torch.mm(weight, x.t())
-        return out if bias is None else out.add_(bias[:, None])
+        return torch.mm(weight, x.t()) if bias is None else torch.addmm(bias[:, None], weight, x.t())
     return _Linear.apply(x, weight, bias, True)
 
 
