@@ -1,7 +1,7 @@
 // The step loops of PlainRecurrence (recurrence.py) in C++: the same buffers, the same products
 // (``matmul_into`` below, which recurrence.py calls too), the same ATen kernels for sigmoid, exp
 // and addcmul (which may fuse its multiply-add, depending on the CPU), and what is left, the
-// products, clamps and the clipped leaky ReLU, as plain loops that round as ATen's kernels do
+// clamps and the clipped leaky ReLU, as plain loops that round as ATen's kernels do
 // (built with -ffp-contract=off: no multiply-add is fused where ATen's is not).
 // What it removes is the fixed cost of each Python-level operation: a step here is a few
 // ATen calls and some loops over contiguous slices, with no Python or per-op autograd in between.
