@@ -11,7 +11,10 @@ Three training steps (forward, backward, gradient-norm clip, Adam), each the med
 * ``floor``: a deterministic model of the same sizes built from one fused backward
   ``nn.LSTM`` and one fused forward ``nn.LSTM`` with the same output layer on each (as the
   model's output and backward heads): what a latent-free model costs, so ``fast / floor``
-  says what the latents cost on top of it.
+  says what the latents cost on top of it;
+* ``floor_onednn`` (``--onednn-floor``): the same floor with its embedding and heads' products
+  through oneDNN, as the native step forms its large products (``zf_lightning.models.products``),
+  so that ``native / floor_onednn`` compares the two with the same product kernels.
 
 The variants are timed round-robin (reference, fast, native, floor, reference, ...), so load from other
 processes on a shared machine spreads over all of them instead of biasing one; the JSON also
@@ -50,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 from zf_lightning.evaluation.estimators import log_weights  # noqa: E402
 from zf_lightning.models.heads import BernoulliHead, GaussianHead, OutputHead  # noqa: E402
+from zf_lightning.models.products import linear  # noqa: E402
 from zf_lightning.models.zforcing.model import ZForcing  # noqa: E402
 from zf_lightning.models.zforcing.native import native_loops  # noqa: E402
 from zf_lightning.models.zforcing.reference import reference_forward  # noqa: E402
@@ -78,9 +82,7 @@ TIMIT = Sizes(
 )
 # the committed FSDD studies (study/common/fsdd.yaml): zf_lightning/conf/model/zforcing.yaml's CPU sizes, batch 32,
 # ~30 frames of 200 samples at 8 kHz, one thread per run
-FSDD = Sizes(
-    "fsdd", emb_dim=64, rnn_dim=128, z_dim=32, mlp_dim=64, batch=32, steps=30, dim=200, kind="real", threads=1
-)
+FSDD = Sizes("fsdd", emb_dim=64, rnn_dim=128, z_dim=32, mlp_dim=64, batch=32, steps=30, dim=200, kind="real", threads=1)
 
 
 def mnist_sizes() -> Sizes:
@@ -147,6 +149,23 @@ class FusedFloor(nn.Module):
         h, _ = self.forward_rnn(self.embedding(batch.inputs))
         nll = self.output_head.nll(self.output_head(h), batch.targets)
         bwd = self.backward_head.nll(self.backward_head(b.flip(1)), batch.inputs)
+        return ((nll + bwd) * batch.mask).sum(1).mean()
+
+
+class OnednnFloor(FusedFloor):
+    """``FusedFloor`` with its embedding and heads' products by ``products.linear`` (oneDNN for large
+    float32 products, as the Z-Forcing step forms its own) instead of ``nn.Linear`` (MKL): the floor
+    as fast as the same product kernels make it, so that ``native / floor_onednn`` does not count the
+    step's faster products against a floor that could use them too."""
+
+    def forward(self, batch: SequenceBatch) -> Tensor:
+        def lin(layer: nn.Linear, x: Tensor) -> Tensor:
+            return linear(x, layer.weight, layer.bias)
+
+        b, _ = self.backward_rnn(lin(self.embedding, batch.targets).flip(1))
+        h, _ = self.forward_rnn(lin(self.embedding, batch.inputs))
+        nll = self.output_head.nll(lin(self.output_head.proj, h), batch.targets)
+        bwd = self.backward_head.nll(lin(self.backward_head.proj, b.flip(1)), batch.inputs)
         return ((nll + bwd) * batch.mask).sum(1).mean()
 
 
@@ -223,10 +242,12 @@ def bench_size(sizes: Sizes, args: argparse.Namespace, device: torch.device) -> 
         build_s = time.perf_counter() - start  # building, or loading the cached build
         native_model = make_model(sizes, native_loop=True).to(device)
         native_model.load_state_dict(base.state_dict())
-        steps["native"] = train_step_fn(
-            native_model, lambda: zforcing_loss(native_model(batch, noise), batch.mask)
-        )
+        steps["native"] = train_step_fn(native_model, lambda: zforcing_loss(native_model(batch, noise), batch.mask))
     steps["floor"] = train_step_fn(floor, lambda: floor(batch))
+    if args.onednn_floor and "native" in steps:
+        floor_onednn = OnednnFloor(sizes).to(device)
+        floor_onednn.load_state_dict(floor.state_dict())
+        steps["floor_onednn"] = train_step_fn(floor_onednn, lambda: floor_onednn(batch))
     compile_s = None
     if args.compile_step:
         compiled = make_model(sizes, compile_step=True).to(device)
@@ -249,6 +270,9 @@ def bench_size(sizes: Sizes, args: argparse.Namespace, device: torch.device) -> 
         out["paired_native_over_floor"] = paired_ratio(times["native"], times["floor"])
         out["paired_native_over_fast"] = paired_ratio(times["native"], times["fast"])
         out["paired_reference_over_native"] = paired_ratio(times["reference"], times["native"])
+    if "floor_onednn" in times:
+        out["paired_native_over_floor_onednn"] = paired_ratio(times["native"], times["floor_onednn"])
+        out["paired_floor_onednn_over_floor"] = paired_ratio(times["floor_onednn"], times["floor"])
     if compile_s is not None:
         out["compile_s"] = compile_s
         out["compiled_over_floor"] = medians["compiled"] / medians["floor"]
@@ -308,6 +332,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--eval-chunk", type=int, default=None, help="samples per forward pass in evaluation")
     parser.add_argument("--compile-step", action="store_true", help="also time the optional compiled step")
     parser.add_argument("--no-native", action="store_true", help="do not time the C++ step loops")
+    parser.add_argument(
+        "--onednn-floor",
+        action="store_true",
+        help="also time the floor with its products through oneDNN, as the native step's (OnednnFloor)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
 

@@ -51,8 +51,9 @@ BASELINE = "zf_lightning_baseline"
 
 def import_baseline(rev: str, into: Path) -> object:
     """The package at ``rev`` importable as ``zf_lightning_baseline`` (its model module returned)."""
-    data = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "zf_lightning"], check=True,
-                          capture_output=True).stdout
+    data = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "zf_lightning"], check=True, capture_output=True
+    ).stdout
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         tar.extractall(into, filter="data")
     pkg = into / BASELINE
@@ -60,8 +61,12 @@ def import_baseline(rev: str, into: Path) -> object:
     for path in [*pkg.rglob("*.py"), *pkg.rglob("*.cpp")]:
         # its own package name, and its own op namespace for its C++ extension (two libraries
         # cannot register the same one)
-        path.write_text(path.read_text().replace("zf_lightning.", f"{BASELINE}.").replace(
-            "from zf_lightning import", f"from {BASELINE} import").replace("zf_native", "zf_native_baseline"))
+        path.write_text(
+            path.read_text()
+            .replace("zf_lightning.", f"{BASELINE}.")
+            .replace("from zf_lightning import", f"from {BASELINE} import")
+            .replace("zf_native", "zf_native_baseline")
+        )
     sys.path.insert(0, str(into))
     import importlib
 
@@ -73,11 +78,18 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--baseline", default="c1ebed4", help="git revision to compare against")
     parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--adam", action="store_true",
-                        help="also time this tree and the floor with Adam(foreach=True) and Adam(fused=True)")
+    parser.add_argument(
+        "--adam",
+        action="store_true",
+        help="also time this tree and the floor with Adam(foreach=True) and Adam(fused=True)",
+    )
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--sizes", choices=["fsdd", "timit"], default="fsdd",
-                        help="bench_step.py's sizes: the FSDD studies' (one thread) or the paper's TIMIT ones")
+    parser.add_argument(
+        "--sizes",
+        choices=["fsdd", "timit"],
+        default="fsdd",
+        help="bench_step.py's sizes: the FSDD studies' (one thread) or the paper's TIMIT ones",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the sizes' own)")
     args = parser.parse_args(argv)
     sizes = {"fsdd": FSDD, "timit": TIMIT}[args.sizes]
@@ -91,8 +103,15 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         new = make_model(sizes, native_loop=True)
         old_heads = sys.modules[f"{BASELINE}.models.heads"]
         spec = new.spec
-        old = old_module.ZForcing(spec, old_heads.GaussianHead, emb_dim=sizes.emb_dim, rnn_dim=sizes.rnn_dim,  # type: ignore[attr-defined]
-                                  z_dim=sizes.z_dim, mlp_dim=sizes.mlp_dim, native_loop=True)
+        old = old_module.ZForcing(
+            spec,
+            old_heads.GaussianHead,
+            emb_dim=sizes.emb_dim,
+            rnn_dim=sizes.rnn_dim,  # type: ignore[attr-defined]
+            z_dim=sizes.z_dim,
+            mlp_dim=sizes.mlp_dim,
+            native_loop=True,
+        )
         old.load_state_dict(new.state_dict())
         floor = FusedFloor(sizes)
 
@@ -113,8 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             after = {}
             for kind in ("for_loop", "foreach", "fused"):
                 model = copy.deepcopy(new)
-                update = train_step_fn(model, lambda m=model: loss(m),
-                                   **({} if kind == "for_loop" else {kind: True}))
+                update = train_step_fn(model, lambda m=model: loss(m), **({} if kind == "for_loop" else {kind: True}))
                 for _ in range(3):
                     update()
                 after[kind] = [p.detach().clone() for p in model.parameters()]
@@ -140,9 +158,16 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         times = round_robin(steps, args.repeats, args.warmup, torch.device("cpu"))
     medians = {name: statistics.median(t) for name, t in times.items()}
     out: dict[str, object] = {
-        "meta": {"baseline": args.baseline, "repeats": args.repeats, "threads": threads, "torch": torch.__version__,
-                 "load_average_before": load_before, "load_average_after": load_average(),
-                 "command": " ".join(sys.argv), "sizes": args.sizes},
+        "meta": {
+            "baseline": args.baseline,
+            "repeats": args.repeats,
+            "threads": threads,
+            "torch": torch.__version__,
+            "load_average_before": load_before,
+            "load_average_after": load_average(),
+            "command": " ".join(sys.argv),
+            "sizes": args.sizes,
+        },
         "median_ms": {name: 1e3 * t for name, t in medians.items()},
         "same_loss": same_loss,
         "same_grads": same_grads,

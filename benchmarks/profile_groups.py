@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_step as bs  # noqa: E402
 
-PRODUCTS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm"}
+PRODUCTS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "zf_native::matmul_into"}
 COPIES = {"aten::copy_", "aten::cat", "aten::clone", "aten::index_select", "aten::gather", "aten::scatter_add_"}
 
 
@@ -50,9 +50,15 @@ def main() -> None:
     torch.set_num_threads(1)
     sizes = bs.FSDD
     batch = bs.make_batch(sizes, torch.device("cpu"))
-    out: dict[str, object] = {"meta": {"steps": args.steps, "torch": torch.__version__, "sizes": "fsdd",
-                                       "load_average_before": [round(x, 2) for x in os.getloadavg()],
-                                       "command": " ".join(sys.argv)}}
+    out: dict[str, object] = {
+        "meta": {
+            "steps": args.steps,
+            "torch": torch.__version__,
+            "sizes": "fsdd",
+            "load_average_before": [round(x, 2) for x in os.getloadavg()],
+            "command": " ".join(sys.argv),
+        }
+    }
     for which in ("step", "floor"):
         if which == "floor":
             model: torch.nn.Module = bs.FusedFloor(sizes)
@@ -68,8 +74,10 @@ def main() -> None:
         ms: collections.Counter[str] = collections.Counter()
         for event in prof.key_averages():
             ms[group(event.key)] += event.self_cpu_time_total / args.steps / 1000
-        out[which] = {"ms_per_step": {k: round(v, 2) for k, v in ms.most_common()},
-                      "total_ms": round(sum(ms.values()), 2)}
+        out[which] = {
+            "ms_per_step": {k: round(v, 2) for k, v in ms.most_common()},
+            "total_ms": round(sum(ms.values()), 2),
+        }
     print(json.dumps(out, indent=1) if args.json else out)
 
 

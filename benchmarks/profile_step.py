@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_fixed_cost import TINY  # noqa: E402
 from benchmarks.bench_step import FSDD, FusedFloor, load_average, make_batch, make_model, zforcing_loss  # noqa: E402
+from zf_lightning.models.products import linear, linear_feature_major  # noqa: E402
 from zf_lightning.models.zforcing.model import ZForcing  # noqa: E402
 from zf_lightning.models.zforcing.recurrence import plain_recurrence  # noqa: E402
 
@@ -74,19 +75,26 @@ def regions(model: ZForcing, batch, noise: Tensor) -> dict[str, tuple[Callable[[
     emb = model.embedding(batch.inputs).detach()
     B, T, _ = emb.shape
     with torch.no_grad():
-        from_b = torch.nn.functional.linear(model.backward_states(batch), first.weight[:, model.rnn_dim :], first.bias)
+        from_b = linear(model.backward_states(batch), first.weight[:, model.rnn_dim :], first.bias)
     cell, second = model.cell, model.posterior.second
     with torch.no_grad():
         bias = cell.bias + cell.weight_iz @ model.z_map.bias
-        gates_x = torch.addmm(bias[:, None], cell.weight_ix, emb.transpose(0, 1).reshape(T * B, -1).t())
+        gates_x = linear_feature_major(emb.transpose(0, 1).reshape(T * B, -1), cell.weight_ix, bias)
         pre = torch.cat([gates_x.view(-1, T, B), from_b.permute(2, 1, 0)], 0)
-    loop_in = [leaf(pre), noise.permute(1, 2, 0).contiguous(), leaf(model._weight_from_h()), leaf(second.weight),
-               leaf(second.bias), leaf(cell.weight_iz @ model.z_map.weight)]
+    loop_in = [
+        leaf(pre),
+        noise.permute(1, 2, 0).contiguous(),
+        leaf(model._weight_from_h()),
+        leaf(second.weight),
+        leaf(second.bias),
+        leaf(cell.weight_iz @ model.z_map.weight),
+    ]
     act = model.posterior.act
 
     def loop_fwd() -> Tensor:
-        hs, zz, qq = plain_recurrence(*loop_in, model._ops, act.slope, act.bound, model.posterior.clamp,
-                                      model._native(loop_in[0]))
+        hs, zz, qq = plain_recurrence(
+            *loop_in, model._ops, act.slope, act.bound, model.posterior.clamp, model._native(loop_in[0])
+        )
         return hs, zz, qq
 
     loop_grads = None
@@ -104,11 +112,11 @@ def regions(model: ZForcing, batch, noise: Tensor) -> dict[str, tuple[Callable[[
         b = model.backward_states(batch)
         weights = [model.backward_head.proj.weight, first.weight[:, model.rnn_dim :]]
         biases = [model.backward_head.proj.bias, first.bias]
-        from_b = torch.nn.functional.linear(b, torch.cat(weights), torch.cat(biases))
+        from_b = linear(b, torch.cat(weights), torch.cat(biases))
         bwdp, post_from_b = from_b.split([from_b.shape[-1] - first.out_features, first.out_features], dim=-1)
         w_iz = cell.weight_iz
         bias = cell.bias + w_iz @ model.z_map.bias
-        gx = torch.addmm(bias[:, None], cell.weight_ix, emb.transpose(0, 1).reshape(T * B, -1).t())
+        gx = linear_feature_major(emb.transpose(0, 1).reshape(T * B, -1), cell.weight_ix, bias)
         pre = torch.cat([gx.view(-1, T, B), post_from_b.permute(2, 1, 0)], 0)
         n = noise.permute(1, 2, 0).contiguous()
         w = [model._weight_from_h(), w_iz @ model.z_map.weight]
@@ -135,8 +143,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--tiny", action="store_true",
-                        help="bench_fixed_cost.py's tiny sizes (30 steps, batch 1, widths 4): the fixed costs alone")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="bench_fixed_cost.py's tiny sizes (30 steps, batch 1, widths 4): the fixed costs alone",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -159,6 +170,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             opt.zero_grad(set_to_none=False)
             nn.utils.clip_grad_norm_(params, 100.0)
             opt.step()
+
         return run
 
     for p in params:
@@ -216,9 +228,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     med = {k: statistics.median(v) for k, v in times.items()}
     share = {k: statistics.median(a / b for a, b in zip(v, times["step"], strict=True)) for k, v in times.items()}
     out: dict[str, object] = {
-        "meta": {"load_average_before": load_before, "load_average_after": load_average(),
-                 "repeats": args.repeats, "torch": torch.__version__, "command": " ".join(sys.argv),
-                 "sizes": sizes.name},
+        "meta": {
+            "load_average_before": load_before,
+            "load_average_after": load_average(),
+            "repeats": args.repeats,
+            "torch": torch.__version__,
+            "command": " ".join(sys.argv),
+            "sizes": sizes.name,
+        },
         "median_ms": {k: round(1e3 * v, 3) for k, v in med.items()},
         "paired_share_of_step": {k: round(v, 3) for k, v in share.items()},
         "aten_ops": counts,

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from zf_lightning.models.heads import OutputHead
+from zf_lightning.models.products import linear
 from zf_lightning.types import IGNORE_TARGET, CanGenerate, DataSpec, HasStepFunction, StepTerms
 
 
@@ -26,6 +27,8 @@ class InputEmbedding(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
+        if isinstance(self.proj, nn.Linear):
+            return self.dropout(linear(x, self.proj.weight, self.proj.bias))
         return self.dropout(self.proj(x))
 
 

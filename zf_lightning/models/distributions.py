@@ -47,6 +47,52 @@ def gaussian_nll_params(x: Tensor, params: Tensor) -> Tensor:
     return _GaussianNLL.apply(x, mean, logvar, params)
 
 
+def tanh_gaussian_nll(x: Tensor, params: Tensor, clamp: float | None) -> Tensor:
+    """-log N(x; tanh(mean), exp(logvar)) summed over the last dimension, with [mean; logvar] the
+    halves of ``clamp(params, -clamp, clamp)`` (no clamp: None): Z-Forcing's auxiliary cost on its
+    head's output. Where the C++ extension is loaded, one node whose two passes replace the clamp,
+    the tanh (2 sigmoid(2 mean) - 1, as ``sigmoid_tanh``) and the Gaussian NLL with their dozen
+    operations (``_TanhGaussianNLL``), equal to them within rounding; else those operations."""
+    native = _native(x, params[..., : x.shape[-1]], params[..., x.shape[-1] :])
+    if native is None or params.shape[:-1] != x.shape[:-1] or params.shape[-1] != 2 * x.shape[-1]:
+        return _tanh_gaussian_nll_plain(x, params, clamp)
+    if params.dtype != x.dtype or torch.is_autocast_enabled("cpu"):
+        return _tanh_gaussian_nll_plain(x, params, clamp)
+    return _TanhGaussianNLL.apply(x.detach(), params, clamp, native)
+
+
+def _tanh_gaussian_nll_plain(x: Tensor, params: Tensor, clamp: float | None) -> Tensor:
+    from zf_lightning.models.layers import clamp_fused, sigmoid_tanh
+
+    if clamp is not None:
+        params = clamp_fused(params, clamp)
+    mean, logvar = params.chunk(2, dim=-1)
+    return gaussian_nll(x.detach(), sigmoid_tanh(mean), logvar)
+
+
+class _TanhGaussianNLL(torch.autograd.Function):
+    """``tanh_gaussian_nll`` by the C++ extension's kernels (the target x gets no gradient):
+    d mean = -g e^-logvar (x - tanh(mean)) (1 - tanh(mean)^2), d logvar = g/2 (1 - (x - tanh(mean))^2
+    e^-logvar), zero where the clamp held the parameter."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, params: Tensor, clamp: float | None, native) -> Tensor:  # type: ignore[no-untyped-def,override]
+        th, inv = x.new_empty(x.shape), x.new_empty(x.shape)
+        out = x.new_empty(x.shape[:-1])
+        native.tanh_gaussian_forward(params, x, clamp, th, inv, out, _LOG_2PI)
+        ctx.save_for_backward(params, x, th, inv)
+        ctx.clamp, ctx.native = clamp, native
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        params, x, th, inv = ctx.saved_tensors
+        d_params = x.new_empty(*x.shape[:-1], 2 * x.shape[-1])
+        ctx.native.tanh_gaussian_backward(grad.contiguous(), params, x, ctx.clamp, th, inv, d_params)
+        return None, d_params, None, None
+
+
 def _fusable(x: Tensor, mean: Tensor, logvar: Tensor) -> bool:
     return (
         x.shape == mean.shape == logvar.shape

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zf_lightning.models.products import linear
+
 # device types whose autocast (trainer.precision=bf16-mixed / 16-mixed) the custom functions handle
 AUTOCAST_DEVICES = ("cpu", "cuda")
 
@@ -155,9 +157,16 @@ class GaussianMLP(nn.Module):
         self.second = nn.Linear(hidden, 2 * out_features)
         self.clamp = clamp
 
+    def unclamped_output(self, pre: Tensor) -> Tensor:
+        """The second layer's output [mean; logvar] before the clamp, from the first layer's output
+        (before the nonlinearity)."""
+        return linear(
+            clipped_leaky_relu_fused(pre, self.act.slope, self.act.bound), self.second.weight, self.second.bias
+        )
+
     def from_hidden_preactivation(self, pre: Tensor) -> tuple[Tensor, Tensor]:
         """Finish the MLP from the first layer's output (before the nonlinearity)."""
-        out = self.second(clipped_leaky_relu_fused(pre, self.act.slope, self.act.bound))
+        out = self.unclamped_output(pre)
         if self.clamp is not None:
             out = clamp_fused(out, self.clamp)
         mean, logvar = out.chunk(2, dim=-1)

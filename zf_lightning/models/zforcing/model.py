@@ -32,10 +32,11 @@ from zf_lightning.models.common import (
     check_head,
     reverse_padded,
 )
-from zf_lightning.models.distributions import gaussian_nll, reparameterize
+from zf_lightning.models.distributions import gaussian_nll, reparameterize, tanh_gaussian_nll
 from zf_lightning.models.heads import HeadFactory, label_nll, natural_head
 from zf_lightning.models.latent import LatentPath, latent_noise, latent_terms
 from zf_lightning.models.layers import ClippedLeakyReLU, GaussianMLP, ZLSTMCell, lstm_pointwise, sigmoid_tanh
+from zf_lightning.models.products import linear, linear_feature_major
 from zf_lightning.models.zforcing.cell import LoopLinear
 from zf_lightning.models.zforcing.native import NativeLoops, native_loops
 from zf_lightning.models.zforcing.recurrence import plain_recurrence, step_ops
@@ -176,6 +177,14 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
         """-log p(b_t | z_t[, h_{t-1}]) with the target detached: no gradient reaches the backward LSTM."""
         return self._aux_loss(*self.aux_head(self.aux_features(h_prev, z)), b)
 
+    def _aux_cost_from_preactivation(self, pre: Tensor, b: Tensor) -> Tensor:
+        """The auxiliary cost from the aux head's first-layer pre-activation: the Gaussian one as one
+        fused node over the head's output (clamp, tanh and density: ``tanh_gaussian_nll``)."""
+        if self.aux_loss != "gaussian":
+            return self._aux_loss(*self.aux_head.from_hidden_preactivation(pre), b)
+        cost = tanh_gaussian_nll(b.detach(), self.aux_head.unclamped_output(pre), self.aux_head.clamp)
+        return cost / b.shape[-1] if self.aux_reduction == "mean" else cost
+
     def _aux_loss(self, mean: Tensor, logvar: Tensor, b: Tensor) -> Tensor:
         target = b.detach()
         if self.aux_loss == "l2":
@@ -219,7 +228,7 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
         if with_backward_head:
             weights.insert(0, self.backward_head.proj.weight)
             biases.insert(0, self.backward_head.proj.bias)
-        from_b = F.linear(b, torch.cat(weights), torch.cat(biases))
+        from_b = linear(b, torch.cat(weights), torch.cat(biases))
         bwd_params, post_from_b = from_b.split([from_b.shape[-1] - first.out_features, first.out_features], dim=-1)
         loop = self._loop_cond_layer_norm if self.cond_layer_norm else self._loop_plain
         states, z, q = loop(emb, post_from_b, noise)
@@ -254,7 +263,7 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
         cell, second = self.cell, self.posterior.second
         w_iz = cell.weight_iz
         bias = cell.bias + w_iz @ self.z_map.bias
-        gates_x = torch.addmm(bias[:, None], cell.weight_ix, emb.transpose(0, 1).reshape(T * B, -1).t())
+        gates_x = linear_feature_major(emb.transpose(0, 1).reshape(T * B, -1), cell.weight_ix, bias)
         pre = torch.cat([gates_x.view(-1, T, B), post_from_b.permute(2, 1, 0)], 0)  # [4H + M, T, B]
         act = self.posterior.act
         hs, z, q = plain_recurrence(
@@ -321,20 +330,20 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
         if self.aux_input == "h_z":
             weights.append(aux_first.weight[:, :H])
             readers.append(aux_first)
-        from_h = F.linear(states, torch.cat(weights), torch.cat([layer.bias for layer in readers]))
+        from_h = linear(states, torch.cat(weights), torch.cat([layer.bias for layer in readers]))
         out_params, prior_pre, *aux_from_h = step_rows(from_h, [w.shape[0] for w in weights])
         h_prev = states[:, :-1]
         if aux_from_h:
-            aux_pre = aux_from_h[0] + F.linear(z, aux_first.weight[:, H:])
+            aux_pre = aux_from_h[0] + linear(z, aux_first.weight[:, H:])
         else:
-            aux_pre = aux_first(z)
+            aux_pre = linear(z, aux_first.weight, aux_first.bias)
         mean_q, logvar_q = q.chunk(2, dim=-1)
         path = LatentPath(h_prev, z, *self.prior.from_hidden_preactivation(prior_pre), mean_q, logvar_q)
         return latent_terms(
             path,
             label_nll(self.output_head, out_params, batch.targets, self.spec),
             batch.mask,
-            aux=self._aux_loss(*self.aux_head.from_hidden_preactivation(aux_pre), b),
+            aux=self._aux_cost_from_preactivation(aux_pre, b),
             bwd=self.backward_head.nll(bwd_params, batch.inputs),
         )
 

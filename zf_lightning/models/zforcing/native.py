@@ -4,8 +4,11 @@ At the sizes the studies run, each step's products take tens of microseconds, so
 Python loop's time is the fixed cost of calling each operation from Python. The extension runs
 the same loops over the same buffers with the same ATen kernels and products, so it computes
 what the Python loop does, bit for bit (the tests hold the two equal); it only removes that cost.
-It also holds the Gaussian NLL's elementwise kernels (``distributions._GaussianNLL``), which run
-wherever the library is already loaded (``loaded_native``), again with the Python path's values.
+It also holds the Gaussian NLL's elementwise kernels (``distributions._GaussianNLL`` and
+``_TanhGaussianNLL``), the latent terms' (``latent._LatentDensities``) and the matrix
+product ``matmul_into`` (``zf_lightning.models.products``: oneDNN's float32 products where they are
+faster than ATen's), which run wherever the library is already loaded (``loaded_native``), the Python
+loops' products included, so the two loops still compute the same.
 
 It is compiled once per machine with ``torch.utils.cpp_extension`` (needs a C++ compiler and
 ninja) and kept in torch's extension cache (``TORCH_EXTENSIONS_DIR``, by default under
@@ -49,6 +52,11 @@ class NativeLoops:
     backward_loop: Callable[..., None]
     gaussian_terms: Callable[..., None]
     gaussian_backward: Callable[..., None]
+    matmul_into: Callable[..., None]
+    latent_forward: Callable[..., None]
+    latent_backward: Callable[..., None]
+    tanh_gaussian_forward: Callable[..., None]
+    tanh_gaussian_backward: Callable[..., None]
 
 
 _lock = threading.Lock()
@@ -90,7 +98,17 @@ def _load(verbose: bool) -> NativeLoops | None:
         else:
             _build(path, verbose)  # which also loads it
         ops = torch.ops.zf_native
-        return NativeLoops(ops.forward_loop, ops.backward_loop, ops.gaussian_terms, ops.gaussian_backward)
+        return NativeLoops(
+            ops.forward_loop,
+            ops.backward_loop,
+            ops.gaussian_terms,
+            ops.gaussian_backward,
+            ops.matmul_into,
+            ops.latent_forward,
+            ops.latent_backward,
+            ops.tanh_gaussian_forward,
+            ops.tanh_gaussian_backward,
+        )
     except Exception as err:  # no compiler, no ninja, a failed build: the Python loop does the same work
         lines = str(err).strip().splitlines()
         log.warning(

@@ -1,7 +1,7 @@
 // The step loops of PlainRecurrence (recurrence.py) in C++: the same buffers, the same products
-// (ATen's addmm_/mm_out, so the same BLAS calls), the same ATen kernels for sigmoid, exp
+// (``matmul_into`` below, which recurrence.py calls too), the same ATen kernels for sigmoid, exp
 // and addcmul (which may fuse its multiply-add, depending on the CPU), and what is left, the
-// products, clamps and the clipped leaky ReLU, as plain loops that round as ATen's kernels do
+// clamps and the clipped leaky ReLU, as plain loops that round as ATen's kernels do
 // (built with -ffp-contract=off: no multiply-add is fused where ATen's is not).
 // What it removes is the fixed cost of each Python-level operation: a step here is a few
 // ATen calls and some loops over contiguous slices, with no Python or per-op autograd in between.
@@ -12,9 +12,13 @@
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/exp.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/ones.h>
 #include <ATen/ops/sigmoid.h>
 #include <c10/util/Optional.h>
 #include <torch/library.h>
+
+#include <dlfcn.h>
+#include <immintrin.h>
 
 #include <algorithm>
 #include <vector>
@@ -22,6 +26,116 @@
 namespace {
 
 using at::Tensor;
+
+// ATen's at::native::mkldnn_matmul (result = beta result + alpha a @ b through oneDNN): exported by
+// libtorch_cpu but declared in no installed header, so it is looked up at run time and the products
+// fall back to ATen's (MKL's) where it is missing or refuses float32.
+using OnednnMatmul = void (*)(const Tensor&, const Tensor&, const Tensor&, float, float);
+
+OnednnMatmul find_onednn_matmul() {
+  void* lib = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
+  if (lib == nullptr) return nullptr;
+  auto fn = reinterpret_cast<OnednnMatmul>(dlsym(lib, "_ZN2at6native13mkldnn_matmulERKNS_6TensorES3_S3_ff"));
+  dlclose(lib);
+  if (fn == nullptr) return nullptr;
+  try {  // it checks the CPU and the dtype: a refusal throws
+    Tensor a = at::ones({2, 2}), out = at::empty({2, 2});
+    fn(a, a, out, 0.0f, 1.0f);
+    const float* o = out.data_ptr<float>();
+    if (o[0] != 2.0f || o[1] != 2.0f || o[2] != 2.0f || o[3] != 2.0f) return nullptr;
+  } catch (const std::exception&) {
+    return nullptr;
+  }
+  return fn;
+}
+
+OnednnMatmul onednn_matmul() {
+  static const OnednnMatmul fn = find_onednn_matmul();
+  return fn;
+}
+
+// C (+)= A B for row-major float32 A [M, K], B [K, N], C [M, N] (leading strides lda, ldb, ldc) with
+// AVX-512: blocks of 6 rows of C by 32 columns held in 12 registers, each step over K one broadcast of
+// A per row and two loads of B (masked at the edge of N). For the recurrence's per-step products
+// (batch-wide N, a few million multiply-adds at most) it runs in about 60 % of oneDNN's time, whose
+// fixed cost per call is most of theirs, and 40 % of MKL's.
+__attribute__((target("avx512f"))) void small_gemm_avx512(const float* A, int64_t lda, const float* B, int64_t ldb,
+                                                          float* C, int64_t ldc, int64_t M, int64_t K, int64_t N,
+                                                          bool accumulate) {
+  for (int64_t n0 = 0; n0 < N; n0 += 32) {
+    const int64_t w = std::min<int64_t>(32, N - n0);
+    const __mmask16 m0 = w >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << w) - 1);
+    const __mmask16 m1 = w >= 32 ? __mmask16(0xFFFF) : (w > 16 ? __mmask16((1u << (w - 16)) - 1) : __mmask16(0));
+    int64_t i = 0;
+    for (; i + 6 <= M; i += 6) {
+      __m512 c[6][2];
+      for (int r = 0; r < 6; ++r) {
+        float* row = C + (i + r) * ldc + n0;
+        c[r][0] = accumulate ? _mm512_maskz_loadu_ps(m0, row) : _mm512_setzero_ps();
+        c[r][1] = accumulate ? _mm512_maskz_loadu_ps(m1, row + 16) : _mm512_setzero_ps();
+      }
+      const float* a = A + i * lda;
+      for (int64_t k = 0; k < K; ++k) {
+        const __m512 b0 = _mm512_maskz_loadu_ps(m0, B + k * ldb + n0);
+        const __m512 b1 = _mm512_maskz_loadu_ps(m1, B + k * ldb + n0 + 16);
+        for (int r = 0; r < 6; ++r) {
+          const __m512 av = _mm512_set1_ps(a[r * lda + k]);
+          c[r][0] = _mm512_fmadd_ps(av, b0, c[r][0]);
+          c[r][1] = _mm512_fmadd_ps(av, b1, c[r][1]);
+        }
+      }
+      for (int r = 0; r < 6; ++r) {
+        float* row = C + (i + r) * ldc + n0;
+        _mm512_mask_storeu_ps(row, m0, c[r][0]);
+        _mm512_mask_storeu_ps(row + 16, m1, c[r][1]);
+      }
+    }
+    for (; i < M; ++i) {
+      float* row = C + i * ldc + n0;
+      __m512 c0 = accumulate ? _mm512_maskz_loadu_ps(m0, row) : _mm512_setzero_ps();
+      __m512 c1 = accumulate ? _mm512_maskz_loadu_ps(m1, row + 16) : _mm512_setzero_ps();
+      for (int64_t k = 0; k < K; ++k) {
+        const __m512 av = _mm512_set1_ps(A[i * lda + k]);
+        c0 = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(m0, B + k * ldb + n0), c0);
+        c1 = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(m1, B + k * ldb + n0 + 16), c1);
+      }
+      _mm512_mask_storeu_ps(row, m0, c0);
+      _mm512_mask_storeu_ps(row + 16, m1, c1);
+    }
+  }
+}
+
+bool has_avx512() {
+  static const bool yes = __builtin_cpu_supports("avx512f");
+  return yes;
+}
+
+// out = a @ b (beta 0) or out += a @ b (beta 1). Float32 CPU products: below 2^22 multiply-adds with
+// every operand row-major (the recurrence's per-step products) by small_gemm_avx512 where the CPU has
+// AVX-512; from 2^20 multiply-adds on, the others by oneDNN, which on this kind of CPU (AVX-512) runs
+// them at about twice MKL's rate (ATen calls MKL for float32, and MKL takes its AVX2 kernels on AMD
+// CPUs), but costs about 10 us more per call, which smaller products do not repay; all else by ATen.
+// The rule depends on the shapes, strides and CPU alone, so a product rounds the same wherever it is
+// formed (the Python loops call this too).
+void matmul_into(const Tensor& a, const Tensor& b, const Tensor& out, double beta) {
+  TORCH_CHECK(beta == 0.0 || beta == 1.0, "matmul_into: beta must be 0 or 1");
+  const int64_t macs = a.size(0) * a.size(1) * b.size(1);
+  const bool large = macs >= (int64_t(1) << 20);
+  const bool f32 = a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat;
+  const bool row_major = a.stride(1) == 1 && b.stride(1) == 1 && out.stride(1) == 1;
+  if (f32 && a.device().is_cpu() && macs < (int64_t(1) << 22) && row_major && has_avx512()) {
+    TORCH_CHECK(out.size(0) == a.size(0) && out.size(1) == b.size(1) && a.size(1) == b.size(0),
+                "matmul_into: shapes do not match");
+    small_gemm_avx512(a.data_ptr<float>(), a.stride(0), b.data_ptr<float>(), b.stride(0), out.data_ptr<float>(),
+                      out.stride(0), a.size(0), a.size(1), b.size(1), beta == 1.0);
+  } else if (large && f32 && a.device().is_cpu() && onednn_matmul() != nullptr) {
+    onednn_matmul()(a, b, out, static_cast<float>(beta), 1.0f);
+  } else if (beta == 0.0) {
+    at::mm_out(const_cast<Tensor&>(out), a, b);
+  } else {
+    const_cast<Tensor&>(out).addmm_(a, b);
+  }
+}
 
 void check_buffer(const Tensor& x, const char* name, const Tensor& like) {
   TORCH_CHECK(x.is_contiguous(), "native loop: ", name, " must be contiguous");
@@ -79,10 +193,10 @@ void forward_loop_impl(const Tensor& y, const Tensor& hs, const Tensor& q_raw, c
     Tensor q_raw_t = q_raw.select(0, t), q_t = q.select(0, t), z_t = z.select(0, t);
     Tensor post_act_k = post_act.select(0, k), acts_k = acts.select(0, k), tanh_c = tanh_cs.select(0, k);
     // y_t += [W_hh; W_qh] h_{t-1}
-    y_t.addmm_(w_h, h);
+    matmul_into(w_h, h, y_t, 1.0);
     // the posterior: q_raw_t += W_2 act(y_t[4H:]); q_t = clamp(q_raw_t); z_t = mean + exp(logvar / 2) noise
     act_into<T>(post_pre.data_ptr<T>(), post_act_k.data_ptr<T>(), MB, slope_, bound_);
-    q_raw_t.addmm_(w_post, post_act_k);
+    matmul_into(w_post, post_act_k, q_raw_t, 1.0);
     if (clamp.has_value()) {
       const T c = static_cast<T>(*clamp);
       const T* src = q_raw_t.data_ptr<T>();
@@ -92,7 +206,7 @@ void forward_loop_impl(const Tensor& y, const Tensor& hs, const Tensor& q_raw, c
     half_logvar_exp_into<T>(q_t.data_ptr<T>() + ZB, ZB, half_logvar_exp);
     at::addcmul_out(z_t, q_t.narrow(0, 0, Z), half_logvar_exp, noise.select(0, t));
     // the gates: y_t[:4H] += W_z z_t, then the LSTM update (each tanh as tanh_into: 2 sigmoid(2x) - 1)
-    gates.addmm_(w_z, z_t);
+    matmul_into(w_z, z_t, gates, 1.0);
     at::sigmoid_out(acts_k, gates);
     Tensor g_act = acts_k.narrow(0, 2 * H, H);
     tanh_into<T>(gates.data_ptr<T>() + 2 * HB, g_act);
@@ -180,7 +294,7 @@ void backward_loop_impl(const Tensor& d_y, const Tensor& d_h_all, const Tensor& 
     gate_grads<T>(HB, ig, fg, gg, og, c_prev, tc, dh, dc, dg, dg + HB, dg + 2 * HB, dg + 3 * HB);
     // dz_t += W_z^T d_gates; d q_raw_t += scale [dz_t; dz_t] with scale = [1; noise exp(logvar / 2) / 2],
     // zero where the clamp held q_raw (posterior_factors)
-    dz_t.addmm_(w_z_t, d_gates);
+    matmul_into(w_z_t, d_gates, dz_t, 1.0);
     half_logvar_exp_into<T>(q.select(0, t).data_ptr<T>() + ZB, ZB, half_logvar_exp);
     const T* eps = noise.select(0, t).data_ptr<T>();
     for (int64_t i = 0; i < ZB; ++i) {
@@ -194,7 +308,7 @@ void backward_loop_impl(const Tensor& d_y, const Tensor& d_h_all, const Tensor& 
     }
     d_out.view({2, Z, B}).addcmul_(scale_t, dz_t);
     // the posterior's first layer: d_post = (W_2^T d q_raw_t) act'(y_t[4H:]) (clipped_leaky_relu_grad)
-    at::mm_out(d_post, w_post_t, d_out);
+    matmul_into(w_post_t, d_out, d_post, 0.0);
     T* dp = d_post.data_ptr<T>();
     const T* pre = y.select(0, t).data_ptr<T>() + 4 * HB;
     for (int64_t i = 0; i < MB; ++i) {
@@ -203,7 +317,7 @@ void backward_loop_impl(const Tensor& d_y, const Tensor& d_h_all, const Tensor& 
       dp[i] = dp[i] * grad;
     }
     if (t > 0) {  // h_0 is the constant zero state: its gradient is not needed
-      d_h_all.select(0, t).addmm_(w_h_t, dy);
+      matmul_into(w_h_t, dy, d_h_all.select(0, t), 1.0);
     }
   }
 }
@@ -309,6 +423,247 @@ void gaussian_backward(const Tensor& grad, const Tensor& x, const Tensor& mean, 
   });
 }
 
+// The latent terms of one posterior path (latent.py's _LatentDensities), per step [N, R] over the
+// latent dimensions D, zero where mask[n, r] is not positive: KL(q || p), log p(z) and log q(z) for
+// diagonal Gaussians q = N(mq, e^lvq), p = N(mp, e^lvp), in one pass over the five inputs (each
+// [N, R, D], unit stride along D), where the plain expressions take some thirty ATen passes and
+// autograd nodes. e^-lvp and e^-lvq are ATen's exp (kept for the backward pass), e^(lvq - lvp) is
+// their ratio.
+template <typename T>
+void latent_forward_impl(const Tensor& z, const Tensor& mq, const Tensor& lvq, const Tensor& mp, const Tensor& lvp,
+                         const Tensor& mask, const Tensor& inv_q, const Tensor& inv_p, const Tensor& kl,
+                         const Tensor& log_p, const Tensor& log_q, double log_2pi) {
+  const int64_t N = z.size(0), R = z.size(1), D = z.size(2);
+  const T c = static_cast<T>(log_2pi), half(0.5), one(1);
+  T* iq = inv_q.data_ptr<T>();
+  T* ip = inv_p.data_ptr<T>();
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t r = 0; r < R; ++r) {
+      const T* a = lvq.data_ptr<T>() + n * lvq.stride(0) + r * lvq.stride(1);
+      const T* b = lvp.data_ptr<T>() + n * lvp.stride(0) + r * lvp.stride(1);
+      T* eq = iq + (n * R + r) * D;
+      T* ep = ip + (n * R + r) * D;
+      for (int64_t i = 0; i < D; ++i) {
+        eq[i] = -a[i];
+        ep[i] = -b[i];
+      }
+    }
+  }
+  inv_q.exp_();
+  inv_p.exp_();
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t o = n * kl.stride(0) + r * kl.stride(1);
+      if (!(mask.data_ptr<T>()[n * mask.stride(0) + r * mask.stride(1)] > T(0))) {
+        kl.data_ptr<T>()[o] = log_p.data_ptr<T>()[o] = log_q.data_ptr<T>()[o] = T(0);
+        continue;
+      }
+      const T* zr = z.data_ptr<T>() + n * z.stride(0) + r * z.stride(1);
+      const T* mqr = mq.data_ptr<T>() + n * mq.stride(0) + r * mq.stride(1);
+      const T* lqr = lvq.data_ptr<T>() + n * lvq.stride(0) + r * lvq.stride(1);
+      const T* mpr = mp.data_ptr<T>() + n * mp.stride(0) + r * mp.stride(1);
+      const T* lpr = lvp.data_ptr<T>() + n * lvp.stride(0) + r * lvp.stride(1);
+      const T* eq = iq + (n * R + r) * D;
+      const T* ep = ip + (n * R + r) * D;
+      T sk(0), sp(0), sq(0);
+      for (int64_t i = 0; i < D; ++i) {
+        const T dm = mqr[i] - mpr[i], dp = zr[i] - mpr[i], dq = zr[i] - mqr[i];
+        sk += lpr[i] - lqr[i] + ep[i] / eq[i] + dm * dm * ep[i] - one;
+        sp += c + lpr[i] + dp * dp * ep[i];
+        sq += c + lqr[i] + dq * dq * eq[i];
+      }
+      kl.data_ptr<T>()[o] = half * sk;
+      log_p.data_ptr<T>()[o] = -half * sp;
+      log_q.data_ptr<T>()[o] = -half * sq;
+    }
+  }
+}
+
+// Their gradients from gk, gp, gq [N, R] (the incoming gradients of KL, log p(z), log q(z); an
+// undefined one counts as zero), zero where the mask is not: into d_mq, d_lvq, d_mp, d_lvp and d_z
+// ([N, R, D] contiguous; d_z may be undefined when neither log-density has a gradient).
+template <typename T>
+void latent_backward_impl(const Tensor& gk, const Tensor& gp, const Tensor& gq, const Tensor& z, const Tensor& mq,
+                          const Tensor& mp, const Tensor& mask, const Tensor& inv_q, const Tensor& inv_p,
+                          const Tensor& d_mq, const Tensor& d_lvq, const Tensor& d_mp, const Tensor& d_lvp,
+                          const Tensor& d_z) {
+  const int64_t N = z.size(0), R = z.size(1), D = z.size(2);
+  const T half(0.5), one(1), zero(0);
+  const bool has_k = gk.defined(), has_p = gp.defined(), has_q = gq.defined(), has_z = d_z.defined();
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t row = (n * R + r) * D;
+      T* dmq = d_mq.data_ptr<T>() + row;
+      T* dlq = d_lvq.data_ptr<T>() + row;
+      T* dmp = d_mp.data_ptr<T>() + row;
+      T* dlp = d_lvp.data_ptr<T>() + row;
+      T* dz = has_z ? d_z.data_ptr<T>() + row : nullptr;
+      if (!(mask.data_ptr<T>()[n * mask.stride(0) + r * mask.stride(1)] > T(0))) {  // padding: no gradient
+        std::fill(dmq, dmq + D, zero);
+        std::fill(dlq, dlq + D, zero);
+        std::fill(dmp, dmp + D, zero);
+        std::fill(dlp, dlp + D, zero);
+        if (has_z) std::fill(dz, dz + D, zero);
+        continue;
+      }
+      const T k = has_k ? gk.data_ptr<T>()[n * gk.stride(0) + r * gk.stride(1)] : zero;
+      const T p = has_p ? gp.data_ptr<T>()[n * gp.stride(0) + r * gp.stride(1)] : zero;
+      const T q = has_q ? gq.data_ptr<T>()[n * gq.stride(0) + r * gq.stride(1)] : zero;
+      const T* zr = z.data_ptr<T>() + n * z.stride(0) + r * z.stride(1);
+      const T* mqr = mq.data_ptr<T>() + n * mq.stride(0) + r * mq.stride(1);
+      const T* mpr = mp.data_ptr<T>() + n * mp.stride(0) + r * mp.stride(1);
+      const T* eq = inv_q.data_ptr<T>() + row;
+      const T* ep = inv_p.data_ptr<T>() + row;
+      for (int64_t i = 0; i < D; ++i) {
+        const T dm = mqr[i] - mpr[i], dp = zr[i] - mpr[i], dq = zr[i] - mqr[i];
+        const T ratio = ep[i] / eq[i], pull_p = dp * ep[i], pull_q = dq * eq[i];
+        dmq[i] = k * dm * ep[i] + q * pull_q;
+        dmp[i] = p * pull_p - k * dm * ep[i];
+        dlp[i] = half * k * (one - ratio - dm * dm * ep[i]) - half * p * (one - dp * pull_p);
+        dlq[i] = half * k * (ratio - one) - half * q * (one - dq * pull_q);
+        if (has_z) dz[i] = -(p * pull_p + q * pull_q);
+      }
+    }
+  }
+}
+
+void latent_forward(const Tensor& z, const Tensor& mq, const Tensor& lvq, const Tensor& mp, const Tensor& lvp,
+                    const Tensor& mask, const Tensor& inv_q, const Tensor& inv_p, const Tensor& kl, const Tensor& log_p,
+                    const Tensor& log_q, double log_2pi) {
+  for (auto [t, name] : std::vector<std::pair<const Tensor*, const char*>>{
+           {&z, "z"}, {&mq, "mean_q"}, {&lvq, "logvar_q"}, {&mp, "mean_p"}, {&lvp, "logvar_p"}}) {
+    check_rows(*t, name, z);
+  }
+  check_buffer(inv_q, "inv_q", z);
+  check_buffer(inv_p, "inv_p", z);
+  for (const Tensor* t : {&mask, &kl, &log_p, &log_q}) {
+    TORCH_CHECK(t->dim() == 2 && t->size(0) == z.size(0) && t->size(1) == z.size(1) &&
+                    t->scalar_type() == z.scalar_type() && t->device().is_cpu(),
+                "latent terms: the mask and the terms must be [N, R] like z");
+  }
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "zf_native_latent_forward", [&] {
+    latent_forward_impl<scalar_t>(z, mq, lvq, mp, lvp, mask, inv_q, inv_p, kl, log_p, log_q, log_2pi);
+  });
+}
+
+void latent_backward(const c10::optional<Tensor>& gk, const c10::optional<Tensor>& gp,
+                     const c10::optional<Tensor>& gq, const Tensor& z, const Tensor& mq, const Tensor& mp,
+                     const Tensor& mask, const Tensor& inv_q, const Tensor& inv_p, const Tensor& d_mq,
+                     const Tensor& d_lvq, const Tensor& d_mp, const Tensor& d_lvp, const c10::optional<Tensor>& d_z) {
+  for (const Tensor* t : {&d_mq, &d_lvq, &d_mp, &d_lvp, &inv_q, &inv_p}) check_buffer(*t, "latent gradient", z);
+  for (const c10::optional<Tensor>* g : {&gk, &gp, &gq}) {
+    TORCH_CHECK(!g->has_value() || ((*g)->dim() == 2 && (*g)->size(0) == z.size(0) && (*g)->size(1) == z.size(1) &&
+                                    (*g)->scalar_type() == z.scalar_type()),
+                "latent terms: the incoming gradients must be [N, R] like z");
+  }
+  if (d_z.has_value()) check_buffer(*d_z, "d_z", z);
+  const Tensor none;
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "zf_native_latent_backward", [&] {
+    latent_backward_impl<scalar_t>(gk.value_or(none), gp.value_or(none), gq.value_or(none), z, mq, mp, mask, inv_q,
+                                   inv_p, d_mq, d_lvq, d_mp, d_lvp, d_z.value_or(none));
+  });
+}
+
+// -log N(x; tanh(mean), e^lv) summed over D, with [mean; lv] = clamp(params) (distributions'
+// _TanhGaussianNLL: Z-Forcing's auxiliary cost on its head's output), per row [N, R]: params
+// [N, R, 2D] and x [N, R, D], unit stride along the last dimension. The clamp, tanh, the density and
+// the sum in two passes around ATen's sigmoid and exp (tanh as 2 sigmoid(2m) - 1, as sigmoid_tanh
+// forms it), where the plain expressions take a dozen passes and autograd nodes. Kept for the
+// backward pass: tanh(mean) in th and e^-lv in inv ([N, R, D] contiguous).
+template <typename T>
+void tanh_gaussian_forward_impl(const Tensor& params, const Tensor& x, c10::optional<double> clamp, const Tensor& th,
+                                const Tensor& inv, const Tensor& out, double log_2pi) {
+  const int64_t N = x.size(0), R = x.size(1), D = x.size(2);
+  const bool clamped = clamp.has_value();
+  const T c = clamped ? static_cast<T>(*clamp) : T(0), l2p = static_cast<T>(log_2pi), two(2), one(1), half(0.5);
+  auto clip = [&](T v) { return clamped ? std::min(std::max(v, -c), c) : v; };
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t r = 0; r < R; ++r) {
+      const T* p = params.data_ptr<T>() + n * params.stride(0) + r * params.stride(1);
+      T* t = th.data_ptr<T>() + (n * R + r) * D;
+      T* e = inv.data_ptr<T>() + (n * R + r) * D;
+      for (int64_t i = 0; i < D; ++i) {
+        t[i] = clip(p[i]) * two;
+        e[i] = -clip(p[D + i]);
+      }
+    }
+  }
+  th.sigmoid_();
+  inv.exp_();
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t r = 0; r < R; ++r) {
+      const T* p = params.data_ptr<T>() + n * params.stride(0) + r * params.stride(1);
+      const T* xr = x.data_ptr<T>() + n * x.stride(0) + r * x.stride(1);
+      T* t = th.data_ptr<T>() + (n * R + r) * D;
+      const T* e = inv.data_ptr<T>() + (n * R + r) * D;
+      T sum(0);
+      for (int64_t i = 0; i < D; ++i) {
+        t[i] = t[i] * two - one;
+        const T diff = xr[i] - t[i];
+        sum += (clip(p[D + i]) + l2p) + diff * diff * e[i];
+      }
+      out.data_ptr<T>()[n * out.stride(0) + r * out.stride(1)] = half * sum;
+    }
+  }
+}
+
+// The gradient of params from g [N, R]: d mean = -g e^-lv (x - tanh(mean)) (1 - tanh(mean)^2),
+// d lv = g/2 (1 - (x - tanh(mean))^2 e^-lv), each zero where the clamp held the parameter (its clamped
+// value differs from it, NaN included), into d_params [N, R, 2D] contiguous.
+template <typename T>
+void tanh_gaussian_backward_impl(const Tensor& grad, const Tensor& params, const Tensor& x,
+                                 c10::optional<double> clamp, const Tensor& th, const Tensor& inv,
+                                 const Tensor& d_params) {
+  const int64_t N = x.size(0), R = x.size(1), D = x.size(2);
+  const bool clamped = clamp.has_value();
+  const T c = clamped ? static_cast<T>(*clamp) : T(0), one(1), half(0.5), zero(0);
+  auto free = [&](T v) { return !clamped || std::min(std::max(v, -c), c) == v; };
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t r = 0; r < R; ++r) {
+      const T g = grad.data_ptr<T>()[n * grad.stride(0) + r * grad.stride(1)];
+      const T* p = params.data_ptr<T>() + n * params.stride(0) + r * params.stride(1);
+      const T* xr = x.data_ptr<T>() + n * x.stride(0) + r * x.stride(1);
+      const T* t = th.data_ptr<T>() + (n * R + r) * D;
+      const T* e = inv.data_ptr<T>() + (n * R + r) * D;
+      T* dm = d_params.data_ptr<T>() + (n * R + r) * 2 * D;
+      T* dl = dm + D;
+      for (int64_t i = 0; i < D; ++i) {
+        const T diff = xr[i] - t[i];
+        dm[i] = free(p[i]) ? -g * e[i] * diff * (one - t[i] * t[i]) : zero;
+        dl[i] = free(p[D + i]) ? half * g * (one - diff * diff * e[i]) : zero;
+      }
+    }
+  }
+}
+
+void tanh_gaussian_forward(const Tensor& params, const Tensor& x, c10::optional<double> clamp, const Tensor& th,
+                           const Tensor& inv, const Tensor& out, double log_2pi) {
+  TORCH_CHECK(params.dim() == 3 && params.stride(2) == 1 && params.size(0) == x.size(0) &&
+                  params.size(1) == x.size(1) && params.size(2) == 2 * x.size(2) &&
+                  params.scalar_type() == x.scalar_type() && params.device().is_cpu(),
+              "tanh Gaussian: params must be [N, R, 2D] like x, with unit stride along the last dimension");
+  check_rows(x, "x", x);
+  check_buffer(th, "th", x);
+  check_buffer(inv, "inv", x);
+  TORCH_CHECK(out.dim() == 2 && out.size(0) == x.size(0) && out.size(1) == x.size(1) &&
+                  out.scalar_type() == x.scalar_type(),
+              "tanh Gaussian: out must be [N, R] like x");
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "zf_native_tanh_gaussian_forward", [&] {
+    tanh_gaussian_forward_impl<scalar_t>(params, x, clamp, th, inv, out, log_2pi);
+  });
+}
+
+void tanh_gaussian_backward(const Tensor& grad, const Tensor& params, const Tensor& x, c10::optional<double> clamp,
+                            const Tensor& th, const Tensor& inv, const Tensor& d_params) {
+  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == x.size(0) && grad.size(1) == x.size(1) &&
+                  grad.scalar_type() == x.scalar_type(),
+              "tanh Gaussian: grad must be [N, R] like x");
+  check_buffer(d_params, "d_params", x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "zf_native_tanh_gaussian_backward", [&] {
+    tanh_gaussian_backward_impl<scalar_t>(grad, params, x, clamp, th, inv, d_params);
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY(zf_native, m) {
@@ -316,4 +671,9 @@ TORCH_LIBRARY(zf_native, m) {
   m.def("backward_loop", &backward_loop);
   m.def("gaussian_terms", &gaussian_terms);
   m.def("gaussian_backward", &gaussian_backward);
+  m.def("matmul_into", &matmul_into);
+  m.def("latent_forward", &latent_forward);
+  m.def("latent_backward", &latent_backward);
+  m.def("tanh_gaussian_forward", &tanh_gaussian_forward);
+  m.def("tanh_gaussian_backward", &tanh_gaussian_backward);
 }

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from zf_lightning.models.layers import clipped_leaky_relu, fp32_backward, fp32_forward, lstm_pointwise
+from zf_lightning.models.products import matmul_into, mm
 from zf_lightning.models.zforcing.native import NativeLoops
 
 
@@ -101,8 +102,9 @@ def lstm_factors(acts: Tensor, c_prev: Tensor, tanh_c: Tensor) -> tuple[Tensor, 
     return gates, o * (1 - tanh_c * tanh_c)
 
 
-def lstm_backward_into(dh: Tensor, dc: Tensor, gate_factors: Tensor, dc_factor: Tensor, f: Tensor,
-                       d_gates: Tensor) -> None:
+def lstm_backward_into(
+    dh: Tensor, dc: Tensor, gate_factors: Tensor, dc_factor: Tensor, f: Tensor, d_gates: Tensor
+) -> None:
     """One step of the LSTM update's backward pass from its ``lstm_factors``: the gates' gradient
     into ``d_gates`` [4H, B]; ``dc`` (that of c_t on entry) becomes that of c_{t-1}."""
     hidden = dh.shape[0]
@@ -231,11 +233,13 @@ class PlainRecurrence(torch.autograd.Function):
         hs[0].zero_()
         cs[0].zero_()
         if native is not None:
-            native.forward_loop(y, hs, q_raw, q, z, noise, post_act, acts, cs, tanh_cs, w_h, w_post, w_z, slope,
-                                bound, clamp, keep)
+            native.forward_loop(
+                y, hs, q_raw, q, z, noise, post_act, acts, cs, tanh_cs, w_h, w_post, w_z, slope, bound, clamp, keep
+            )
         else:
-            _forward_steps(y, hs, q_raw, q, z, noise, post_act, acts, cs, tanh_cs, w_h, w_post, w_z, ops, slope,
-                           bound, clamp, keep)
+            _forward_steps(
+                y, hs, q_raw, q, z, noise, post_act, acts, cs, tanh_cs, w_h, w_post, w_z, ops, slope, bound, clamp, keep
+            )
         ctx.save_for_backward(noise, w_h, w_post, w_z, hs, z, q, y, post_act, acts, cs, tanh_cs, q_raw)
         ctx.consts = (ops, slope, bound, clamp, native)
         ctx.set_materialize_grads(False)  # an output nothing used gets None, not a zero tensor
@@ -259,18 +263,48 @@ class PlainRecurrence(torch.autograd.Function):
         d_q = None if d_q is None else d_q.contiguous()
         if native is not None:  # forms the pointwise derivatives step by step, in its loop
             d_q_raw = posterior_rest(q_raw, clamp, d_q)
-            native.backward_loop(d_y, d_h_all, d_z_all, d_q_raw, y, acts, cs, tanh_cs, q, q_raw, noise, w_h_t,
-                                 w_post_t, w_z_t, slope, bound, clamp)
+            native.backward_loop(
+                d_y,
+                d_h_all,
+                d_z_all,
+                d_q_raw,
+                y,
+                acts,
+                cs,
+                tanh_cs,
+                q,
+                q_raw,
+                noise,
+                w_h_t,
+                w_post_t,
+                w_z_t,
+                slope,
+                bound,
+                clamp,
+            )
         else:
             gate_factors, dc_factor = ops.cell_factors(acts, cs[:T], tanh_cs)
             act_grad = ops.act_grad(y[:, 4 * H :], slope, bound)
             sample_scale, d_q_raw = ops.sample_factors(q, q_raw, noise, clamp, d_q)
-            _backward_steps(d_y, d_h_all, d_z_all, d_q_raw, sample_scale, gate_factors, dc_factor, acts, act_grad,
-                            w_h_t, w_post_t, w_z_t, ops)
+            _backward_steps(
+                d_y,
+                d_h_all,
+                d_z_all,
+                d_q_raw,
+                sample_scale,
+                gate_factors,
+                dc_factor,
+                acts,
+                act_grad,
+                w_h_t,
+                w_post_t,
+                w_z_t,
+                ops,
+            )
         d_pre = d_y.transpose(0, 1).contiguous()  # [4H + M, T, B], the layout of pre
-        d_w_h = d_pre.view(-1, T * B) @ hs[:T].transpose(0, 1).reshape(H, T * B).t()
-        d_w_post = d_q_raw.transpose(0, 1).reshape(2 * Z, T * B) @ post_act.transpose(0, 1).reshape(M, T * B).t()
-        d_w_z = d_pre[: 4 * H].view(4 * H, T * B) @ z.transpose(0, 1).reshape(Z, T * B).t()
+        d_w_h = mm(d_pre.view(-1, T * B), hs[:T].transpose(0, 1).reshape(H, T * B).t())
+        d_w_post = mm(d_q_raw.transpose(0, 1).reshape(2 * Z, T * B), post_act.transpose(0, 1).reshape(M, T * B).t())
+        d_w_z = mm(d_pre[: 4 * H].view(4 * H, T * B), z.transpose(0, 1).reshape(Z, T * B).t())
         return d_pre, None, d_w_h, d_w_post, d_q_raw.sum((0, 2)), d_w_z, None, None, None, None, None, None
 
 
@@ -299,16 +333,24 @@ def _forward_steps(
     T, H = y.shape[0], hs.shape[1]
     # every step's slice of every buffer, taken once (slicing inside the loop costs as much as an op)
     steps = zip(
-        y.unbind(0), y[:, : 4 * H].unbind(0), y[:, 4 * H :].unbind(0), hs[:T].unbind(0), hs[1:].unbind(0),
-        q_raw.unbind(0), q.unbind(0), z.unbind(0), noise.unbind(0), strict=True,
+        y.unbind(0),
+        y[:, : 4 * H].unbind(0),
+        y[:, 4 * H :].unbind(0),
+        hs[:T].unbind(0),
+        hs[1:].unbind(0),
+        q_raw.unbind(0),
+        q.unbind(0),
+        z.unbind(0),
+        noise.unbind(0),
+        strict=True,
     )
     for t, (y_t, gates, post_pre, h, h_new, q_raw_t, q_t, z_t, noise_t) in enumerate(steps):
         k = t if keep else 0
         c_in, c_out = (t, t + 1) if keep else (t % 2, (t + 1) % 2)
-        y_t.addmm_(w_h, h)
-        q_raw_t.addmm_(w_post, ops.act_into(post_pre, slope, bound, post_act[k]))
+        matmul_into(w_h, h, y_t, accumulate=True)
+        matmul_into(w_post, ops.act_into(post_pre, slope, bound, post_act[k]), q_raw_t, accumulate=True)
         ops.sample_into(q_raw_t, noise_t, clamp, q_t, z_t)
-        gates.addmm_(w_z, z_t)
+        matmul_into(w_z, z_t, gates, accumulate=True)
         ops.cell(gates, cs[c_in], acts[k], cs[c_out], tanh_cs[k], h_new)
 
 
@@ -333,20 +375,29 @@ def _backward_steps(
     Z = d_z_all.shape[1]
     dc = d_y.new_zeros(H, B)
     steps = zip(
-        d_y.unbind(0), d_y[:, : 4 * H].unbind(0), d_y[:, 4 * H :].unbind(0), d_h_all[:T].unbind(0),
-        d_h_all[1:].unbind(0), d_z_all.unbind(0), d_q_raw.view(T, 2, Z, B).unbind(0),
-        sample_scale.view(T, 2, Z, B).unbind(0), gate_factors.unbind(0), dc_factor.unbind(0),
-        acts[:, H : 2 * H].unbind(0), act_grad.unbind(0), strict=True,
+        d_y.unbind(0),
+        d_y[:, : 4 * H].unbind(0),
+        d_y[:, 4 * H :].unbind(0),
+        d_h_all[:T].unbind(0),
+        d_h_all[1:].unbind(0),
+        d_z_all.unbind(0),
+        d_q_raw.view(T, 2, Z, B).unbind(0),
+        sample_scale.view(T, 2, Z, B).unbind(0),
+        gate_factors.unbind(0),
+        dc_factor.unbind(0),
+        acts[:, H : 2 * H].unbind(0),
+        act_grad.unbind(0),
+        strict=True,
     )
     for t, (dy, d_gates, d_post, dh_prev, dh, dz, d_out, scale, gate_f, dc_f, f, act_f) in reversed(
         list(enumerate(steps))
     ):
         ops.cell_backward(dh, dc, gate_f, dc_f, f, d_gates)
-        dz.addmm_(w_z_t, d_gates)
+        matmul_into(w_z_t, d_gates, dz, accumulate=True)
         d_out.addcmul_(scale, dz)
-        torch.mm(w_post_t, d_out.view(2 * Z, B), out=d_post).mul_(act_f)
+        matmul_into(w_post_t, d_out.view(2 * Z, B), d_post).mul_(act_f)
         if t > 0:  # h_0 is the constant zero state: its gradient is not needed
-            dh_prev.addmm_(w_h_t, dy)
+            matmul_into(w_h_t, dy, dh_prev, accumulate=True)
 
 
 def plain_recurrence(
@@ -374,6 +425,4 @@ def plain_recurrence(
     """
     keep = torch.is_grad_enabled() and any(x.requires_grad for x in (pre, w_h, w_post, b_post, w_z))
     # the reparameterisation noise is sampled, never learned: no gradient flows to it
-    return PlainRecurrence.apply(
-        pre, noise.detach(), w_h, w_post, b_post, w_z, ops, slope, bound, clamp, keep, native
-    )
+    return PlainRecurrence.apply(pre, noise.detach(), w_h, w_post, b_post, w_z, ops, slope, bound, clamp, keep, native)
