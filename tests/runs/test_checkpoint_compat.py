@@ -79,7 +79,9 @@ def test_an_old_checkpoint_evaluates_to_the_numbers_it_gave_before(tmp_path: Pat
     expected = OLD_EVAL["metrics"]
     assert set(expected) <= set(metrics)
     for key, value in expected.items():
-        assert metrics[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+        # the same numbers up to float32 rounding: which kernel forms a product (oneDNN, MKL, the
+        # extension's own) depends on the CPU and build, and a standard error amplifies its last bits
+        assert metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-9), key
 
 
 @pytest.mark.slow

@@ -125,6 +125,11 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
         self.compile_step = compile_step
         self._ops = step_ops(compile_step)
         self.native_loop = native_loop
+        if native_loop and not compile_step and not cond_layer_norm:  # the loops _native would run
+            # loaded now, not at the first forward: the extension also forms this model's products and
+            # Gaussian terms wherever it is loaded, so a run resumed in a fresh process must have it
+            # from its first update on, as the uninterrupted run had
+            native_loops()
 
         self.embedding = InputEmbedding(spec, emb_dim, dropout)
         # labelled data: the targets the backward LSTM reads are labels (class ids or real values,
