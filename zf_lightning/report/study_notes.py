@@ -95,6 +95,12 @@ def attempts_table(jobs: list[Path], statuses: list[dict[str, Any]]) -> list[str
     return lines if len(lines) > 2 else []
 
 
+def _rows(sweeper: Any) -> Any:
+    """What the sweeper crosses: its ``params`` and, for the cells sweeper, its ``cells`` too."""
+    cells = sweeper.get("cells")
+    return OmegaConf.create({"params": sweeper.get("params"), "cells": cells}) if cells else sweeper.params
+
+
 def study_notes(config: DictConfig, sweep_dir: Path) -> list[str]:
     """The generated part of STUDY.md for the multirun whose Hydra config is ``config``."""
     jobs = job_folders(sweep_dir)
@@ -140,7 +146,7 @@ def study_notes(config: DictConfig, sweep_dir: Path) -> list[str]:
         "optimizer and loss-weight schedules that are the same in every job.", "",
         "```yaml", _yaml(OmegaConf.create(_nest(shared))) if shared else "{}", "```", "",
         "Settings that differ between jobs (the rows): " + (", ".join(f"`{k}`" for k in differing) or "none"), "",
-        "## Rows", "", "```yaml", _yaml(config.hydra.sweeper.params), "```", "",
+        "## Rows", "", "```yaml", _yaml(_rows(config.hydra.sweeper)), "```", "",
     ]
     attempts = attempts_table(jobs, statuses)
     if attempts:
