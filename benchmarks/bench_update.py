@@ -6,7 +6,9 @@ the FSDD studies' budget, ``study=common/fsdd``) each round runs, for ``--steps`
 
 * ``update``: ``Trainer.fit`` as a study job runs it: the data module's loader, the config's
   trainer (clip, validation interval), callbacks (checkpoints, early stopping, learning-rate
-  monitor) and the CSV logger, with validation and checkpointing amortized over the updates;
+  monitor) and the CSV logger, with validation and checkpointing amortized over the updates,
+  and no progress bar (``study/common/base.yaml`` turns it off for every study job; the
+  config can turn it back on with ``trainer.enable_progress_bar=true``);
 * ``step``: the bare model step on the batches that fit trained on, in the same order: the
   module's objective, backward, gradient-norm clip and the config's optimizer, nothing else.
 
@@ -53,6 +55,8 @@ from zf_lightning.runs.pipeline import (  # noqa: E402
 from zf_lightning.types import SequenceBatch  # noqa: E402
 
 FSDD_STUDY = f"study=common/fsdd data.root={ROOT.parent / 'shared' / 'data' / 'fsdd'}"
+# what study/common/base.yaml sets for every study job's trainer, applied before the config's overrides
+STUDY_JOB = ["trainer.enable_progress_bar=false"]
 
 
 class UpdateClock(L.Callback):
@@ -108,7 +112,7 @@ def timed_steps(cfg: DictConfig, dm: Any, batches: list[SequenceBatch], warmup: 
 
 def bench_config(overrides: list[str], args: argparse.Namespace) -> dict[str, Any]:
     scratch = tempfile.mkdtemp(prefix="bench_update_")
-    cfg = compose_config("train", [f"paths.output_dir={scratch}", "logger=csv", *overrides])
+    cfg = compose_config("train", [f"paths.output_dir={scratch}", "logger=csv", *STUDY_JOB, *overrides])
     set_threads(cfg)
     dm = build_datamodule(cfg)
     dm.prepare_data()
@@ -121,6 +125,8 @@ def bench_config(overrides: list[str], args: argparse.Namespace) -> dict[str, An
     lengths = [int(b.inputs.shape[1]) for b in batches]
     return {
         "overrides": " ".join(overrides),
+        "study_job_overrides": " ".join(STUDY_JOB),
+        "progress_bar": bool(cfg.trainer.enable_progress_bar),
         "torch_threads": torch.get_num_threads(),
         "steps": args.steps,
         "warmup": args.warmup,
