@@ -65,10 +65,14 @@ def test_bench_update_times_the_study_update_and_the_bare_step_on_the_same_batch
     result = bench.main(["--config", overrides, "--steps", "8", "--warmup", "2", "--rounds", "2", "--out", str(out)])
     r = result["update"]
     assert r["steps"] == 8 and r["batch_size"] == 32 and r["val_check_interval"] == 4
+    assert r["progress_bar"] is False  # as study/common/base.yaml runs every study job
     assert len(r["per_round_update_s"]) == len(r["per_round_step_s"]) == 2
     assert all(t > 0 for t in r["per_round_update_s"] + r["per_round_step_s"])
     ratios = sorted(u / s for u, s in zip(r["per_round_update_s"], r["per_round_step_s"], strict=True))
     assert r["update_over_step"] == pytest.approx(sum(ratios) / 2)  # median of two rounds
+    paired = list(zip(r["per_round_interleaved_update_s"], r["per_round_interleaved_step_s"], strict=True))
+    assert len(paired) == 2 and all(u > 0 and s > 0 for u, s in paired)
+    assert r["interleaved_update_over_step"] == pytest.approx(sum(u / s for u, s in paired) / 2)
     assert json.loads(out.read_text())["update"] == r
 
 
