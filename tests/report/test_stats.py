@@ -299,8 +299,10 @@ def test_study_notes_state_the_settings_all_jobs_share_and_keep_hand_written_not
            "interrupted |" in text
     assert "| 1 | 2 | 2026-12-01T10:00:00+00:00 | 2026-12-01T10:30:00+00:00 | 40 → 100 | 30 min |" in text
     assert "## Rows\n\n```yaml\nablation: plain,kla\n```" in text
-    cells = OmegaConf.merge(config, {"hydra": {"sweeper": {"params": {"seed": "1,2"}, "cells": ["model=a", "model=b"]}}})
-    assert "params:\n  ablation: plain,kla\n  seed: 1,2\ncells:\n- model=a\n- model=b\n" in "\n".join(study_notes(cells, sweep))
+    cells = OmegaConf.merge(config, {"hydra": {"sweeper": {"params": {"seed": "1,2"},
+                                                            "cells": ["model=a", "model=b"]}}})
+    rows = "params:\n  ablation: plain,kla\n  seed: 1,2\ncells:\n- model=a\n- model=b\n"
+    assert rows in "\n".join(study_notes(cells, sweep))
     # a pilot reusing another study's config under its own name: the command is the one typed
     pilot = OmegaConf.merge(config, {"study": {"name": "demo_pilot"},
                                      "hydra": {"overrides": {"task": ["study=demo", "study.name=demo_pilot"]}}})
