@@ -87,3 +87,17 @@ def test_bench_objective_and_fixed_cost_build_from_the_study_config_and_report_r
     assert set(median) == {"step_fsdd", "step_tiny", "floor_fsdd", "floor_tiny"}
     assert fixed["step_over_floor"] == pytest.approx(median["step_fsdd"] / median["floor_fsdd"])
     assert 0 < fixed["fixed_share_of_step"] < 1  # the tiny step costs less than the FSDD-size one
+
+
+@pytest.mark.slow
+def test_bench_backward_head_times_the_step_with_the_head_off_and_on_on_the_same_batches(tmp_path: Path) -> None:
+    out = tmp_path / "head.json"
+    result = _load("bench_backward_head").main(
+        ["--config", " ".join(TINY), "--rounds", "2", "--steps", "1", "--warmup", "1", "--batches", "2",
+         "--out", str(out)]
+    )
+    r = result["step"]
+    assert r["same_loss"] is True  # the head only ever added a term weighed 0
+    assert len(r["per_round_off_over_on"]) == 2 and r["off_s"] > 0 and r["on_s"] > 0
+    assert r["off_over_on"] == pytest.approx(sum(r["per_round_off_over_on"]) / 2)
+    assert json.loads(out.read_text())["step"] == r

@@ -238,6 +238,14 @@ class HasAuxCost(ABC):
         """Per-step auxiliary cost [B, T]: how badly z_t (with h_{t-1}) reconstructs the target b_t."""
 
 
+class HasBackwardCost(ABC):
+    """A model that can fill ``StepTerms.bwd`` from a head on its backward states. That head is a
+    product as wide as the inputs' parameters (a vocabulary, on text), forward and backward, so the
+    objective switches it off when no loss reads the term; ``bwd`` is then 0."""
+
+    backward_cost: bool  # whether ``forward`` fills ``StepTerms.bwd``; on unless switched off
+
+
 class CanGenerate(ABC):
     """A model that samples whole sequences from its prior, feeding samples back as inputs."""
 

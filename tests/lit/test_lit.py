@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from tests.helpers import make_batch, make_model
 from zf_lightning.lit import Constant, Delayed, LinearRamp, SequenceLitModule
-from zf_lightning.types import DataSpec, HasAuxCost, SequenceBatch, StepTerms
+from zf_lightning.types import DataSpec, HasAuxCost, HasBackwardCost, SequenceBatch, StepTerms
 
 ADAM = partial(torch.optim.Adam, lr=1e-3)
 
@@ -44,8 +44,10 @@ def test_delayed_weight_is_off_then_ramps_to_its_value() -> None:
         Delayed(value=1.0, after=-1)
 
 
-class FixedTerms(nn.Module, HasAuxCost):
+class FixedTerms(nn.Module, HasAuxCost, HasBackwardCost):
     """A stand-in model returning given per-step terms (to check the objective's arithmetic)."""
+
+    backward_cost = True
 
     def aux_cost(self, h_prev: Tensor, z: Tensor, b: Tensor) -> Tensor:
         return self.terms.aux
@@ -88,6 +90,48 @@ def test_bwd_cost_counts_only_while_aux_weight_is_positive() -> None:
     lit, _ = fixed_module(aux_weight=LinearRamp(start=0.0, increment=0.5, end=1.0), bwd_weight=0.3)
     assert lit.weights(0)["bwd"] == 0.0
     assert lit.weights(1)["bwd"] == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize(
+    ("bwd_weight", "aux_weight", "on"),
+    [(0.0, Constant(1.0), False), (0.3, Constant(0.0), False), (0.3, LinearRamp(0.0, 0.5, 1.0), True)],
+)
+def test_the_backward_head_runs_only_where_a_loss_reads_it(bwd_weight: float, aux_weight, on: bool) -> None:
+    """Z-Forcing's bwd term costs a head as wide as the inputs; the objective switches it off where
+    its weight is 0 (or the aux weight that gates it never rises), and the loss is the same either way."""
+    batch = make_batch("tokens")
+    lit = SequenceLitModule(make_model("tokens"), make_model("tokens").spec, ADAM, aux_weight=aux_weight,
+                            bwd_weight=bwd_weight)
+    assert lit.model.backward_cost is on
+    torch.manual_seed(3)
+    loss, sums = lit.objective(batch, lit.weights(5))
+    assert bool((sums["bwd"] != 0).any()) is on
+    if on:
+        return
+    grads = torch.autograd.grad(loss, list(lit.model.parameters()), allow_unused=True)
+    lit.model.backward_cost = True  # the head computed but weighed 0, as before it could be switched off
+    torch.manual_seed(3)
+    loss_with_head, _ = lit.objective(batch, lit.weights(5))
+    grads_with_head = torch.autograd.grad(loss_with_head, list(lit.model.parameters()), allow_unused=True)
+    torch.testing.assert_close(loss, loss_with_head)
+    for g, g_head in zip(grads, grads_with_head, strict=True):
+        if g is None:
+            assert g_head is None or not g_head.any()
+        else:
+            torch.testing.assert_close(g, g_head)
+
+
+def test_a_positive_bwd_weight_needs_a_model_with_the_backward_cost() -> None:
+    class AuxOnly(nn.Module, HasAuxCost):
+        def aux_cost(self, h_prev: Tensor, z: Tensor, b: Tensor) -> Tensor:
+            return torch.zeros(z.shape[:2])
+
+    model = AuxOnly()
+    spec = DataSpec("real", 4, "utterance", 4)
+    with pytest.raises(ValueError, match="bwd weight"):
+        SequenceLitModule(model, spec, ADAM, aux_weight=Constant(1.0), bwd_weight=0.5)
+    with pytest.raises(ValueError, match="bwd_weight must be >= 0"):
+        SequenceLitModule(model, spec, ADAM, bwd_weight=-0.1)
 
 
 @pytest.mark.parametrize("per_token", [False, True])

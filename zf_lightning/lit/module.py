@@ -40,7 +40,15 @@ from torchmetrics import CatMetric, SumMetric
 from zf_lightning.lit.invariance import permutation_flips, permutation_spread
 from zf_lightning.lit.regularizers import Regularizer
 from zf_lightning.lit.schedules import Constant, WeightSchedule
-from zf_lightning.types import DataSpec, HasAuxCost, PredictsClasses, PredictsValues, SequenceBatch, StepTerms
+from zf_lightning.types import (
+    DataSpec,
+    HasAuxCost,
+    HasBackwardCost,
+    PredictsClasses,
+    PredictsValues,
+    SequenceBatch,
+    StepTerms,
+)
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -138,6 +146,18 @@ class SequenceLitModule(L.LightningModule):
                 f"the auxiliary cost only exists for Z-Forcing, but {type(model).__name__} was given a "
                 f"non-zero aux weight ({aux_weight}); use ablation=plain or ablation=kla with this model"
             )
+        if bwd_weight < 0:
+            raise ValueError(f"lit.bwd_weight must be >= 0, got {bwd_weight}")
+        counts_bwd = bwd_weight > 0 and schedule_can_be_positive(aux_weight)
+        if counts_bwd and not isinstance(model, HasBackwardCost):
+            raise ValueError(
+                f"the backward-prediction cost only exists for Z-Forcing, but {type(model).__name__} was given "
+                f"a non-zero bwd weight ({bwd_weight}); set lit.bwd_weight=0 with this model"
+            )
+        if isinstance(model, HasBackwardCost):
+            # no loss reads the term: the head would cost a product as wide as the inputs' parameters,
+            # forward and backward, on every update for a logged number of an untrained head
+            model.backward_cost = counts_bwd
         if regularizer is not None:
             regularizer.check(model)
         if flip_permutations < 1 or flip_sequences < 1:

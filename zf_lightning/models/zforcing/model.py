@@ -44,6 +44,7 @@ from zf_lightning.types import (
     DataSpec,
     DeterministicStep,
     HasAuxCost,
+    HasBackwardCost,
     HasMeanPath,
     HasPosterior,
     PosteriorPass,
@@ -62,13 +63,16 @@ AuxLoss = Literal["gaussian", "l2"]
 AuxReduction = Literal["sum", "mean"]
 
 
-class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses, PredictsValues, StepSampler):
+class ZForcing(
+    nn.Module, HasPosterior, HasAuxCost, HasBackwardCost, HasMeanPath, PredictsClasses, PredictsValues, StepSampler
+):
     """Z-Forcing with the options of the authors' code.
 
     Args:
         spec: the data's kind and size (from the data module).
         head: factory ``head(in_features, dim)`` for p(x_{t+1} | h_t); a second instance
-            predicts the inputs from the backward states (the "bwd" cost).
+            predicts the inputs from the backward states (the "bwd" cost, filled while
+            ``backward_cost`` is on; the objective switches it off when its weight is 0).
         emb_dim, rnn_dim, z_dim, mlp_dim: layer sizes (TIMIT: 512, 1024, 256, 512).
         cond_layer_norm: z_t sets the layer-norm gain and bias of the hidden-to-hidden
             pre-activations instead of entering the cell as input.
@@ -125,6 +129,7 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
         self.compile_step = compile_step
         self._ops = step_ops(compile_step)
         self.native_loop = native_loop
+        self.backward_cost = True
         if native_loop and not compile_step and not cond_layer_norm:  # the loops _native would run
             # loaded now, not at the first forward: the extension also forms this model's products and
             # Gaussian terms wherever it is loaded, so a run resumed in a fresh process must have it
@@ -204,7 +209,7 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
 
         ``noise`` is N(0, I) of shape [B, T, z_dim]; pass it to reproduce a sample path.
         """
-        states, z, q, b, bwd_params = self._posterior_pass(batch, noise, with_backward_head=True)
+        states, z, q, b, bwd_params = self._posterior_pass(batch, noise, with_backward_head=self.backward_cost)
         return self._terms(batch, states, z, q, b, bwd_params)
 
     def infer(self, batch: SequenceBatch, noise: Tensor | None = None) -> PosteriorPass:
@@ -324,7 +329,7 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
         return torch.stack(h_all, 1), torch.stack(z_all, 1), torch.stack(q_all, 1)
 
     def _terms(
-        self, batch: SequenceBatch, states: Tensor, z: Tensor, q: Tensor, b: Tensor, bwd_params: Tensor
+        self, batch: SequenceBatch, states: Tensor, z: Tensor, q: Tensor, b: Tensor, bwd_params: Tensor | None
     ) -> StepTerms:
         """The per-step terms from the states h_0..h_T [B, T+1, H]: whatever reads them (output
         head on h_1..h_T, prior and aux head on h_0..h_{T-1}) is one product over all states."""
@@ -344,13 +349,11 @@ class ZForcing(nn.Module, HasPosterior, HasAuxCost, HasMeanPath, PredictsClasses
             aux_pre = linear(z, aux_first.weight, aux_first.bias)
         mean_q, logvar_q = q.chunk(2, dim=-1)
         path = LatentPath(h_prev, z, *self.prior.from_hidden_preactivation(prior_pre), mean_q, logvar_q)
-        return latent_terms(
-            path,
-            label_nll(self.output_head, out_params, batch.targets, self.spec),
-            batch.mask,
-            aux=self._aux_cost_from_preactivation(aux_pre, b),
-            bwd=self.backward_head.nll(bwd_params, batch.inputs),
-        )
+        extra = {"aux": self._aux_cost_from_preactivation(aux_pre, b)}
+        if bwd_params is not None:
+            extra["bwd"] = self.backward_head.nll(bwd_params, batch.inputs)
+        nll = label_nll(self.output_head, out_params, batch.targets, self.spec)
+        return latent_terms(path, nll, batch.mask, **extra)
 
     # ------------------------------------------------------------------ sampling
     def sample_prior(self, h_prev: Tensor) -> Tensor:
