@@ -90,14 +90,16 @@ def test_bench_objective_and_fixed_cost_build_from_the_study_config_and_report_r
 
 
 @pytest.mark.slow
-def test_bench_backward_head_times_the_step_with_the_head_off_and_on_on_the_same_batches(tmp_path: Path) -> None:
-    out = tmp_path / "head.json"
-    result = _load("bench_backward_head").main(
-        ["--config", " ".join(TINY), "--rounds", "2", "--steps", "1", "--warmup", "1", "--batches", "2",
-         "--out", str(out)]
-    )
+def test_bench_heads_times_each_layout_on_the_same_batches(tmp_path: Path) -> None:
+    out = tmp_path / "heads.json"
+    bench = _load("bench_heads")
+    result = bench.main(["--config", " ".join(TINY), "--rounds", "3", "--steps", "1", "--warmup", "1", "--batches", "2",
+                         "--out", str(out)])
     r = result["step"]
-    assert r["same_loss"] is True  # the head only ever added a term weighed 0
-    assert len(r["per_round_off_over_on"]) == 2 and r["off_s"] > 0 and r["on_s"] > 0
-    assert r["off_over_on"] == pytest.approx(sum(r["per_round_off_over_on"]) / 2)
+    assert r["same_loss"] is True  # the backward head only ever added a term weighed 0
+    for key in ("now_over_before", "shared_over_before"):
+        per_round = sorted(r[f"per_round_{key}"])
+        assert len(per_round) == 3 and r[key] == pytest.approx(per_round[1])
+    assert all(r[f"{name}_s"] > 0 for name in ("now", "shared", "before"))
+    assert bench.zforcing_model.OWN_PRODUCT_HEAD_WIDTH == r["own_product_head_width"]  # restored
     assert json.loads(out.read_text())["step"] == r

@@ -12,6 +12,7 @@ from tests.helpers import make_batch, make_model
 from zf_lightning.models import BernoulliHead, CategoricalHead, GaussianHead
 from zf_lightning.models.common import reverse_padded
 from zf_lightning.models.distributions import gaussian_kl, gaussian_log_prob
+from zf_lightning.models.zforcing import model as zforcing_model
 from zf_lightning.models.zforcing.reference import reference_forward
 from zf_lightning.types import DataSpec
 
@@ -158,11 +159,18 @@ def test_the_mean_aux_reduction_is_the_sum_over_the_backward_states_size(aux_los
         make_model("real", aux_reduction="max")
 
 
-VARIANTS = list(itertools.product(["real", "binary", "tokens"], [False, True], ["h_z", "z"], ["gaussian", "l2"]))
+KINDS = ["real", "binary", "tokens"]
+VARIANTS = list(itertools.product(KINDS, [False, True], ["h_z", "z"], ["gaussian", "l2"], [None]))
+# every head in these tests is narrow: width 0 gives each a product of its own, as a vocabulary gets
+VARIANTS += [(kind, False, aux_input, "gaussian", 0) for kind in ("real", "tokens") for aux_input in ("h_z", "z")]
 
 
-@pytest.mark.parametrize(("kind", "cln", "aux_input", "aux_loss"), VARIANTS)
-def test_fast_forward_equals_step_by_step_reference(kind: str, cln: bool, aux_input: str, aux_loss: str) -> None:
+@pytest.mark.parametrize(("kind", "cln", "aux_input", "aux_loss", "own_product_width"), VARIANTS)
+def test_fast_forward_equals_step_by_step_reference(
+    kind: str, cln: bool, aux_input: str, aux_loss: str, own_product_width: int | None, monkeypatch
+) -> None:
+    if own_product_width is not None:
+        monkeypatch.setattr(zforcing_model, "OWN_PRODUCT_HEAD_WIDTH", own_product_width)
     model = make_model(kind, cond_layer_norm=cln, aux_input=aux_input, aux_loss=aux_loss)
     batch = make_batch(kind)
     noise = torch.randn(3, 7, model.z_dim)

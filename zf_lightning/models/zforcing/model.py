@@ -57,6 +57,8 @@ from zf_lightning.types import (
 AuxInput = Literal["h_z", "z"]
 # whether ZForcing runs its step loops in C++ unless told otherwise (docs/speed.md: what it saves)
 NATIVE_LOOP_DEFAULT = True
+# an output head wider than this gets a product of its own instead of a slice of the one over all states
+OWN_PRODUCT_HEAD_WIDTH = 1024
 
 
 AuxLoss = Literal["gaussian", "l2"]
@@ -332,16 +334,28 @@ class ZForcing(
         self, batch: SequenceBatch, states: Tensor, z: Tensor, q: Tensor, b: Tensor, bwd_params: Tensor | None
     ) -> StepTerms:
         """The per-step terms from the states h_0..h_T [B, T+1, H]: whatever reads them (output
-        head on h_1..h_T, prior and aux head on h_0..h_{T-1}) is one product over all states."""
+        head on h_1..h_T, prior and aux head on h_0..h_{T-1}) is one product over all states, unless
+        the output head is wider than ``OWN_PRODUCT_HEAD_WIDTH`` (a vocabulary): its slice of the
+        shared product would be copied for the loss and its gradient copied into the shared buffer,
+        which costs more than the second product saves."""
         H = self.rnn_dim
         aux_first = self.aux_head.first
-        readers = [self.output_head.proj, self.prior.first]
-        weights = [layer.weight for layer in readers]
+        head = self.output_head.proj
+        readers = [self.prior.first]
+        weights = [self.prior.first.weight]
         if self.aux_input == "h_z":
             weights.append(aux_first.weight[:, :H])
             readers.append(aux_first)
-        from_h = linear(states, torch.cat(weights), torch.cat([layer.bias for layer in readers]))
-        out_params, prior_pre, *aux_from_h = step_rows(from_h, [w.shape[0] for w in weights])
+        widths = [w.shape[0] for w in weights]
+        if head.out_features > OWN_PRODUCT_HEAD_WIDTH:
+            out_params = linear(states[:, 1:], head.weight, head.bias)
+            from_prev = linear(states[:, :-1], torch.cat(weights), torch.cat([layer.bias for layer in readers]))
+            prior_pre, *aux_from_h = from_prev.split(widths, dim=-1)
+        else:
+            weights.insert(0, head.weight)
+            readers.insert(0, head)
+            from_h = linear(states, torch.cat(weights), torch.cat([layer.bias for layer in readers]))
+            out_params, prior_pre, *aux_from_h = step_rows(from_h, [head.out_features, *widths])
         h_prev = states[:, :-1]
         if aux_from_h:
             aux_pre = aux_from_h[0] + linear(z, aux_first.weight[:, H:])
