@@ -9,7 +9,13 @@ import pytest
 
 from zf_lightning.report.cli import main
 from zf_lightning.report.jobs import Job
-from zf_lightning.report.selection import candidates, selection_section, value_at_best
+from zf_lightning.report.selection import (
+    ChooseError,
+    candidates,
+    chosen_settings,
+    selection_section,
+    value_at_best,
+)
 
 WEIGHTS = ("0", "0.01", "0.1", "1")
 
@@ -84,3 +90,35 @@ def test_when_no_weight_beats_none_the_best_nonzero_weight_is_named(grid: list[J
     text = "\n".join(selection_section(grid, ["weight"], ["variant", "weight"], "val/acc"))
     assert "| variant=a | weight=0 |" in text and "weight=0 (the term off) is the lowest tried" in text
     assert "| weight=0.1: 0.800 ± 0.014 (n=2); chosen − it +0.1 [0.1, 0.1], n=2: better |" in text
+
+
+def test_the_chosen_settings_agree_with_the_section_and_keep_a_term_on_where_asked(grid: list[Job]) -> None:
+    for job in grid:
+        if job.overrides["variant"] == "a" and job.overrides["weight"] == "0":
+            job.curves["val/acc"] = [(s, v + 0.3) for s, v in job.curves["val/acc"]]  # no weight beats none in a
+    chosen = {dict(f)["variant"]: p.label for f, p in chosen_settings(grid, ["weight"], ["variant", "weight"],
+                                                                    "val/acc").items()}
+    assert chosen == {"a": "weight=0", "b": "weight=1"}
+    on = chosen_settings(grid, ["weight"], ["variant", "weight"], "val/acc", term_on=True)
+    assert {dict(f)["variant"]: p.label for f, p in on.items()} == {"a": "weight=0.1", "b": "weight=1"}
+    with pytest.raises(ChooseError):
+        chosen_settings(grid, ["lr"], ["variant", "weight"], "val/acc")
+
+
+def test_the_rerun_cells_of_a_committed_grid_are_its_chosen_settings() -> None:
+    import importlib.util
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("chosen_cells", root / "scripts" / "chosen_cells.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script
+    spec.loader.exec_module(script)
+    cells = script.chosen_cells(root / "results" / "sets_sire_grid", ["lit.regularizer_weight.value"], ["1", "2"],
+                                term_on=True)
+    # per family (variant x compare) two seeds; the report's table names the same weight for each
+    assert len(cells) == 2 * 2 * 2 and all(c.endswith((" seed=1", " seed=2")) for c in cells)
+    assert all(" lit.regularizer_weight.value=0 " not in c for c in cells)  # the term kept on
+    assert "variant=sets/lstm_sire_weight lit.regularizer.compare=output lit.regularizer_weight.value=0.0001 seed=1" \
+        in cells

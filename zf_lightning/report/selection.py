@@ -113,6 +113,30 @@ def versus(better: bool, chosen: Candidate, other: Candidate) -> str:
     return f"{diff.mean:+.4g}{interval}, n={diff.n}: {diff.verdict}"
 
 
+def ranked(points: Sequence[Candidate], better: bool) -> list[Candidate]:
+    """A family's grid points with a finite mean, best first."""
+    return sorted((p for p in points if math.isfinite(p.mean)), key=lambda p: p.mean, reverse=better)
+
+
+Family = tuple[tuple[str, str], ...]  # the other varying keys' values: one row of a table
+
+
+def chosen_settings(jobs: Sequence[Job], choose: Sequence[str], varying: Sequence[str],
+                    metric: str = DEFAULT_METRIC, term_on: bool = False) -> dict[Family, Candidate]:
+    """Family -> the grid point validation chooses. ``term_on``: where the best turns a weight off
+    (0), the best that keeps it on instead, for a row that exists to have the term."""
+    check_choose(jobs, choose, varying)
+    better = higher_is_better(metric)
+    found = {}
+    for family, points in candidates(jobs, choose, varying, metric).items():
+        order = ranked(points, better)
+        if term_on:
+            order = [p for p in order if not is_off(p)]
+        if order:
+            found[family] = order[0]
+    return found
+
+
 def selection_section(jobs: Sequence[Job], choose: Sequence[str], varying: Sequence[str],
                       metric: str = DEFAULT_METRIC) -> list[str]:
     """Markdown: per family the chosen setting, its runner-up, their paired difference and edges;
@@ -129,20 +153,20 @@ def selection_section(jobs: Sequence[Job], choose: Sequence[str], varying: Seque
     summary, details = [], []
     for family, points in candidates(jobs, choose, varying, metric).items():
         name = ", ".join(f"{k}={v}" for k, v in family) or "all jobs"
-        ranked = sorted((p for p in points if math.isfinite(p.mean)), key=lambda p: p.mean, reverse=better)
-        if not ranked:
+        order = ranked(points, better)
+        if not order:
             summary.append([name, "–", "no finite value", "–", "–", "–", "–"])
             continue
-        best = ranked[0]
-        runner = ranked[1] if len(ranked) > 1 else None
+        best = order[0]
+        runner = order[1] if len(order) > 1 else None
         # where no weight beat none, the best weight that keeps the term on, for a row that needs one
-        on = next((p for p in ranked if not is_off(p)), None) if is_off(best) else None
+        on = next((p for p in order if not is_off(p)), None) if is_off(best) else None
         summary.append([name, best.label, best.summary(), runner.label if runner else "–",
                         versus(better, best, runner) if runner else "–", "; ".join(edges(best, points)) or "no",
                         f"{on.label}: {on.summary()}; chosen − it {versus(better, best, on)}" if on else "–"])
         details += [f"**{name}**", "",
                     *md_table(["setting", f"{metric} at the best checkpoint (mean ± sd, n)"],
-                              [[p.label, p.summary()] for p in ranked]), ""]
+                              [[p.label, p.summary()] for p in order]), ""]
     return [*lines, *md_table(["family", "chosen", f"{metric} (mean ± sd, n)", "runner-up",
                                "chosen − runner-up (paired, 95 % t-interval)", "at an edge of the grid",
                                "best with the term on (where the chosen turns it off)"], summary),
