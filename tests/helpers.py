@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
 import torch
 from torch import Tensor, nn
 
@@ -9,6 +14,18 @@ from zf_lightning.models import BernoulliHead, CategoricalHead, GaussianHead, ZF
 from zf_lightning.types import DataSpec, SequenceBatch
 
 HEADS = {"real": GaussianHead, "binary": BernoulliHead, "tokens": CategoricalHead}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str, folder: str = "scripts") -> ModuleType:
+    """A script of the repository (``scripts/<name>.py``; or of ``folder``) imported as a module,
+    registered under its name (dataclasses look their module up by name)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / folder / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_batch(kind: str = "real", B: int = 3, T: int = 7, D: int = 5, ragged: bool = True,

@@ -7,26 +7,18 @@ reported times, and a loader comparison whose two runs trained on the same batch
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 from tests.conftest import TINY
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from tests.helpers import load_script
 
 
 def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_script(name, "benchmarks")
 
 
 @pytest.mark.slow  # 1 to 7 s here, depending on what else runs on the cores

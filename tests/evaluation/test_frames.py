@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from tests.helpers import load_script
 from zf_lightning.data.base import pad_collate
 from zf_lightning.evaluation.frames import quiet_frames, quiet_mask
 from zf_lightning.types import SequenceBatch, StepTerms
@@ -61,14 +62,7 @@ def test_token_targets_are_refused_with_what_was_given() -> None:
 
 
 def test_the_study_table_pairs_rows_by_seed_and_splits_each_difference_by_frame_kind() -> None:
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "scripts" / "quiet_frames.py"
-    spec = importlib.util.spec_from_file_location("quiet_frames_script", path)
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("quiet_frames")
 
     def line(row: str, seed: str, quiet: float, other: float) -> dict[str, str]:
         return {"row": row, "seed": seed, "elbo": str(quiet + other), "elbo_quiet": str(quiet),

@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from tests.helpers import load_script
 from zf_lightning.data.synthetic import ClassificationDataModule, MnistSum, MnistSumDataModule, SetMax, SetSum
 from zf_lightning.lit.invariance import permutation_spread
 from zf_lightning.models import RNN, DeepSets, GaussianHead, ZForcing
@@ -183,16 +184,11 @@ def test_size_errors_script_recovers_the_error_per_size_of_a_run_that_logged_onl
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """A finished job re-evaluated from its best checkpoint gives back its stored test/mae, split by
     size; a job whose stored number it cannot reproduce stops the script before it writes."""
-    import importlib.util
     import json
 
     import yaml
 
-    path = Path(__file__).parents[2] / "scripts" / "size_errors.py"
-    spec = importlib.util.spec_from_file_location("size_errors", path)
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("size_errors")
     job = tmp_path / "sweep" / "0"
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["data=set_sum_regression", "seed=1"]))

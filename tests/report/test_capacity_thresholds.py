@@ -3,13 +3,12 @@ read at convergence only where no narrower cell was still rising at its cap."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from tests.helpers import load_script
 from zf_lightning.report.jobs import Job
 from zf_lightning.runs.status import COMPLETED
 from zf_lightning.runs.stopping import MAX_STEPS
@@ -19,12 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def thresholds() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("capacity_thresholds", ROOT / "scripts" / "capacity_thresholds.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("capacity_thresholds")
 
 
 def job(model: str, width: int, length: int, acc: float, stop: str = "converged", gain: float = 0.0,

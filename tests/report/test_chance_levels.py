@@ -6,25 +6,19 @@ one job per length of a committed study (its STUDY.md and a few rows of its jobs
 from __future__ import annotations
 
 import csv
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from tests.helpers import load_script
+
 RESULTS = Path(__file__).resolve().parents[2] / "results"
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "chance_levels.py"
 
 
 @pytest.fixture(scope="module")
 def chance_levels() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("chance_levels", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("chance_levels")
 
 
 def one_job_per_length(study: str, tmp_path: Path) -> Path:

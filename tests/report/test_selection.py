@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import REPO, load_script
 from zf_lightning.report.cli import main
 from zf_lightning.report.jobs import Job
 from zf_lightning.report.selection import (
@@ -106,16 +107,8 @@ def test_the_chosen_settings_agree_with_the_section_and_keep_a_term_on_where_ask
 
 
 def test_the_rerun_cells_of_a_committed_grid_are_its_chosen_settings() -> None:
-    import importlib.util
-    import sys
-
-    root = Path(__file__).resolve().parents[2]
-    spec = importlib.util.spec_from_file_location("chosen_cells", root / "scripts" / "chosen_cells.py")
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = script
-    spec.loader.exec_module(script)
-    cells = script.chosen_cells(root / "results" / "sets_sire_grid", ["lit.regularizer_weight.value"], ["1", "2"],
+    script = load_script("chosen_cells")
+    cells = script.chosen_cells(REPO / "results" / "sets_sire_grid", ["lit.regularizer_weight.value"], ["1", "2"],
                                 term_on=True)
     # per family (variant x compare) two seeds; the report's table names the same weight for each
     assert len(cells) == 2 * 2 * 2 and all(c.endswith((" seed=1", " seed=2")) for c in cells)
