@@ -7,7 +7,9 @@ A threshold is read at convergence only where no narrower cell of its row was st
 cap stopped it (validation accuracy up by more than ``--rising`` over its last 20 % of updates, as
 ``scripts/boundary_cells.py`` selects): such a cell might have solved the length with more updates,
 so the threshold is written ``<= w``, and a row that solves nothing with such a cell in it
-``> w_max?``. Written to ``<boundary>/thresholds.md`` beside the budget's own thresholds.
+``> w_max?``. Written to ``<boundary>/thresholds.md`` beside the budget's own thresholds, with
+``heatmap_continued.png``: the base study's heatmap with the continued cells in place (cells within
+noise of the chance level or below it marked, as in every capacity heatmap).
 
     python scripts/capacity_thresholds.py results/capacity_dyck results/capacity_dyck_boundary
 """
@@ -23,8 +25,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zf_lightning.report.heatmap import LENGTH_KEY, PANEL_KEY, SOLVED, WIDTH_KEY
-from zf_lightning.report.jobs import Job, read_jobs
+from zf_lightning.report.heatmap import (
+    LENGTH_KEY,
+    PANEL_KEY,
+    SOLVED,
+    WIDTH_KEY,
+    capacity_grid,
+    chance_by_length,
+    write_heatmaps,
+)
+from zf_lightning.report.jobs import Job, read_chance, read_jobs
 from zf_lightning.report.tables import CAPS, late_improvement
 
 RISING = 0.02  # validation accuracy gain over the last 20 % of updates: scripts/boundary_cells.py's default
@@ -129,6 +139,13 @@ def report(base_dir: Path, boundary_dir: Path, solved: float = SOLVED, rising: f
     ]
 
 
+def write_continued_heatmap(path: Path, base_dir: Path, boundary_dir: Path) -> None:
+    """The base study's heatmap with each continued cell in place of its budgeted run."""
+    jobs = list(merged_jobs(read_jobs(base_dir), read_jobs(boundary_dir)).values())
+    computed = read_chance(base_dir) | read_chance(boundary_dir)
+    write_heatmaps(path, capacity_grid(jobs), chance=chance_by_length(jobs, computed))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("base", type=Path, help="the committed capacity study, e.g. results/capacity_dyck")
@@ -140,6 +157,7 @@ def main() -> None:
     text = "\n".join(report(args.base, args.boundary, args.solved, args.rising))
     out = args.out or args.boundary / "thresholds.md"
     out.write_text(text)
+    write_continued_heatmap(out.with_name("heatmap_continued.png"), args.base, args.boundary)
     print(text)
 
 

@@ -58,8 +58,15 @@ def test_seeds_are_averaged_and_replaced_one_by_one(thresholds: ModuleType) -> N
         thresholds.merged_jobs(base, [job("transformer", 8, 64, 0.5)])
 
 
-def test_the_committed_dyck_study_reads_with_its_continued_cells(thresholds: ModuleType) -> None:
-    results = ROOT / "results"
+def test_the_committed_dyck_study_reads_with_its_continued_cells(
+    thresholds: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(ROOT)
+    results = Path("results")  # as the committed file's command names it
     text = "\n".join(thresholds.report(results / "capacity_dyck", results / "capacity_dyck_boundary"))
     assert "replaces 15 of them" in text
     assert text.count("| transformer |") == 2  # the budget's row and the continued one
+    assert (results / "capacity_dyck_boundary" / "thresholds.md").read_text() == text  # the committed file is this
+    png = tmp_path / "heatmap_continued.png"
+    thresholds.write_continued_heatmap(png, results / "capacity_dyck", results / "capacity_dyck_boundary")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
