@@ -20,7 +20,14 @@ from zf_lightning.report.cli import main
 from zf_lightning.report.jobs import Job, read_sweep, read_wandb
 from zf_lightning.report.plots import mean_band
 from zf_lightning.report.rows import display_names, group_rows, varying_keys
-from zf_lightning.report.tables import fmt, matched_steps, matched_updates_table, paired_table, read_at
+from zf_lightning.report.tables import (
+    fmt,
+    generalization_table,
+    matched_steps,
+    matched_updates_table,
+    paired_table,
+    read_at,
+)
 from zf_lightning.runs.status import failed_jobs, job_folders
 
 
@@ -390,3 +397,23 @@ def test_rows_sharing_a_name_are_told_apart_by_the_overrides_that_differ() -> No
                                              ("plain", "a", None), ("plain", "b", None)])]
     assert display_names(group_rows(jobs, ["variant", "data"])) == [
         "LSTM · data=a", "LSTM · data=b", "DeepSets", "variant=plain, data=a", "variant=plain, data=b"]
+
+
+def test_the_training_bound_is_read_against_the_validation_bound_at_the_best_checkpoint_and_the_end() -> None:
+    def job(name: str, model: str, seed: str, best: int, train: list, val: list) -> Job:
+        return Job(name, {"model": model, "seed": seed}, "completed", metrics={"test/elbo": 0.0},
+                   curves={"train/elbo": train, "val/elbo": val}, info={"best_step": str(best), "stop_reason": "x"})
+
+    # validations at 249 / 499 / 749 (checkpoints at 250 / 500 / 750); epochs end at 200, 400, 600, 800
+    train = [(200, 10.0), (400, 20.0), (600, 30.0), (800, 40.0)]
+    jobs = [job("0", "a", "1", 500, train, [(249, 5.0), (499, 8.0), (749, 6.0)]),
+            job("1", "a", "2", 500, [(s, v + 2.0) for s, v in train], [(249, 5.0), (499, 10.0), (749, 7.0)]),
+            Job("2", {"model": "b", "seed": "1"}, "completed", metrics={"test/elbo": 0.0},
+                curves={"val/elbo": [(249, 1.0)]}, info={"best_step": "250"})]
+    rows = group_rows(jobs, ["model"])
+    table = generalization_table(rows)
+    # a: training 20 and 22 at the epoch before update 500, validation 8 and 10: gaps 12, 12; at the
+    # last validation (749) the epoch of 600: 30 - 6 and 32 - 7
+    assert table[2] == "| model=a | 2 | 21.0 ± 1.4 | 9.0 ± 1.4 | 12 | 24.50 ± 0.71 |"
+    assert len(table) == 3  # b never recorded its training bound: no row, rather than a made-up one
+    assert generalization_table(group_rows(jobs[2:], ["model"])) == []

@@ -27,8 +27,10 @@ from zf_lightning.runs.status import (
 
 SEED_KEYS = ("seed",)
 CURVE_KEYS = ("val/elbo", "val/kl")  # plotted
-# kept in curves.csv (acc: classification tasks; the objective: how a run ended, beside the bound)
-EXPORT_CURVE_KEYS = (*CURVE_KEYS, "val/aux", "val/acc", VAL_OBJECTIVE)
+TRAIN_BOUND = "train/elbo"  # each epoch's mean bound on the training batches: what validation is read against
+# kept in curves.csv (acc: classification tasks; the objective: how a run ended, beside the bound;
+# the training bound: how far a row's validation bound is from what it reaches on its training data)
+EXPORT_CURVE_KEYS = (*CURVE_KEYS, "val/aux", "val/acc", VAL_OBJECTIVE, TRAIN_BOUND)
 JOBS_CSV, CURVES_CSV = "jobs.csv", "curves.csv"
 # computed chance levels of jobs that did not log test/chance_acc (scripts/chance_levels.py): kept
 # apart from jobs.csv, so a logged value and a computed one are never mistaken for each other

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from zf_lightning.lit.module import VAL_OBJECTIVE
-from zf_lightning.report.jobs import SEED_KEYS, Job
+from zf_lightning.report.jobs import SEED_KEYS, TRAIN_BOUND, Job
 from zf_lightning.report.rows import Row, display_names
 from zf_lightning.report.stats import CANNOT_TELL, higher_is_better, mean_std, paired_difference
 from zf_lightning.runs.status import INTERRUPTED, RUNNING, error_summary
@@ -173,6 +173,42 @@ def runs_table(rows: list[Row]) -> list[str]:
                      "val/elbo gain over the last 20 % of updates"], body)
 
 
+def _best_step(job: Job) -> float:
+    best = job.info.get("best_step")
+    return float(best) if best not in (None, "", "None", "nan") else math.nan
+
+
+def generalization_table(rows: list[Row], key: str = "val/elbo") -> list[str]:
+    """Each row's training bound against its validation bound, at the best checkpoint (the epoch
+    mean that ended last before it, and the validation that chose it) and at the last validation:
+    how much of the training data's bound carries over to held-out data. Empty when no job
+    recorded the training bound."""
+    body = []
+    for row, name in zip(rows, display_names(rows), strict=True):
+        at_best, at_end = [], []
+        for job in row.done:
+            train, val = job.curves.get(TRAIN_BOUND), job.curves.get(key)
+            if not train or not val:
+                continue
+            best = _best_step(job)
+            pair = (_curve_value(train, best), _curve_value(val, best))
+            if all(math.isfinite(v) for v in pair):
+                at_best.append(pair)
+            at_end.append((_curve_value(train, val[-1][0]), val[-1][1]))
+        if not at_end:
+            continue
+        best_train, best_val = [t for t, _ in at_best], [v for _, v in at_best]
+        body.append([name, str(len(at_end)), fmt(*mean_std(best_train)) if at_best else "–",
+                     fmt(*mean_std(best_val)) if at_best else "–",
+                     fmt(*mean_std([t - v for t, v in at_best])) if at_best else "–",
+                     fmt(*mean_std([t - v for t, v in at_end]))])
+    if not body:
+        return []
+    return md_table(["row", "runs", f"{TRAIN_BOUND} at the best checkpoint", f"{key} at the best checkpoint",
+                     "training − validation there (mean ± sd)", "training − validation at the last validation"],
+                    body)
+
+
 def paired_table(rows: list[Row], baseline: str, metric: str) -> list[str]:
     """Each row against the baseline row, paired by seed (see ``zf_lightning.report.stats``).
 
@@ -301,6 +337,14 @@ def write_markdown(path: Path, sweep: str, jobs: list[Job], rows: list[Row], key
             lines += ["### Is the ordering stable over the last part of the curves?", "",
                       "Mean validation bound of each row at fractions of each run's own updates.", "",
                       *ordering, ""]
+        gaps = generalization_table(rows)
+        if gaps:
+            lines += ["### The training bound against the validation bound", "",
+                      f"`{TRAIN_BOUND}` is each epoch's mean bound on the training batches (with the weights of that "
+                      "epoch, no aux or bwd terms); read at the epoch that ended last before the best checkpoint and "
+                      "before the last validation. A gap that grows while the validation bound falls is a row "
+                      "fitting its training data at the expense of held-out data, which the best checkpoint is "
+                      "chosen to avoid.", "", *gaps, ""]
         matched, flips = matched_updates_table(rows)
         if matched:
             lines += ["### At matched updates", "",
