@@ -22,7 +22,6 @@ also says whether the three losses agree.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import statistics
@@ -38,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_update import FSDD_STUDY, STUDY_JOB, BareStep  # noqa: E402
+from bench_update import FSDD_STUDY, STUDY_JOB, BareStep, emit  # noqa: E402
 
 from zf_lightning.models.zforcing import model as zforcing_model  # noqa: E402
 from zf_lightning.runs.pipeline import build_datamodule, compose_config, set_threads  # noqa: E402
@@ -129,12 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary = (f"step now {1e3 * r['now_s']:.1f} ms, shared product {1e3 * r['shared_s']:.1f} ms, before "
                f"{1e3 * r['before_s']:.1f} ms; now / before {r['now_over_before']:.3f}, shared / before "
                f"{r['shared_over_before']:.3f} (same loss: {r['same_loss']})")
-    print(summary, file=sys.stderr if args.json else sys.stdout)
-    text = json.dumps(result, indent=1)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
-    if args.json:
-        print(text)
+    emit(result, summary, args.json, args.out)
     return result
 
 

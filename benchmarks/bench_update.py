@@ -234,13 +234,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"step {1e3 * r['interleaved_step_s']:.1f} ms, update / step {r['interleaved_update_over_step']:.3f} "
         "(goal <= 1.2)"
     )
-    print(summary, file=sys.stderr if args.json else sys.stdout, flush=True)
-    text = json.dumps(result, indent=1)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
-    if args.json:
-        print(text)
+    emit(result, summary, args.json, args.out)
     return result
+
+
+def emit(result: dict[str, Any], summary: str, as_json: bool, out: Path | None) -> None:
+    """The summary line (to stderr when the JSON goes to stdout), the JSON to ``out`` and / or stdout."""
+    print(summary, file=sys.stderr if as_json else sys.stdout, flush=True)
+    text = json.dumps(result, indent=1)
+    if out is not None:
+        out.write_text(text + "\n")
+    if as_json:
+        print(text)
 
 
 if __name__ == "__main__":
