@@ -117,7 +117,7 @@ def report(base_dir: Path, boundary_dir: Path, solved: float = SOLVED, rising: f
     unfinished = [job.name for job in continued if not job.ok]
     if unfinished:
         raise SystemExit(f"{boundary_dir}: jobs not finished: {', '.join(unfinished)}; rerun its study first")
-    budget = cells({k: j for j in base if j.ok and (k := job_key(j)) is not None}, rising)
+    budget = cells(merged_jobs(base, []), rising)
     merged = merged_jobs(base, continued)
     at_end = cells(merged, rising)
     still = sorted(

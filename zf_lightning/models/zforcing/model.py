@@ -342,7 +342,7 @@ class ZForcing(
         aux_first = self.aux_head.first
         head = self.output_head.proj
         readers = [self.prior.first]
-        weights = [self.prior.first.weight]
+        weights = [layer.weight for layer in readers]
         if self.aux_input == "h_z":
             weights.append(aux_first.weight[:, :H])
             readers.append(aux_first)
