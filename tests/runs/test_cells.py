@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from tests.helpers import load_script
 from zf_lightning.runs.cells import parse_cells
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,6 +69,20 @@ def test_the_boundary_studies_list_what_the_script_finds_in_their_committed_stud
         cfg = compose_config("train", [f"study=capacity_{task}_boundary"], return_hydra_config=True)
         assert list(cfg.hydra.sweeper.cells) == boundary_cells(REPO / "results" / f"capacity_{task}"), task
         assert [" ".join(c) for c in parse_cells(list(cfg.hydra.sweeper.cells))] == list(cfg.hydra.sweeper.cells)
+
+
+@pytest.mark.parametrize(("study", "grid"), [("mnist_ablation_converged", "mnist_aux_grid")])
+def test_a_converged_ablation_runs_each_aux_row_at_the_weight_its_grid_chose(study: str, grid: str) -> None:
+    """The aux cells of a rerun are what scripts/chosen_cells.py reads from the committed grid
+    (the weight that keeps the term on); the other rows are the study's own, one cell per seed."""
+    from zf_lightning.runs.pipeline import compose_config
+
+    chosen = load_script("chosen_cells").chosen_cells(REPO / "results" / grid, ["schedule.aux_end"], ["1", "2", "3"],
+                                                      term_on=True)
+    cells = list(compose_config("train", [f"study={study}"], return_hydra_config=True).hydra.sweeper.cells)
+    assert sorted(c for c in cells if "schedule.aux_end=" in c) == sorted(chosen)
+    for seed in ("1", "2", "3"):  # every row has every seed
+        assert len([c for c in cells if c.endswith(f" seed={seed}")]) == len(cells) // 3
 
 
 @pytest.mark.slow
