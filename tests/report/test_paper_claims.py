@@ -57,7 +57,7 @@ def test_every_claim_names_rows_of_table_1_in_the_papers_order() -> None:
         assert higher > lower, claim
 
 
-@pytest.mark.parametrize("study", ["fsdd_table1_6000_all"])
+@pytest.mark.parametrize("study", ["fsdd_table1_6000_all", "fsdd_table1_all", "mnist_ablation_converged"])
 def test_the_committed_claims_file_is_what_the_script_writes(study: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
     folder = Path("results") / study
