@@ -71,7 +71,8 @@ def test_the_boundary_studies_list_what_the_script_finds_in_their_committed_stud
         assert [" ".join(c) for c in parse_cells(list(cfg.hydra.sweeper.cells))] == list(cfg.hydra.sweeper.cells)
 
 
-@pytest.mark.parametrize(("study", "grid"), [("mnist_ablation_converged", "mnist_aux_grid")])
+@pytest.mark.parametrize(("study", "grid"), [("mnist_ablation_converged", "mnist_aux_grid"),
+                                           ("text_ablation_converged", "text_aux_grid")])
 def test_a_converged_ablation_runs_each_aux_row_at_the_weight_its_grid_chose(study: str, grid: str) -> None:
     """The aux cells of a rerun are what scripts/chosen_cells.py reads from the committed grid
     (the weight that keeps the term on); the other rows are the study's own, one cell per seed."""
@@ -80,9 +81,24 @@ def test_a_converged_ablation_runs_each_aux_row_at_the_weight_its_grid_chose(stu
     chosen = load_script("chosen_cells").chosen_cells(REPO / "results" / grid, ["schedule.aux_end"], ["1", "2", "3"],
                                                       term_on=True)
     cells = list(compose_config("train", [f"study={study}"], return_hydra_config=True).hydra.sweeper.cells)
-    assert sorted(c for c in cells if "schedule.aux_end=" in c) == sorted(chosen)
+    # a grid that swept one family names no family key: its cells then hold the study's own (ablation=aux)
+    aux_cells = [set(c.split()) for c in cells if "schedule.aux_end=" in c]
+    assert len(aux_cells) == len(chosen)
+    assert all(any(set(line.split()) <= cell for cell in aux_cells) for line in chosen)
+    assert all(any(set(line.split()) <= cell for line in chosen) for cell in aux_cells)
     for seed in ("1", "2", "3"):  # every row has every seed
         assert len([c for c in cells if c.endswith(f" seed={seed}")]) == len(cells) // 3
+
+
+def test_the_text_row_in_use_runs_at_the_smallest_grid_weight_whose_latents_stayed_in_use() -> None:
+    """study=text_aux_in_use's second rule, read from the committed grid: the smallest aux weight
+    whose validation KL ended above 0.01 nats per word."""
+    from zf_lightning.report.jobs import read_jobs
+    from zf_lightning.runs.pipeline import compose_config
+
+    jobs = read_jobs(REPO / "results" / "text_aux_grid")
+    in_use = sorted(float(j.overrides["schedule.aux_end"]) for j in jobs if j.metrics["val/kl"] > 0.01)
+    assert in_use and float(compose_config("train", ["study=text_aux_in_use"]).schedule.aux_end) == in_use[0]
 
 
 @pytest.mark.slow
