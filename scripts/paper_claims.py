@@ -60,7 +60,11 @@ def verdict(higher: Row, lower: Row, metric: str) -> tuple[str, str]:
     """The claim's verdict and the paired difference's text, (higher) − (lower)."""
     values = {row.name: {j.seed: j.metrics.get(metric, math.nan) for j in row.done} for row in (higher, lower)}
     diff = paired_difference(values[lower.name], values[higher.name], higher_is_better(metric))
-    text = f"{diff.mean:+.1f}" + ("" if math.isnan(diff.low) else f" [{diff.low:.1f}, {diff.high:.1f}]")
+    scale = abs(diff.mean) if math.isnan(diff.low) else diff.high - diff.low
+    places = max(1, 2 - math.floor(math.log10(scale))) if scale > 0 else 1  # nats per utterance, image or word
+    text = f"{diff.mean:+.{places}f}"
+    if not math.isnan(diff.low):
+        text += f" [{diff.low:.{places}f}, {diff.high:.{places}f}]"
     text += f", n={diff.n}"
     shown = {BETTER: HOLDS, WORSE: DOES_NOT_HOLD}.get(diff.verdict)
     if shown is None:
