@@ -293,6 +293,7 @@ def test_study_notes_state_the_settings_all_jobs_share_and_keep_hand_written_not
     text = write_study_notes(config, sweep, results).read_text()
     assert "python train.py -m study=demo seed=1" in text and "--baseline 'Z-Forcing'" in text
     assert "jobs: 2; stopped by: max_steps 2" in text and "commit: abc (2 jobs)" in text
+    assert "wall time: 1530 min from the first job's start" in text  # its first attempt, the session before
     assert "rnn_dim: 64" in text and "max_steps: 100" in text and "default_root_dir" not in text
     assert "differ between jobs (the rows): `lit.kl_weight.start`" in text
     assert "| 1 | 1 | 2026-11-30T09:00:00+00:00 | 2026-11-30T09:10:00+00:00 | 0 → – | 10 min | abc | EPYC (vm) | " \

@@ -106,7 +106,7 @@ def study_notes(config: DictConfig, sweep_dir: Path) -> list[str]:
     jobs = job_folders(sweep_dir)
     statuses = [_status(job) for job in jobs]
     shared, differing = shared_settings(sweep_dir)
-    starts = [t for t in (_when(s.get("started")) for s in statuses) if t]
+    starts = [t for t in (_when(a.get("started")) for s in statuses for a in s.get("attempts") or [s]) if t]
     ends = [t for t in (_when(s.get("finished")) for s in statuses) if t]
     job_seconds = sum((e - s).total_seconds() for s, e in
                       ((_when(st.get("started")), _when(st.get("finished"))) for st in statuses) if s and e)
