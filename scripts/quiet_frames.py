@@ -14,29 +14,21 @@ Run it from a folder where the jobs' stored data root (e.g. ``../shared/data/fsd
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zf_lightning.report.jobs import best_checkpoint, read_sweep
-from zf_lightning.report.rows import display_names, group_rows, varying_keys
-from zf_lightning.runs.evaluate import evaluate
-from zf_lightning.runs.pipeline import compose_config
+from scripts.study_checkpoints import completed_jobs, evaluate_checkpoint, write_lines
 
 PARTS = ("elbo", "elbo_quiet", "elbo_other", "quiet_fraction", "nll_quiet", "nll_other")
 
 
 def evaluate_job(checkpoint: Path, split: str, threshold: float) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as out:
-        cfg = compose_config("eval", [f"ckpt_path={checkpoint}", f"paths.output_dir={out}", f"split={split}",
-                                      "analyses=quiet_frames", f"analyses.quiet_frames.threshold={threshold}",
-                                      "eval.iwae_samples=null", "samples.num=0"])
-        metrics = evaluate(cfg)
+    metrics = evaluate_checkpoint(checkpoint, split, ["analyses=quiet_frames", "eval.iwae_samples=null",
+                                                      f"analyses.quiet_frames.threshold={threshold}"])
     parts = {part: float(metrics[f"{split}/{part}"]) for part in PARTS if part != "elbo"}
     parts["elbo"] = parts["elbo_quiet"] + parts["elbo_other"]  # the same latent draws as its parts
     return parts
@@ -86,22 +78,16 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.01)
     parser.add_argument("--baseline", default=None, help="the row the paired differences are taken against")
     args = parser.parse_args()
-    jobs = [job for job in read_sweep(args.sweep_dir) if job.ok]
-    if not jobs:
-        parser.error(f"{args.sweep_dir} holds no completed jobs")
-    checkpoints = {job.name: best_checkpoint(job, args.sweep_dir) for job in jobs}  # every one found before any work
-    rows = group_rows(jobs, varying_keys(jobs))
-    row_of = {job.name: name for row, name in zip(rows, display_names(rows), strict=True) for job in row.jobs}
+    try:
+        jobs = completed_jobs([args.sweep_dir])
+    except FileNotFoundError as error:
+        parser.error(str(error))
     lines = []
-    for job in jobs:
-        parts = evaluate_job(checkpoints[job.name], args.split, args.threshold)
-        lines.append({"job": job.name, "row": row_of[job.name], "seed": job.seed,
-                      **{part: f"{value:.6g}" for part, value in parts.items()}})
-    args.out.mkdir(parents=True, exist_ok=True)
-    with (args.out / "quiet_frames.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["job", "row", "seed", *PARTS])
-        writer.writeheader()
-        writer.writerows(lines)
+    for study_job in jobs:
+        values = evaluate_job(study_job.checkpoint, args.split, args.threshold)
+        lines.append({"job": study_job.job.name, "row": study_job.row, "seed": study_job.job.seed,
+                      **{key: f"{value:.6g}" for key, value in values.items()}})
+    write_lines(args.out / "quiet_frames.csv", lines, list(PARTS))
     (args.out / "quiet_frames.md").write_text(markdown(lines, args.split, args.threshold, args.baseline))
     print(f"wrote {args.out / 'quiet_frames.csv'} and {args.out / 'quiet_frames.md'}")
 

@@ -1,0 +1,29 @@
+"""scripts/tight_bounds.py: the table of importance-sampled bounds pairs rows by seed on every
+bound, with a t-interval, and leaves out seeds a row does not share with the baseline."""
+
+from __future__ import annotations
+
+from tests.helpers import load_script
+
+
+def test_rows_are_paired_by_seed_on_each_bound_with_a_t_interval() -> None:
+    script = load_script("tight_bounds")
+
+    def line(row: str, seed: str, elbo: float, iwae_10: float) -> dict[str, str]:
+        return {"row": row, "seed": seed, "elbo": str(elbo), "iwae_1": str(elbo), "iwae_10": str(iwae_10)}
+
+    lines = [line("base", "1", 1.0, 1.0), line("base", "2", 2.0, 2.0), line("base", "3", 3.0, 3.0),
+             line("new", "1", 1.1, 2.0), line("new", "2", 2.3, 3.0), line("new", "3", 3.2, 4.0),
+             line("new", "4", 9.0, 9.0)]
+    table = script.markdown(lines, "test", [1, 10], "base")
+    # differences 0.1, 0.3, 0.2 (seed 4 has no partner): mean 0.2, se 0.1 / sqrt(3), t(2) = 4.303
+    assert "| (new) − (base) | 0.2000 [-0.0484, 0.4484], n=3 | 0.2000 [-0.0484, 0.4484], n=3 | 1.0000 " in table
+    assert "| base | 3 | 2 ± 1 | 2 ± 1 | 2 ± 1 |" in table
+    assert "| new | 4 |" in table
+
+
+def test_no_baseline_gives_the_row_table_alone() -> None:
+    script = load_script("tight_bounds")
+    lines = [{"row": "a", "seed": "1", "elbo": "-4.5", "iwae_1": "-4.5"}]
+    table = script.markdown(lines, "val", [1], None)
+    assert "| a | 1 | -4.5 | -4.5 |" in table and "Paired" not in table
