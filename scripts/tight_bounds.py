@@ -37,8 +37,13 @@ def evaluate_job(checkpoint: Path, split: str, samples: list[int]) -> dict[str, 
 
 
 def fmt(values: list[float]) -> str:
+    """Mean ± sd with the places the sd needs (two significant digits of it)."""
     mean = statistics.fmean(values)
-    return f"{mean:.4g}" if len(values) < 2 else f"{mean:.4g} ± {statistics.stdev(values):.2g}"
+    if len(values) < 2:
+        return f"{mean:.4g}"
+    sd = statistics.stdev(values)
+    places = max(0, 1 - math.floor(math.log10(sd))) if sd > 0 else 4
+    return f"{mean:.{places}f} ± {sd:.{places}f}"
 
 
 def interval(values: dict[str, float], base: dict[str, float]) -> str:
@@ -54,9 +59,10 @@ def markdown(lines: list[dict[str, str]], split: str, samples: list[int], baseli
     for line in lines:
         by_row[line["row"]][line["seed"]] = {name: float(line[name]) for name in names}
     out = [f"# Importance-sampled bounds ({split} split)", "",
-           "Per sequence, in nats (higher is better; each tightens towards log p(x) as K grows, and `iwae_1` is the "
-           "sampled ELBO); mean ± sample standard deviation over seeds. Computed by `scripts/tight_bounds.py` from "
-           "each job's best checkpoint.", "",
+           "In nats, in the units of the runs' `test/elbo` (per utterance for speech, per word for text); higher is "
+           "better. Each `iwae_K` tightens towards log p(x) as K grows, and `iwae_1` is the sampled ELBO; `elbo` is "
+           "the analytic-KL bound, a draw of its own. Mean ± sample standard deviation over seeds. Computed by "
+           "`scripts/tight_bounds.py` from each job's best checkpoint.", "",
            "| row | seeds | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for row, seeds in by_row.items():
         out.append(f"| {row} | {len(seeds)} | "

@@ -3,7 +3,10 @@ bound, with a t-interval, and leaves out seeds a row does not share with the bas
 
 from __future__ import annotations
 
-from tests.helpers import load_script
+import csv
+import re
+
+from tests.helpers import REPO, load_script
 
 
 def test_rows_are_paired_by_seed_on_each_bound_with_a_t_interval() -> None:
@@ -18,7 +21,7 @@ def test_rows_are_paired_by_seed_on_each_bound_with_a_t_interval() -> None:
     table = script.markdown(lines, "test", [1, 10], "base")
     # differences 0.1, 0.3, 0.2 (seed 4 has no partner): mean 0.2, se 0.1 / sqrt(3), t(2) = 4.303
     assert "| (new) − (base) | 0.2000 [-0.0484, 0.4484], n=3 | 0.2000 [-0.0484, 0.4484], n=3 | 1.0000 " in table
-    assert "| base | 3 | 2 ± 1 | 2 ± 1 | 2 ± 1 |" in table
+    assert "| base | 3 | 2.0 ± 1.0 | 2.0 ± 1.0 | 2.0 ± 1.0 |" in table
     assert "| new | 4 |" in table
 
 
@@ -27,3 +30,17 @@ def test_no_baseline_gives_the_row_table_alone() -> None:
     lines = [{"row": "a", "seed": "1", "elbo": "-4.5", "iwae_1": "-4.5"}]
     table = script.markdown(lines, "val", [1], None)
     assert "| a | 1 | -4.5 | -4.5 |" in table and "Paired" not in table
+
+
+def test_each_committed_bounds_table_is_what_the_script_writes_from_its_csv() -> None:
+    script = load_script("tight_bounds")
+    tables = sorted((REPO / "results").glob("*/bounds.md"))
+    assert tables, "no results/*/bounds.md committed"
+    for table in tables:
+        with (table.parent / "bounds.csv").open() as handle:
+            lines = list(csv.DictReader(handle))
+        text = table.read_text()
+        samples = [int(name.removeprefix("iwae_")) for name in lines[0] if name.startswith("iwae_")]
+        split = re.search(r"\((\w+) split\)", text).group(1)  # type: ignore[union-attr]
+        baseline = re.search(r"\(row\) − \((.+?)\) on each bound", text)
+        assert text == script.markdown(lines, split, samples, baseline.group(1) if baseline else None), table
