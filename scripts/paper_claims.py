@@ -27,7 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from zf_lightning.report.jobs import read_jobs
 from zf_lightning.report.rows import Row, group_rows, varying_keys
-from zf_lightning.report.stats import BETTER, CANNOT_TELL, WORSE, higher_is_better, paired_difference
+from zf_lightning.report.stats import (
+    BETTER,
+    CANNOT_TELL,
+    WORSE,
+    difference_text,
+    higher_is_better,
+    paired_difference,
+)
 from zf_lightning.report.tables import CAPPED_WHILE_IMPROVING, capped_while_improving, md_table, read_at
 
 
@@ -60,12 +67,7 @@ def verdict(higher: Row, lower: Row, metric: str) -> tuple[str, str]:
     """The claim's verdict and the paired difference's text, (higher) − (lower)."""
     values = {row.name: {j.seed: j.metrics.get(metric, math.nan) for j in row.done} for row in (higher, lower)}
     diff = paired_difference(values[lower.name], values[higher.name], higher_is_better(metric))
-    scale = abs(diff.mean) if math.isnan(diff.low) else diff.high - diff.low
-    places = max(1, 2 - math.floor(math.log10(scale))) if scale > 0 else 1  # nats per utterance, image or word
-    text = f"{diff.mean:+.{places}f}"
-    if not math.isnan(diff.low):
-        text += f" [{diff.low:.{places}f}, {diff.high:.{places}f}]"
-    text += f", n={diff.n}"
+    text = difference_text(diff)
     shown = {BETTER: HOLDS, WORSE: DOES_NOT_HOLD}.get(diff.verdict)
     if shown is None:
         return CANNOT_TELL + ("" if diff.n >= 2 else f" (n={diff.n})"), text

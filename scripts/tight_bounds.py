@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.study_checkpoints import completed_jobs, evaluate_checkpoint, write_lines
-from zf_lightning.report.stats import paired_difference
+from zf_lightning.report.stats import difference_text, paired_difference
 
 
 def bound_names(samples: list[int]) -> list[str]:
@@ -47,10 +47,7 @@ def fmt(values: list[float]) -> str:
 
 
 def interval(values: dict[str, float], base: dict[str, float]) -> str:
-    diff = paired_difference(base, values, higher_is_better=True)
-    if math.isnan(diff.low):
-        return f"{diff.mean:.4f}, n={diff.n}"
-    return f"{diff.mean:.4f} [{diff.low:.4f}, {diff.high:.4f}], n={diff.n}"
+    return difference_text(paired_difference(base, values, higher_is_better=True))
 
 
 def markdown(lines: list[dict[str, str]], split: str, samples: list[int], baseline: str | None) -> str:

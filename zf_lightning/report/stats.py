@@ -62,6 +62,17 @@ def paired_difference(baseline: dict[str, float], other: dict[str, float], highe
     return PairedDifference(seeds, mean, se, low, high, verdict)
 
 
+def difference_text(diff: PairedDifference) -> str:
+    """``mean [low, high], n=..`` with as many places as the interval's width needs, so a difference
+    of a few thousandths of a nat per word is not printed as 0.0 nor one of hundreds with decimals."""
+    scale = abs(diff.mean) if math.isnan(diff.low) else diff.high - diff.low
+    places = max(1, 2 - math.floor(math.log10(scale))) if scale > 0 else 1
+    text = f"{diff.mean:+.{places}f}"
+    if not math.isnan(diff.low):
+        text += f" [{diff.low:.{places}f}, {diff.high:.{places}f}]"
+    return f"{text}, n={diff.n}"
+
+
 def higher_is_better(metric: str) -> bool:
     """Bounds (``elbo``, ``iwae_K``) and accuracies grow with quality; NLLs, bits, perplexities and
     the per-step / per-dimension forms of the bounds (``iwae_K_bpd``: NLL convention) shrink."""
