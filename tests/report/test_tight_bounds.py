@@ -20,7 +20,8 @@ def test_rows_are_paired_by_seed_on_each_bound_with_a_t_interval() -> None:
              line("new", "4", 9.0, 9.0)]
     table = script.markdown(lines, "test", [1, 10], "base")
     # differences 0.1, 0.3, 0.2 (seed 4 has no partner): mean 0.2, se 0.1 / sqrt(3), t(2) = 4.303
-    assert "| (new) − (base) | +0.200 [-0.048, 0.448], n=3 | +0.200 [-0.048, 0.448], n=3 | +1.0 [1.0, 1.0], n=3 |" in table
+    pair = "+0.200 [-0.048, 0.448], n=3"
+    assert f"| (new) − (base) | {pair} | {pair} | +1.0 [1.0, 1.0], n=3 |" in table
     assert "| base | 3 | 2.0 ± 1.0 | 2.0 ± 1.0 | 2.0 ± 1.0 |" in table
     assert "| new | 4 |" in table
 
